@@ -1,0 +1,279 @@
+"""Dataset discovery for the three folder layouts users bring.
+
+- ``totalseg``: TotalSegmentator case folders, ``<root>/<case>/<case>-image.nii.gz`` and
+  ``<root>/<case>/<case>-label.nii.gz``.
+- ``nnunet``: nnU-Net v2, ``imagesTr/<case>_0000.nii.gz`` and ``labelsTr/<case>.nii.gz``, with
+  label names from ``dataset.json`` when present.
+- ``flat``: ``volumes/<name>.nii[.gz]`` and ``labels/<name>.nii[.gz]``, with optional
+  ``label_names.json`` (one mapping, or one per case).
+
+``.nii`` and ``.nii.gz`` are both accepted everywhere. An image without its label (or a label
+without its image) is reported in :attr:`DatasetIndex.problems`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import InputError
+from core.io import strip_nifti_suffix
+
+__all__ = ["LAYOUTS", "Case", "DatasetIndex", "detect_layout", "discover"]
+
+LAYOUTS = ("totalseg", "nnunet", "flat")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image and its label map (``label`` is None for unlabelled data)."""
+
+    case_id: str
+    image: Path
+    label: Path | None
+    label_names: dict[int, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """What :func:`discover` found.
+
+    Attributes
+    ----------
+    root : the dataset folder
+    layout : one of :data:`LAYOUTS`
+    cases : complete cases, sorted by id
+    problems : one line per file that could not be paired or read
+    label_names : dataset-wide label id -> name (empty when unknown)
+    """
+
+    root: Path
+    layout: str
+    cases: tuple[Case, ...]
+    problems: tuple[str, ...] = ()
+    label_names: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def get(self, case_id: str) -> Case:
+        for c in self.cases:
+            if c.case_id == case_id:
+                return c
+        raise KeyError(case_id)
+
+
+def _listdir(folder: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except PermissionError as exc:
+        raise InputError(folder, "folder is not readable (permission denied)") from exc
+    except NotADirectoryError as exc:
+        raise InputError(folder, "is not a folder") from exc
+    except FileNotFoundError as exc:
+        raise InputError(folder, "folder not found") from exc
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    """Stem -> path of the NIfTI files in a folder; a stem present as both .nii and .nii.gz
+    keeps the .nii.gz (and the duplicate is ignored rather than failing)."""
+    out: dict[str, Path] = {}
+    for name in _listdir(folder):
+        stem = strip_nifti_suffix(name)
+        if stem is None or name.startswith("."):
+            continue
+        p = folder / name
+        if stem not in out or name.endswith(".nii.gz"):
+            out[stem] = p
+    return out
+
+
+def _find_nifti(folder: Path, stem: str) -> Path | None:
+    for suf in (".nii.gz", ".nii"):
+        p = folder / f"{stem}{suf}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _is_totalseg_case(folder: Path) -> bool:
+    return _find_nifti(folder, f"{folder.name}-image") is not None or _find_nifti(
+        folder, f"{folder.name}-label"
+    ) is not None
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    """Guess the layout of a dataset folder.
+
+    Raises
+    ------
+    InputError
+        The folder is missing or unreadable, or matches none of the layouts.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(root, "dataset folder not found")
+    if not root.is_dir():
+        raise InputError(root, "is not a folder")
+    names = set(_listdir(root))
+    if "imagesTr" in names and (root / "imagesTr").is_dir():
+        return "nnunet"
+    if "volumes" in names and (root / "volumes").is_dir():
+        return "flat"
+    for name in sorted(names):
+        sub = root / name
+        if sub.is_dir() and _is_totalseg_case(sub):
+            return "totalseg"
+    raise InputError(
+        root,
+        "no dataset layout recognised: expected <case>/<case>-image.nii.gz case folders "
+        "(totalseg), imagesTr/ + labelsTr/ (nnunet), or volumes/ + labels/ (flat)",
+    )
+
+
+def _names_from_mapping(mapping) -> dict[int, str]:
+    """Accept {"1": "LA"} (id -> name) and nnU-Net v2's {"LA": 1} (name -> id)."""
+    out: dict[int, str] = {}
+    if not isinstance(mapping, dict):
+        return out
+    for k, v in mapping.items():
+        if isinstance(v, int) or (isinstance(v, str) and v.isdigit() and not str(k).isdigit()):
+            out[int(v)] = str(k)
+        elif str(k).isdigit():
+            out[int(k)] = str(v)
+    out.pop(0, None)
+    return dict(sorted(out.items()))
+
+
+def _read_json(path: Path, problems: list[str]):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path}: unreadable JSON ({exc}); label names ignored")
+        return None
+
+
+def _discover_totalseg(root: Path, problems: list[str]) -> list[Case]:
+    cases = []
+    for name in _listdir(root):
+        sub = root / name
+        if not sub.is_dir() or name.startswith("."):
+            continue
+        img = _find_nifti(sub, f"{name}-image")
+        lab = _find_nifti(sub, f"{name}-label")
+        if img is None and lab is None:
+            continue
+        if img is None:
+            problems.append(f"{lab}: label without image ({name}-image.nii.gz missing)")
+            continue
+        if lab is None:
+            problems.append(f"{img}: image without label ({name}-label.nii.gz missing)")
+            cases.append(Case(name, img, None))
+            continue
+        cases.append(Case(name, img, lab))
+    return cases
+
+
+def _discover_nnunet(root: Path, problems: list[str]) -> list[Case]:
+    images = _nifti_files(root / "imagesTr")
+    labels_dir = root / "labelsTr"
+    labels = _nifti_files(labels_dir) if labels_dir.is_dir() else {}
+    if not labels_dir.is_dir():
+        problems.append(f"{labels_dir}: folder not found (no labels)")
+    cases, seen = [], set()
+    for stem, path in images.items():
+        case_id, sep, channel = stem.rpartition("_")
+        if not sep or len(channel) != 4 or not channel.isdigit():
+            problems.append(f"{path}: not named <case>_0000.nii.gz (nnU-Net channel suffix)")
+            continue
+        if channel != "0000":
+            continue  # extra modalities: the model reads channel 0
+        seen.add(case_id)
+        lab = labels.get(case_id)
+        if lab is None:
+            problems.append(f"{path}: image without label (labelsTr/{case_id}.nii.gz missing)")
+        cases.append(Case(case_id, path, lab))
+    for stem, path in labels.items():
+        if stem not in seen:
+            problems.append(f"{path}: label without image (imagesTr/{stem}_0000.nii.gz missing)")
+    return cases
+
+
+def _discover_flat(root: Path, problems: list[str]) -> tuple[list[Case], dict]:
+    images = _nifti_files(root / "volumes")
+    labels_dir = root / "labels"
+    labels = _nifti_files(labels_dir) if labels_dir.is_dir() else {}
+    if not labels_dir.is_dir():
+        problems.append(f"{labels_dir}: folder not found (no labels)")
+    per_case: dict[str, dict[int, str]] = {}
+    global_names: dict[int, str] = {}
+    names_file = root / "label_names.json"
+    if names_file.is_file():
+        data = _read_json(names_file, problems)
+        if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+            per_case = {k: _names_from_mapping(v) for k, v in data.items()}
+        else:
+            global_names = _names_from_mapping(data)
+    cases = []
+    for stem, path in images.items():
+        lab = labels.get(stem)
+        if lab is None:
+            problems.append(f"{path}: image without label (labels/{stem}.nii.gz missing)")
+        cases.append(Case(stem, path, lab, per_case.get(stem, global_names)))
+    for stem, path in labels.items():
+        if stem not in images:
+            problems.append(f"{path}: label without image (volumes/{stem}.nii.gz missing)")
+    return cases, global_names
+
+
+def discover(
+    root: str | os.PathLike, *, layout: str | None = None, require_labels: bool = True
+) -> DatasetIndex:
+    """Find the cases of a dataset folder.
+
+    Parameters
+    ----------
+    root : the dataset folder
+    layout : force a layout (one of :data:`LAYOUTS`); auto-detected when None
+    require_labels : drop (and report) images without labels; keep them when False
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable folder, unknown layout, or no usable case at all.
+    """
+    root = Path(root)
+    if layout is None:
+        layout = detect_layout(root)
+    elif layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    elif not root.is_dir():
+        raise InputError(root, "dataset folder not found")
+    problems: list[str] = []
+    names: dict[int, str] = {}
+    if layout == "totalseg":
+        cases = _discover_totalseg(root, problems)
+        if (root / "dataset.json").is_file():
+            data = _read_json(root / "dataset.json", problems)
+            names = _names_from_mapping((data or {}).get("labels", {}))
+    elif layout == "nnunet":
+        if not (root / "imagesTr").is_dir():
+            raise InputError(root, "not an nnU-Net folder (imagesTr/ missing)")
+        cases = _discover_nnunet(root, problems)
+        if (root / "dataset.json").is_file():
+            data = _read_json(root / "dataset.json", problems)
+            names = _names_from_mapping((data or {}).get("labels", {}))
+    else:
+        if not (root / "volumes").is_dir():
+            raise InputError(root, "not a flat dataset folder (volumes/ missing)")
+        cases, names = _discover_flat(root, problems)
+    if names:
+        cases = [c if c.label_names else Case(c.case_id, c.image, c.label, names) for c in cases]
+    if require_labels:
+        cases = [c for c in cases if c.label is not None]
+    if not cases:
+        raise InputError(root, f"no usable cases found in the {layout} layout")
+    cases.sort(key=lambda c: c.case_id)
+    return DatasetIndex(root, layout, tuple(cases), tuple(problems), names)

@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny synthetic NIfTI datasets in the three layouts.
+
+Volumes are built here (two ellipsoids on a noisy background) rather than with
+``core.synthetic`` so that I/O and preprocessing tests do not depend on the phantom generator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def oblique_affine(spacing=(1.5, 2.0, 3.0), angles=(0.3, -0.2, 0.25), origin=(-40.0, 25.0, 10.0)):
+    """A rotated, anisotropic, translated voxel -> world affine."""
+    ax, ay, az = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    a = np.eye(4)
+    a[:3, :3] = rz @ ry @ rx @ np.diag(spacing)
+    a[:3, 3] = origin
+    return a
+
+
+def two_organs(shape=(24, 28, 20), seed=0):
+    """An image in HU and a label map with classes 1 and 2 (ellipsoids)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    c = np.array(shape) / 2
+    lab = np.zeros(shape, np.uint8)
+    e1 = (((grid - (c + [-3, -2, 0])) / [5, 6, 4]) ** 2).sum(-1) <= 1
+    e2 = (((grid - (c + [5, 4, 1])) / [3, 4, 3]) ** 2).sum(-1) <= 1
+    lab[e1] = 1
+    lab[e2 & ~e1] = 2
+    img = -100 + 300.0 * (lab == 1) + 150.0 * (lab == 2) + rng.normal(0, 10, shape)
+    return img.astype(np.float32), lab
+
+
+def save_nifti(data, affine, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def write_case(image_path, label_path, *, seed=0, affine=None, shape=(24, 28, 20)):
+    img, lab = two_organs(shape, seed)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0]) if affine is None else affine
+    save_nifti(img, affine, image_path)
+    save_nifti(lab, affine, label_path)
+    return img, lab, affine
+
+
+@pytest.fixture
+def totalseg_dir(tmp_path):
+    root = tmp_path / "totalseg"
+    for i in range(3):
+        cid = f"case{i}"
+        write_case(root / cid / f"{cid}-image.nii.gz", root / cid / f"{cid}-label.nii.gz", seed=i)
+    return root
+
+
+@pytest.fixture
+def nnunet_dir(tmp_path):
+    root = tmp_path / "nnunet"
+    for i in range(3):
+        suffix = ".nii" if i == 1 else ".nii.gz"  # both suffixes must work
+        write_case(
+            root / "imagesTr" / f"pt_{i}_0000{suffix}", root / "labelsTr" / f"pt_{i}{suffix}", seed=i
+        )
+    (root / "dataset.json").write_text(
+        '{"channel_names": {"0": "CT"}, "labels": {"background": 0, "Liver": 1, "Spleen": 2}}'
+    )
+    return root
+
+
+@pytest.fixture
+def flat_dir(tmp_path):
+    root = tmp_path / "flat"
+    for i in range(2):
+        write_case(root / "volumes" / f"vol{i}.nii.gz", root / "labels" / f"vol{i}.nii.gz", seed=i)
+    return root
+
+
+def shared_dataset(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path} is absent")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is available; everything else always runs."""
+    gpu_items = [it for it in items if it.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (none available)")
+        for it in gpu_items:
+            it.add_marker(skip)

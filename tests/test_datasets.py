@@ -1,0 +1,76 @@
+"""Dataset discovery for the TotalSegmentator, nnU-Net and flat layouts."""
+
+import pytest
+from conftest import shared_dataset, write_case
+
+from core.datasets import detect_layout, discover
+from core.errors import InputError
+
+
+def test_totalseg_layout(totalseg_dir):
+    idx = discover(totalseg_dir)
+    assert idx.layout == "totalseg"
+    assert [c.case_id for c in idx.cases] == ["case0", "case1", "case2"]
+    assert all(c.image.name == f"{c.case_id}-image.nii.gz" for c in idx.cases)
+    assert idx.problems == ()
+
+
+def test_nnunet_layout_with_both_suffixes_and_label_names(nnunet_dir):
+    idx = discover(nnunet_dir)
+    assert idx.layout == "nnunet"
+    assert [c.case_id for c in idx.cases] == ["pt_0", "pt_1", "pt_2"]
+    assert idx.get("pt_1").image.name == "pt_1_0000.nii"
+    assert idx.label_names == {1: "Liver", 2: "Spleen"}
+    assert idx.get("pt_0").label_names == {1: "Liver", 2: "Spleen"}
+
+
+def test_flat_layout(flat_dir):
+    idx = discover(flat_dir)
+    assert idx.layout == "flat"
+    assert [c.case_id for c in idx.cases] == ["vol0", "vol1"]
+
+
+def test_missing_partners_are_reported(totalseg_dir, nnunet_dir, flat_dir):
+    (totalseg_dir / "case1" / "case1-label.nii.gz").unlink()
+    idx = discover(totalseg_dir)
+    assert [c.case_id for c in idx.cases] == ["case0", "case2"]
+    assert any("case1-image.nii.gz" in p and "without label" in p for p in idx.problems)
+    assert len(discover(totalseg_dir, require_labels=False)) == 3
+
+    (nnunet_dir / "imagesTr" / "pt_2_0000.nii.gz").unlink()
+    idx = discover(nnunet_dir)
+    assert [c.case_id for c in idx.cases] == ["pt_0", "pt_1"]
+    assert any("pt_2.nii.gz" in p and "without image" in p for p in idx.problems)
+
+    write_case(flat_dir / "volumes" / "lonely.nii.gz", flat_dir / "tmp" / "x.nii.gz")
+    idx = discover(flat_dir)
+    assert any("lonely.nii.gz" in p for p in idx.problems)
+
+
+def test_layout_override_and_unknown(tmp_path, flat_dir):
+    assert discover(flat_dir, layout="flat").layout == "flat"
+    with pytest.raises(InputError, match="not an nnU-Net folder"):
+        discover(flat_dir, layout="nnunet")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no dataset layout recognised") as exc:
+        detect_layout(tmp_path / "empty")
+    assert str(tmp_path / "empty") in str(exc.value)
+    with pytest.raises(InputError, match="not found"):
+        discover(tmp_path / "missing")
+
+
+def test_real_openkbp_val_nnunet():
+    root = shared_dataset("openkbp_val")
+    idx = discover(root)
+    assert idx.layout == "nnunet"
+    assert len(idx) == 33
+    assert idx.label_names[1] == "Brainstem" and idx.label_names[7] == "Mandible"
+
+
+def test_real_totalseg_examples_flat():
+    root = shared_dataset("totalseg_examples")
+    idx = discover(root)
+    assert idx.layout == "flat"
+    assert {c.case_id for c in idx.cases} == {"ts_ct_abdomen", "ts_ct_abdomen_small", "ts_mr_abdomen"}
+    # Per-case label names from label_names.json (ids differ between cases).
+    assert idx.get("ts_ct_abdomen").label_names[1] == "spleen"

@@ -1,0 +1,208 @@
+"""NIfTI I/O: affines, canonical orientation, validation and clear errors."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import oblique_affine, save_nifti, two_organs
+
+from core.errors import InputError
+from core.geometry import slice_pointmap, slice_voxel_index, take_slice, voxel_to_slice
+from core.io import (
+    LabelVolume,
+    Volume,
+    load_image,
+    load_label,
+    load_pair,
+    save_image,
+    save_label,
+    spacing_of,
+    voxel_to_world,
+    world_to_voxel,
+)
+
+
+def test_roundtrip_keeps_data_and_affine(tmp_path):
+    img, lab = two_organs()
+    aff = oblique_affine()
+    save_image(Volume(img, aff), tmp_path / "img.nii.gz")
+    save_label(LabelVolume(lab, aff), tmp_path / "lab.nii")
+    v = load_image(tmp_path / "img.nii.gz", canonical=False)
+    lv = load_label(tmp_path / "lab.nii", canonical=False)
+    np.testing.assert_allclose(v.data, img, atol=1e-4)
+    np.testing.assert_array_equal(lv.data, lab)
+    np.testing.assert_allclose(v.affine, aff, atol=1e-5)
+    assert lv.data.dtype == np.uint8
+    assert not list(tmp_path.glob(".tmp-*")), "atomic writes left temporary files"
+
+
+def test_canonical_reorientation_preserves_world_positions(tmp_path):
+    img, lab = two_organs()
+    # A LPS-like flipped affine with axes permuted: canonical RAS must reorder the array.
+    aff = np.array([[0, 0, -3.0, 50], [-2.0, 0, 0, 30], [0, 2.5, 0, -20], [0, 0, 0, 1]])
+    save_nifti(lab, aff, tmp_path / "lab.nii.gz")
+    lv = load_label(tmp_path / "lab.nii.gz")
+    assert np.all(np.diag(lv.affine[:3, :3]) > 0), "not RAS+ after canonical reorientation"
+    # Every labelled voxel lands at the same world position before and after.
+    ijk = np.argwhere(lab == 2)
+    before = voxel_to_world(aff, ijk)
+    after = voxel_to_world(lv.affine, np.argwhere(lv.data == 2))
+    np.testing.assert_allclose(np.sort(before, axis=0), np.sort(after, axis=0), atol=1e-6)
+    assert sorted(lv.spacing) == sorted(spacing_of(aff))
+
+
+def test_world_voxel_inverse():
+    aff = oblique_affine()
+    p = np.random.default_rng(0).uniform(0, 20, (50, 3))
+    np.testing.assert_allclose(world_to_voxel(aff, voxel_to_world(aff, p)), p, atol=1e-9)
+
+
+def test_pointmap_equals_affine_of_voxel_index_on_oblique_anisotropic_volume():
+    aff = oblique_affine(spacing=(0.8, 1.7, 3.2))
+    shape = (9, 11, 13)
+    valid = np.zeros((9, 13), bool)
+    valid[2:6, 3:9] = True
+    for axis in (0, 1, 2):
+        idx = 4
+        pm = slice_pointmap(aff, shape, axis, idx)
+        rows, cols = pm.shape[:2]
+        for r, c in [(0, 0), (rows - 1, cols - 1), (3, 5)]:
+            ijk = slice_voxel_index(axis, idx, r, c)
+            expected = aff @ np.append(ijk, 1.0)
+            np.testing.assert_allclose(pm[r, c], expected[:3], rtol=1e-6, atol=1e-4)
+            assert tuple(voxel_to_slice(axis, ijk)) == (idx, r, c)
+    pm = slice_pointmap(aff, shape, 1, 4, valid=valid)
+    assert np.isnan(pm[~valid]).all() and np.isfinite(pm[valid]).all()
+
+
+def test_take_slice_orientation_and_range():
+    vol = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    assert take_slice(vol, 1, 2).shape == (2, 4)
+    assert take_slice(vol, 1, 2)[1, 3] == vol[1, 2, 3]
+    with pytest.raises(ValueError, match="outside axis 2"):
+        take_slice(vol, 2, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one clear line naming the file and the problem
+
+
+def _one_line(exc, path):
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert str(path) in msg
+    return msg
+
+
+def test_missing_file(tmp_path):
+    p = tmp_path / "nope.nii.gz"
+    with pytest.raises(InputError) as exc:
+        load_image(p)
+    assert "not found" in _one_line(exc, p)
+
+
+def test_corrupt_gzip(tmp_path):
+    img, _ = two_organs()
+    p = save_nifti(img, np.eye(4), tmp_path / "img.nii.gz")
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])  # truncated download
+    with pytest.raises(InputError) as exc:
+        load_image(p)
+    assert "corrupt" in _one_line(exc, p) or "truncated" in _one_line(exc, p)
+    p.write_bytes(b"\x1f\x8b" + b"garbage" * 20)
+    with pytest.raises(InputError) as exc:
+        load_image(p)
+    _one_line(exc, p)
+
+
+def test_not_nifti(tmp_path):
+    p = tmp_path / "notes.nii.gz"
+    p.write_bytes(gzip.compress(b"this is a text file, not an image" * 20))
+    with pytest.raises(InputError) as exc:
+        load_image(p)
+    _one_line(exc, p)
+    q = tmp_path / "scan.png"
+    q.write_bytes(b"\x89PNG....")
+    with pytest.raises(InputError) as exc:
+        load_image(q)
+    assert "not a NIfTI" in _one_line(exc, q)
+
+
+@pytest.mark.parametrize("shape", [(10, 12), (6, 7, 8, 3)])
+def test_wrong_dimensions(tmp_path, shape):
+    p = save_nifti(np.zeros(shape, np.float32), np.eye(4), tmp_path / "x.nii.gz")
+    with pytest.raises(InputError) as exc:
+        load_image(p)
+    assert f"{len(shape)}D" in _one_line(exc, p)
+
+
+def test_4d_with_single_volume_is_accepted(tmp_path):
+    p = save_nifti(np.ones((6, 7, 8, 1), np.float32), np.eye(4), tmp_path / "x.nii.gz")
+    assert load_image(p).shape == (6, 7, 8)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_inf_voxels(tmp_path, bad):
+    img, _ = two_organs()
+    img[3, 4, 5] = bad
+    img[1, 1, 1] = bad
+    p = save_nifti(img, np.eye(4), tmp_path / "x.nii.gz")
+    with pytest.raises(InputError) as exc:
+        load_image(p)
+    assert "2 NaN/Inf" in _one_line(exc, p)
+
+
+def test_label_validation(tmp_path):
+    _, lab = two_organs()
+    p = save_nifti(lab, np.eye(4), tmp_path / "lab.nii.gz")
+    with pytest.raises(InputError) as exc:
+        load_label(p, max_label=1)
+    assert "above the number of classes" in _one_line(exc, p)
+    q = save_nifti(lab.astype(np.float32) + 0.5, np.eye(4), tmp_path / "frac.nii.gz")
+    with pytest.raises(InputError) as exc:
+        load_label(q)
+    assert "non-integer" in _one_line(exc, q)
+    r = save_nifti(lab.astype(np.int16) - 1, np.eye(4), tmp_path / "neg.nii.gz")
+    with pytest.raises(InputError) as exc:
+        load_label(r)
+    assert "negative" in _one_line(exc, r)
+
+
+def test_pair_mismatch_and_empty(tmp_path):
+    img, lab = two_organs()
+    ip = save_nifti(img, np.eye(4), tmp_path / "img.nii.gz")
+    lp = save_nifti(lab[:-1], np.eye(4), tmp_path / "lab.nii.gz")
+    with pytest.raises(InputError) as exc:
+        load_pair(ip, lp)
+    assert "shape" in _one_line(exc, lp)
+    shifted = np.eye(4)
+    shifted[0, 3] = 2.0
+    lp2 = save_nifti(lab, shifted, tmp_path / "lab2.nii.gz")
+    with pytest.raises(InputError) as exc:
+        load_pair(ip, lp2)
+    assert "affine" in _one_line(exc, lp2)
+    lp3 = save_nifti(np.zeros_like(lab), np.eye(4), tmp_path / "empty.nii.gz")
+    with pytest.raises(InputError) as exc:
+        load_pair(ip, lp3)
+    assert "empty" in _one_line(exc, lp3)
+    # Float rounding between tools is tolerated.
+    tiny = np.eye(4)
+    tiny[1, 3] = 1e-5
+    lp4 = save_nifti(lab, tiny, tmp_path / "lab4.nii.gz")
+    image, label = load_pair(ip, lp4)
+    assert label.present_labels() == [1, 2]
+
+
+def test_folder_given_as_file(tmp_path):
+    d = tmp_path / "dir.nii.gz"
+    d.mkdir()
+    with pytest.raises(InputError) as exc:
+        load_image(d)
+    assert "folder" in _one_line(exc, d)
+
+
+def test_label_volume_rejects_float_data():
+    with pytest.raises(InputError):
+        LabelVolume(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    assert nib  # nibabel is the reader
