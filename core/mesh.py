@@ -1,0 +1,260 @@
+"""Surface meshes of masks, in world millimetres, and their export.
+
+:func:`mask_to_mesh` runs marching cubes on a binary mask and maps the vertices through the
+volume's full voxel-to-world affine (oblique, anisotropic and left-handed affines included), so
+a mesh lines up with the image in any viewer that uses world coordinates. Faces are wound so
+that normals point out of the object in world space and :meth:`Mesh.volume` is positive.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.atomic import atomic_path
+from core.errors import InputError
+from core.io import voxel_to_world
+
+__all__ = ["Mesh", "mask_to_mesh", "save_mesh", "load_mesh", "MESH_FORMATS"]
+
+# suffix -> trimesh file type
+MESH_FORMATS = {".glb": "glb", ".obj": "obj", ".ply": "ply", ".stl": "stl"}
+
+
+@dataclass(frozen=True, eq=False)
+class Mesh:
+    """A triangle mesh in world coordinates.
+
+    Attributes
+    ----------
+    vertices : (V, 3) float32 array, mm
+    faces : (F, 3) int32 array, indices into ``vertices``, counter-clockwise seen from outside
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+
+    def __post_init__(self):
+        v = np.ascontiguousarray(self.vertices, dtype=np.float32)
+        f = np.ascontiguousarray(self.faces, dtype=np.int32)
+        if v.ndim != 2 or v.shape[1] != 3:
+            raise ValueError(f"vertices must have shape (V, 3), got {v.shape}")
+        if f.ndim != 2 or f.shape[1] != 3:
+            raise ValueError(f"faces must have shape (F, 3), got {f.shape}")
+        if f.size and (f.min() < 0 or f.max() >= len(v)):
+            raise ValueError(f"face indices must lie in [0, {len(v)}), got {f.min()}..{f.max()}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError("vertices contain NaN or Inf")
+        object.__setattr__(self, "vertices", v)
+        object.__setattr__(self, "faces", f)
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.vertices.shape[0])
+
+    @property
+    def n_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    def _triangles(self) -> np.ndarray:
+        """(F, 3, 3) float64 corners, centred on the mean vertex.
+
+        Centring keeps float64 sums accurate for meshes far from the world origin; area and the
+        signed volume of a closed mesh do not depend on the origin.
+        """
+        v = self.vertices.astype(np.float64)
+        return (v - v.mean(axis=0))[self.faces]
+
+    def area(self) -> float:
+        """Surface area in mm^2."""
+        if self.n_faces == 0:
+            return 0.0
+        t = self._triangles()
+        return float(
+            0.5 * np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).sum()
+        )
+
+    def volume(self) -> float:
+        """Signed enclosed volume in mm^3 (divergence theorem): positive when normals point out.
+
+        Only meaningful for a closed mesh, as :func:`mask_to_mesh` makes.
+        """
+        if self.n_faces == 0:
+            return 0.0
+        t = self._triangles()
+        return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6.0)
+
+    def bounds(self) -> np.ndarray:
+        """(2, 3) float array, mm: the minimum and the maximum corner of the bounding box."""
+        if self.n_vertices == 0:
+            raise ValueError("an empty mesh has no bounds")
+        return np.stack([self.vertices.min(axis=0), self.vertices.max(axis=0)])
+
+
+# --------------------------------------------------------------------------------------------
+# Mask -> mesh
+
+
+def mask_to_mesh(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    *,
+    level: float = 0.5,
+    smooth_iterations: int = 0,
+    step_size: int = 1,
+) -> Mesh:
+    """Closed surface of a mask in world mm by marching cubes.
+
+    Parameters
+    ----------
+    mask : (I, J, K) bool or numeric array; the object is where ``mask > level``
+    affine : (4, 4) float array, voxel index -> world mm (any non-singular affine)
+    level : float, iso-value (0.5 for a binary mask; another value for a probability map)
+    smooth_iterations : int, Taubin smoothing passes (0 = none). Marching cubes on a binary
+        mask gives a staircase surface whose area is ~8% too large; ~10 passes bring the area
+        within ~1% while changing the volume by well under 1% (Taubin does not shrink like plain
+        Laplacian smoothing).
+    step_size : int, marching-cubes step in voxels (>1 gives a coarser, faster mesh)
+
+    Returns
+    -------
+    Mesh with vertices in world mm and outward normals.
+
+    Raises
+    ------
+    ValueError
+        Non-3D mask, bad affine or options, or no voxel above ``level``.
+    """
+    from skimage.measure import marching_cubes  # lazy: keep `import core.mesh` light
+
+    data = np.asarray(mask)
+    if data.ndim != 3:
+        raise ValueError(f"mask must be a 3D array, got shape {data.shape}")
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise ValueError("affine must be a finite, non-singular (4, 4) matrix")
+    if int(step_size) != step_size or step_size < 1:
+        raise ValueError(f"step_size must be a positive integer, got {step_size}")
+    if int(smooth_iterations) != smooth_iterations or smooth_iterations < 0:
+        raise ValueError(
+            f"smooth_iterations must be a non-negative integer, got {smooth_iterations}"
+        )
+    inside = data > level
+    if not inside.any():
+        raise ValueError(f"mask is empty (no voxel above level {level}): nothing to mesh")
+
+    # Crop to the object's bounding box plus one voxel (an organ is small next to a CT volume);
+    # where that margin falls outside the array, pad with background so that objects touching
+    # the border still get a closed surface. Interior margins keep the real neighbour values,
+    # so vertex positions are the same as on the whole array.
+    lo, hi = _bbox(inside)
+    start = [max(x - 1, 0) for x in lo]
+    stop = [min(x + 1, n) for x, n in zip(hi, data.shape, strict=True)]
+    crop = data[tuple(slice(a0, a1) for a0, a1 in zip(start, stop, strict=True))]
+    pad = [(int(x == 0), int(h == n)) for x, h, n in zip(lo, hi, data.shape, strict=True)]
+    background = 0.0 if level > 0 else float(level) - 1.0  # any value below level
+    padded = np.pad(crop.astype(np.float32), pad, mode="constant", constant_values=background)
+    verts, faces, _, _ = marching_cubes(padded, level=float(level), step_size=int(step_size))
+    offset = np.asarray(start, dtype=np.float64) - [before for before, _ in pad]
+    ijk = verts.astype(np.float64) + offset  # back to indices of the whole array
+    xyz = voxel_to_world(a, ijk)
+
+    mesh = Mesh(xyz, faces)
+    # Orient by the sign of the enclosed volume in world space: it is negative exactly when
+    # the winding is inward, whichever convention marching cubes used and whatever the
+    # affine's handedness (a negative determinant mirrors the mesh and flips its winding).
+    if mesh.volume() < 0:
+        mesh = Mesh(mesh.vertices, mesh.faces[:, ::-1])
+    if smooth_iterations:
+        mesh = _taubin(mesh, int(smooth_iterations))
+    return mesh
+
+
+def _bbox(inside: np.ndarray) -> tuple[list[int], list[int]]:
+    """Per-axis ``[lo, hi)`` of the True voxels of a non-empty 3D boolean array."""
+    lo, hi = [], []
+    for ax in range(3):
+        idx = np.flatnonzero(inside.any(axis=tuple(b for b in range(3) if b != ax)))
+        lo.append(int(idx[0]))
+        hi.append(int(idx[-1]) + 1)
+    return lo, hi
+
+
+def _taubin(mesh: Mesh, iterations: int) -> Mesh:
+    import trimesh
+    from trimesh.smoothing import filter_taubin
+
+    tm = trimesh.Trimesh(mesh.vertices.astype(np.float64), mesh.faces, process=False)
+    # trimesh alternates shrink and inflate steps, one per "iteration": ask for pairs. nu > lamb
+    # with 1/lamb - 1/nu ~ 0.11 is Taubin's (1995) non-shrinking choice (lambda=0.5, mu=-0.53).
+    filter_taubin(tm, lamb=0.5, nu=0.53, iterations=2 * iterations)
+    return Mesh(np.asarray(tm.vertices), mesh.faces)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def _format_of(path: Path) -> str | None:
+    return MESH_FORMATS.get(path.suffix.lower())
+
+
+def _supported() -> str:
+    return ", ".join(MESH_FORMATS)
+
+
+def save_mesh(mesh: Mesh, path: str | os.PathLike) -> Path:
+    """Write a mesh atomically; the format comes from the suffix (.glb, .obj, .ply, .stl).
+
+    Coordinates are written as they are (world mm, no axis swap): glTF viewers that assume
+    metres and +Y up will show the object 1000x large and possibly rotated.
+
+    Raises
+    ------
+    ValueError
+        Unknown suffix (the message names the path and the supported formats).
+    """
+    import trimesh
+
+    p = Path(path)
+    fmt = _format_of(p)
+    if fmt is None:
+        raise ValueError(f"{p}: unsupported mesh format {p.suffix!r} (supported: {_supported()})")
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    with atomic_path(p, suffix=p.suffix) as tmp:
+        tm.export(str(tmp), file_type=fmt)
+    return p
+
+
+def load_mesh(path: str | os.PathLike) -> Mesh:
+    """Read a mesh file (.glb, .obj, .ply, .stl); all geometry of a glTF scene is concatenated.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, unsupported suffix, or a file with no triangles.
+    """
+    import trimesh
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "file not found")
+    if not p.is_file():
+        raise InputError(p, "is not a file")
+    fmt = _format_of(p)
+    if fmt is None:
+        raise InputError(p, f"unsupported mesh format {p.suffix!r} (supported: {_supported()})")
+    try:
+        # process=False keeps vertex order and count as written; load_mesh applies the scene
+        # transforms of a glTF file and concatenates its meshes (trimesh.load(force="mesh")).
+        tm = trimesh.load_mesh(str(p), file_type=fmt, process=False)
+    except Exception as exc:  # loaders raise anything from KeyError to struct.error
+        raise InputError(p, f"cannot read as {fmt} ({type(exc).__name__}: {exc})") from exc
+    if fmt == "stl":
+        tm.merge_vertices()  # STL stores each triangle's corners separately
+    if len(tm.faces) == 0:
+        raise InputError(p, "contains no triangles")
+    return Mesh(np.asarray(tm.vertices), np.asarray(tm.faces))

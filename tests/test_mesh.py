@@ -1,0 +1,146 @@
+"""Meshes of masks in world mm: geometry against analytic values, orientation, file round trips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import trimesh
+from skimage.draw import ellipsoid, ellipsoid_stats
+from skimage.measure import marching_cubes
+
+from core.errors import InputError
+from core.io import voxel_to_world
+from core.mesh import MESH_FORMATS, Mesh, load_mesh, mask_to_mesh, save_mesh
+
+SEMI_AXES = (10.0, 14.0, 20.0)  # mm
+SPACING = (1.0, 0.8, 1.25)  # mm
+
+
+def rotation(axis, angle):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def affine_from(linear, translation):
+    a = np.eye(4)
+    a[:3, :3] = linear
+    a[:3, 3] = translation
+    return a
+
+
+@pytest.fixture(scope="module")
+def ell():
+    """An ellipsoid mask on an anisotropic grid, its affine, and the analytic volume and area."""
+    mask = ellipsoid(*SEMI_AXES, spacing=SPACING)
+    affine = affine_from(np.diag(SPACING), (-120.0, 35.0, 410.0))
+    vol, area = ellipsoid_stats(*SEMI_AXES)
+    return mask, affine, vol, float(area)
+
+
+def outward_fraction(mesh, center):
+    t = mesh.vertices.astype(float)[mesh.faces]
+    normals = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+    return np.mean(np.einsum("ij,ij->i", normals, t.mean(axis=1) - center) > 0)
+
+
+def test_ellipsoid_volume_area_and_position_in_world_mm(ell):
+    mask, affine, vol, area = ell
+    mesh = mask_to_mesh(mask, affine)
+    assert mesh.vertices.dtype == np.float32 and mesh.faces.dtype == np.int32
+    assert mesh.volume() == pytest.approx(vol, rel=0.02)
+    center = voxel_to_world(affine, (np.asarray(mask.shape) - 1) / 2)
+    expected = np.stack([center - SEMI_AXES, center + SEMI_AXES])
+    assert np.allclose(mesh.bounds(), expected, atol=max(SPACING))
+    # Binary marching cubes is a staircase: its area is several % too large until smoothed.
+    assert mesh.area() > 1.05 * area
+    smooth = mask_to_mesh(mask, affine, smooth_iterations=10)
+    assert smooth.area() == pytest.approx(area, rel=0.03)
+    assert smooth.volume() == pytest.approx(vol, rel=0.02)  # Taubin does not shrink
+    assert smooth.n_vertices == mesh.n_vertices and np.array_equal(smooth.faces, mesh.faces)
+
+
+def test_oblique_affine_maps_marching_cubes_vertices_exactly():
+    mask = ellipsoid(6, 8, 5).astype(np.uint8)
+    mask[0:3, 2:6, 3:7] = 1  # touches the array border: must still be closed
+    linear = rotation((1, 2, 3), 0.7) @ np.diag((0.7, 1.3, 2.1))
+    affine = affine_from(linear, (12.5, -40.0, 7.0))
+    mesh = mask_to_mesh(mask, affine)
+    verts, faces, _, _ = marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5)
+    expected = voxel_to_world(affine, verts - 1.0)
+    assert mesh.n_vertices == len(expected)
+    assert np.allclose(mesh.vertices, expected, atol=1e-4)
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    assert tm.is_watertight and tm.is_winding_consistent
+
+
+@pytest.mark.parametrize("flip_axis", [None, 0, 2])
+def test_normals_point_outward_for_any_handedness(flip_axis):
+    mask = ellipsoid(8, 6, 10, spacing=(1.0, 1.0, 1.0))
+    linear = rotation((0, 1, 1), 0.4) @ np.diag((1.0, 1.5, 0.6))
+    if flip_axis is not None:  # mirror one voxel axis: negative determinant
+        linear = linear @ np.diag([-1.0 if i == flip_axis else 1.0 for i in range(3)])
+    affine = affine_from(linear, (5.0, 6.0, 7.0))
+    assert (np.linalg.det(linear) < 0) == (flip_axis is not None)
+    mesh = mask_to_mesh(mask, affine)
+    voxel_volume = mask.sum() * abs(np.linalg.det(linear))
+    assert mesh.volume() == pytest.approx(voxel_volume, rel=0.02)
+    center = voxel_to_world(affine, (np.asarray(mask.shape) - 1) / 2)
+    assert outward_fraction(mesh, center) > 0.99
+
+
+def test_crop_keeps_vertices_of_a_small_object_in_a_large_volume():
+    big = np.zeros((90, 80, 70), dtype=np.float32)
+    big[30:45, 20:31, 40:52] = ellipsoid(7, 5, 5.5)[1:16, 1:12, 1:13]
+    # Probability-like values: one inside, one below the level just outside the object's box,
+    # which a crop padded with zeros instead of the real neighbours would get wrong.
+    big[36, 25, 45], big[29, 25, 45] = 0.8, 0.3
+    assert big[30, 25, 45] == 1
+    mesh = mask_to_mesh(big, np.eye(4))
+    verts, _, _, _ = marching_cubes(np.pad(big, 1), 0.5)
+    assert np.allclose(np.sort(mesh.vertices, axis=0), np.sort(verts - 1, axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", sorted(MESH_FORMATS))
+def test_export_round_trip_and_atomic_write(tmp_path, ell, suffix):
+    mask, affine, _, _ = ell
+    mesh = mask_to_mesh(mask[::2, ::2, ::2], affine @ np.diag((2, 2, 2, 1)))
+    out = tmp_path / "sub" / f"organ{suffix.upper() if suffix == '.stl' else suffix}"
+    (tmp_path / "sub").mkdir()
+    out.write_text("old content")  # overwriting an existing file must work
+    assert save_mesh(mesh, out) == out
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == [out.name]  # no temp file left
+    back = load_mesh(out)
+    assert back.n_vertices == mesh.n_vertices and back.n_faces == mesh.n_faces
+    assert np.allclose(back.bounds(), mesh.bounds(), atol=1e-3)
+    assert back.volume() == pytest.approx(mesh.volume(), rel=1e-5)  # winding survives
+    if suffix in (".glb", ".ply"):  # binary float32 formats keep vertices bit for bit
+        assert np.array_equal(back.vertices, mesh.vertices)
+
+
+def test_file_errors(tmp_path):
+    mesh = Mesh(np.eye(3), [[0, 1, 2]])
+    with pytest.raises(ValueError, match=r"organ\.vtk.*\.glb, \.obj, \.ply, \.stl"):
+        save_mesh(mesh, tmp_path / "organ.vtk")
+    with pytest.raises(InputError, match="not found"):
+        load_mesh(tmp_path / "missing.ply")
+    bad = tmp_path / "garbage.glb"
+    bad.write_bytes(b"this is not a glb file")
+    with pytest.raises(InputError, match="garbage.glb"):
+        load_mesh(bad)
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_bad_masks_and_meshes_raise():
+    with pytest.raises(ValueError, match="empty"):
+        mask_to_mesh(np.zeros((5, 5, 5), bool), np.eye(4))
+    with pytest.raises(ValueError, match="3D"):
+        mask_to_mesh(np.ones((5, 5), bool), np.eye(4))
+    with pytest.raises(ValueError, match="affine"):
+        mask_to_mesh(np.ones((3, 3, 3), bool), np.diag((1.0, 0.0, 1.0, 1.0)))
+    with pytest.raises(ValueError, match="face indices"):
+        Mesh(np.zeros((3, 3)), [[0, 1, 3]])
+    square = Mesh(np.array([[0, 0, 0], [2, 0, 0], [2, 3, 0], [0, 3, 0]]), [[0, 1, 2], [0, 2, 3]])
+    assert square.area() == pytest.approx(6.0) and square.n_faces == 2
