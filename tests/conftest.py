@@ -72,7 +72,9 @@ def nnunet_dir(tmp_path):
     for i in range(3):
         suffix = ".nii" if i == 1 else ".nii.gz"  # both suffixes must work
         write_case(
-            root / "imagesTr" / f"pt_{i}_0000{suffix}", root / "labelsTr" / f"pt_{i}{suffix}", seed=i
+            root / "imagesTr" / f"pt_{i}_0000{suffix}",
+            root / "labelsTr" / f"pt_{i}{suffix}",
+            seed=i,
         )
     (root / "dataset.json").write_text(
         '{"channel_names": {"0": "CT"}, "labels": {"background": 0, "Liver": 1, "Spleen": 2}}'
