@@ -30,6 +30,8 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600 files; give the result the usual permissions of a new file.
+        os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -44,7 +46,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
-    return write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_jsonable) + "\n")
+    return write_text(
+        path, json.dumps(obj, indent=indent, sort_keys=False, default=_jsonable) + "\n"
+    )
 
 
 def _jsonable(o):

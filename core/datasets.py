@@ -99,9 +99,10 @@ def _find_nifti(folder: Path, stem: str) -> Path | None:
 
 
 def _is_totalseg_case(folder: Path) -> bool:
-    return _find_nifti(folder, f"{folder.name}-image") is not None or _find_nifti(
-        folder, f"{folder.name}-label"
-    ) is not None
+    return (
+        _find_nifti(folder, f"{folder.name}-image") is not None
+        or _find_nifti(folder, f"{folder.name}-label") is not None
+    )
 
 
 def detect_layout(root: str | os.PathLike) -> str:

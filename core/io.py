@@ -263,9 +263,7 @@ def check_same_grid(a, b, *, atol: float = 1e-3) -> None:
     different tools differ by float rounding, never by more.
     """
     if a.shape != b.shape:
-        raise InputError(
-            b.path, f"shape {b.shape} does not match the image's {a.shape} ({a.path})"
-        )
+        raise InputError(b.path, f"shape {b.shape} does not match the image's {a.shape} ({a.path})")
     diff = float(np.max(np.abs(np.asarray(a.affine) - np.asarray(b.affine))))
     if diff > atol:
         raise InputError(

@@ -19,7 +19,13 @@ from scipy.spatial.transform import Rotation
 from core.atomic import write_json
 from core.io import LabelVolume, Volume, save_image, save_label
 
-__all__ = ["HEART_LABELS", "make_heart_phantom", "write_heart_dataset", "make_organ_sample"]
+__all__ = [
+    "HEART_LABELS",
+    "make_heart_phantom",
+    "write_heart_dataset",
+    "make_organ_sample",
+    "write_organ_dataset",
+]
 
 HEART_LABELS = {1: "LA", 2: "LV", 3: "RA", 4: "RV", 5: "myocardium"}
 LA, LV, RA, RV, MYO = 1, 2, 3, 4, 5
@@ -461,3 +467,43 @@ def _place_organs(rng, shape, affine, n: int) -> np.ndarray:
                 value += 1
                 break
     return lab
+
+
+def write_organ_dataset(
+    out_dir: str | os.PathLike,
+    n_cases: int,
+    *,
+    seed: int = 0,
+    shape: Sequence[int] = (64, 64, 64),
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[str]:
+    """Write ``n_cases`` organ-shape samples (:func:`make_organ_sample`) as TotalSegmentator
+    case folders ``organ_000``, ... (labels 1..n objects per case), for pretraining.
+
+    Same conventions as :func:`write_heart_dataset`: per-case seeds from ``(seed, i)``,
+    existing cases skipped, ``dataset.json`` written.
+    """
+    if n_cases < 0:
+        raise ValueError(f"n_cases must be >= 0, got {n_cases}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i in range(n_cases):
+        case = f"organ_{i:03d}"
+        img_p, lab_p = out / case / f"{case}-image.nii.gz", out / case / f"{case}-label.nii.gz"
+        if img_p.exists() and lab_p.exists():
+            msg = f"{case}: exists, skipped"
+        else:
+            case_seed = int(np.random.SeedSequence([seed, i, 7]).generate_state(1)[0])
+            image, label = make_organ_sample(case_seed, shape=shape)
+            save_image(image, img_p)
+            save_label(label, lab_p)
+            msg = f"{case}: written"
+        ids.append(case)
+        if progress is not None:
+            progress(i + 1, n_cases, msg)
+    labels = {"0": "background", **{str(k): f"object {k}" for k in range(1, 5)}}
+    meta = {"name": "synthetic-organs", "labels": labels, "layout": "totalseg", "modality": "CT"}
+    meta |= {"seed": seed, "shape": list(shape), "cases": ids}
+    write_json(out / "dataset.json", meta)
+    return ids

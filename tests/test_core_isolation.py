@@ -6,8 +6,18 @@ import textwrap
 
 from conftest import REPO
 
-BLOCKED = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "gradio",
-           "superqt", "vispy")
+BLOCKED = (
+    "napari",
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+    "magicgui",
+    "gradio",
+    "superqt",
+    "vispy",
+)
 
 
 def test_core_imports_with_ui_packages_blocked():

@@ -71,6 +71,10 @@ def test_real_totalseg_examples_flat():
     root = shared_dataset("totalseg_examples")
     idx = discover(root)
     assert idx.layout == "flat"
-    assert {c.case_id for c in idx.cases} == {"ts_ct_abdomen", "ts_ct_abdomen_small", "ts_mr_abdomen"}
+    assert {c.case_id for c in idx.cases} == {
+        "ts_ct_abdomen",
+        "ts_ct_abdomen_small",
+        "ts_mr_abdomen",
+    }
     # Per-case label names from label_names.json (ids differ between cases).
     assert idx.get("ts_ct_abdomen").label_names[1] == "spleen"
