@@ -66,17 +66,24 @@ def _add_synth(sub):
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--kind",
+        choices=("heart", "organs"),
+        default="heart",
+        help="cardiac phantoms (default) or varied organ-like shapes (organ_NNN)",
+    )
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args) -> int:
-    from core.synthetic import write_heart_dataset
+    from core.synthetic import write_heart_dataset, write_organ_dataset
 
     if args.cases < 1:
         raise ValueError(f"--cases must be at least 1, got {args.cases}")
+    write = write_heart_dataset if args.kind == "heart" else write_organ_dataset
     bar = _Tqdm("synth")
     try:
-        ids = write_heart_dataset(args.out, args.cases, seed=args.seed, progress=bar)
+        ids = write(args.out, args.cases, seed=args.seed, progress=bar)
     finally:
         bar.close()
     print(f"synth: {len(ids)} cases in {args.out}")
@@ -153,41 +160,301 @@ def _run_preprocess(args) -> int:
 def _add_demo(sub):
     p = sub.add_parser(
         "demo",
-        help="the main job on built-in data: synthesise sample hearts and preprocess them",
+        help="the main job on built-in data: click a synthetic heart, get the organ in 3D",
+        description="Make a synthetic cardiac CT the model never saw, click the left ventricle "
+        "on the axial slice through its centre, reconstruct it in 3D with the shipped "
+        "weights, and write mask.nii.gz, mesh.glb/.ply, preview.png and timings.json, with "
+        "the Dice against the phantom's ground truth.",
     )
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
-    p.add_argument("--cases", type=int, default=4, help="synthetic cases (default 4)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--mode", choices=("volume", "slice"), default="volume")
+    p.add_argument("--checkpoint", default=None, help="base weights (default: shipped)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
+    from core.predict import run_demo
+    from core.weights import shipped_base_path
+
+    if args.checkpoint is None and not shipped_base_path().is_file():
+        return _data_demo(args)
+    res = run_demo(args.out, mode=args.mode, checkpoint=args.checkpoint)
+    c = res["click"]
+    print(
+        f"demo: clicked the {res['structure']} at (row {c.row:g}, col {c.col:g}) on axial "
+        f"slice {c.slice_idx}"
+    )
+    print(
+        f"demo: Dice against the ground truth {res['dice']:.3f}, "
+        f"{res['timings']['total']:.0f} ms on this machine"
+    )
+    for name, path in res["paths"].items():
+        print(f"demo: {name}: {path}")
+    return 0
+
+
+def _data_demo(args) -> int:
+    """Without shipped weights (a checkout that has not trained them yet): the data engine's
+    part of the demo, synthetic hearts preprocessed into a cache."""
     from core.preprocess import PreprocessConfig, preprocess_dataset
     from core.synthetic import write_heart_dataset
+    from core.weights import shipped_base_path
 
-    out = Path(args.out)
-    data_dir, cache_dir = out / "synthetic_heart", out / "cache"
-    bar = _Tqdm("synth")
-    try:
-        write_heart_dataset(data_dir, args.cases, seed=0, progress=bar)
-    finally:
-        bar.close()
-    cfg = PreprocessConfig(
-        input_dir=str(data_dir),
-        out_dir=str(cache_dir),
-        classes=5,
-        extract_mesh=True,
-        workers=args.workers,
+    print(
+        f"demo: no shipped weights at {shipped_base_path()} (train them with "
+        "scripts/train_base.sh); running the data part only",
+        file=sys.stderr,
     )
-    bar = _Tqdm("preprocess")
+    out = Path(args.out)
+    write_heart_dataset(out / "synthetic_heart", 4, seed=0)
+    summary = preprocess_dataset(
+        PreprocessConfig(
+            input_dir=str(out / "synthetic_heart"),
+            out_dir=str(out / "cache"),
+            classes=5,
+            extract_mesh=True,
+        )
+    )
+    print(summary.report())
+    return summary.exit_code()
+
+
+# --------------------------------------------------------------------------------------------
+# sam3d predict
+
+
+def _add_predict(sub):
+    p = sub.add_parser(
+        "predict",
+        help="reconstruct a structure in 3D from clicks on one slice of a NIfTI volume",
+        description="Clicks are ROW,COL pixels of the slice np.take(volume, SLICE, axis=AXIS) "
+        "of the volume in canonical RAS orientation (axis 2 = axial). Writes mask.nii.gz "
+        "(the input's grid and affine), mesh.glb and mesh.ply (world mm), preview.png and "
+        "timings.json.",
+    )
+    p.add_argument("--volume", required=True, help="input .nii/.nii.gz")
+    p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2)
+    p.add_argument("--slice", type=int, required=True, dest="slice_idx")
+    p.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        metavar="ROW,COL",
+        help="a positive click (repeatable)",
+    )
+    p.add_argument(
+        "--negative",
+        action="append",
+        default=[],
+        metavar="ROW,COL",
+        help="a negative click (repeatable)",
+    )
+    p.add_argument("--mode", choices=("volume", "slice"), default="volume")
+    p.add_argument("--modality", choices=("ct", "mr", "us"), default="ct")
+    p.add_argument("--checkpoint", default=None, help="base weights (default: shipped)")
+    p.add_argument("--adapter", default=None, help="shipped adapter name or adapter folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from core.predict import parse_point, predict_to_folder
+
+    paths = predict_to_folder(
+        args.volume,
+        axis=args.axis,
+        slice_idx=args.slice_idx,
+        points=[parse_point(t) for t in args.point],
+        negatives=[parse_point(t) for t in args.negative],
+        out_dir=args.out,
+        mode=args.mode,
+        checkpoint=args.checkpoint,
+        adapter=args.adapter,
+        modality=args.modality,
+    )
+    for name, path in paths.items():
+        print(f"predict: {name}: {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# sam3d eval
+
+
+def _add_eval(sub):
+    p = sub.add_parser(
+        "eval",
+        help="the click protocol on a labelled dataset: model vs baselines, metrics.json",
+        description="For each case and labelled class: first click at the interior point "
+        "farthest from the boundary on the axial slice through the class centroid, each "
+        "further click at the centre of the largest remaining 3D error. Deterministic.",
+    )
+    p.add_argument("--data_root", required=True, help="dataset folder (any layout)")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--checkpoint", default=None, help="base weights (default: shipped)")
+    p.add_argument("--adapter", default=None, help="shipped adapter name or adapter folder")
+    p.add_argument("--clicks", type=int, default=5)
+    p.add_argument("--mode", choices=("volume", "slice"), default="volume")
+    p.add_argument("--max_cases", type=int, default=None)
+    p.add_argument("--classes", type=_int_list, default=None, help="e.g. 1,2,3 (default: all)")
+    p.add_argument("--layout", choices=("totalseg", "nnunet", "flat"), default=None)
+    p.add_argument("--modality", choices=("ct", "mr", "us"), default="ct")
+    p.add_argument("--no_baselines", action="store_true", help="skip the classical baselines")
+    p.add_argument("--save_viz", action="store_true", help="overlays, comparison grids, meshes")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from core.evaluate import EvalConfig, evaluate, summary_table
+
+    cfg = EvalConfig(
+        data_root=args.data_root,
+        output_dir=args.output_dir,
+        checkpoint=args.checkpoint,
+        adapter=args.adapter,
+        clicks=args.clicks,
+        mode=args.mode,
+        max_cases=args.max_cases,
+        classes=args.classes,
+        layout=args.layout,
+        modality=args.modality,
+        baselines=not args.no_baselines,
+        save_viz=args.save_viz,
+    )
+    bar = _Tqdm("eval")
     try:
-        summary = preprocess_dataset(cfg, progress=bar)
+        report = evaluate(cfg, progress=bar)
     finally:
         bar.close()
-    print(summary.report())
-    print(f"demo: synthetic cardiac CT cases: {data_dir}")
-    print(f"demo: preprocessed cache (slices, SDFs, meshes): {cache_dir}")
-    return summary.exit_code()
+    print(summary_table(report))
+    for cid, msg in report["failed_cases"].items():
+        print(f"  failed: {cid}: {msg}")
+    print(
+        f"eval: aggregate Dice after {cfg.clicks} click(s) {report['aggregate']['dice']:.3f}; "
+        f"{args.output_dir}/metrics.json"
+    )
+    return 0 if report["aggregate"]["n_structures"] else 1
+
+
+# --------------------------------------------------------------------------------------------
+# sam3d train
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train",
+        help="train the model (or a LoRA adapter) on a cache or a labelled dataset folder",
+        description="Train from a YAML config (configs/*.yaml) plus section.key=value "
+        "overrides, e.g. training.epochs=50 lora.rank=8 data.preprocess_crop_size=[64,64] "
+        "(values are read as YAML; give the overrides together, in one group). The flags "
+        "below are shortcuts for common overrides and win over them. A raw dataset folder "
+        "is preprocessed into <output_dir>/cache first (needs data.classes). Ctrl-C stops "
+        "before the next batch and keeps last.pt of the last finished epoch (exit 130); "
+        "--resume continues exactly. Data-parallel: torchrun --nproc_per_node N -m core train "
+        "...",
+    )
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--data", default=None, help="data.train_data: a cache or a dataset folder")
+    p.add_argument("--output_dir", default=None, help="training.output_dir")
+    p.add_argument("--epochs", type=int, default=None, help="training.epochs")
+    p.add_argument("--batch_size", type=int, default=None, help="training.batch_size")
+    p.add_argument(
+        "--lora_rank", type=int, default=None, help="enable LoRA with this rank (lora.rank)"
+    )
+    p.add_argument("--gpu", action="store_true", help="train on CUDA (training.device=cuda)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in output_dir from last.pt"
+    )
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    import json
+    import os
+    import signal
+
+    from tqdm import tqdm
+
+    from core.config import load_config
+    from core.train import train
+
+    overrides = list(args.overrides)
+    # Paths as JSON strings: valid YAML that never turns "a: b" or "yes" into something else.
+    if args.data is not None:
+        overrides.append(f"data.train_data={json.dumps(args.data)}")
+    if args.output_dir is not None:
+        overrides.append(f"training.output_dir={json.dumps(args.output_dir)}")
+    if args.epochs is not None:
+        overrides.append(f"training.epochs={args.epochs}")
+    if args.batch_size is not None:
+        overrides.append(f"training.batch_size={args.batch_size}")
+    if args.lora_rank is not None:
+        overrides += ["lora.enabled=true", f"lora.rank={args.lora_rank}"]
+    if args.gpu:
+        overrides.append("training.device=cuda")
+    cfg = load_config(args.config, overrides)
+
+    bars: dict = {}
+
+    def progress(done: int, total: int, message: str) -> None:
+        kind = "preprocess" if message.startswith("preprocess") else "train"
+        if kind not in bars:
+            for bar in bars.values():
+                bar.close()
+            unit = "case" if kind == "preprocess" else "step"
+            bars[kind] = tqdm(total=total, initial=done, desc=kind, unit=unit, file=sys.stderr)
+        bar = bars[kind]
+        bar.total, bar.n = total, done
+        bar.set_postfix_str(message[-50:], refresh=False)
+        bar.refresh()
+
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:  # a second Ctrl-C: abort now (main() exits 130)
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nsam3d train: stopping (Ctrl-C again to abort now)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = train(
+            cfg, progress=progress, should_stop=lambda: stop["requested"], resume=args.resume
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for bar in bars.values():
+            bar.close()
+    if os.environ.get("RANK", "0") != "0":
+        return 130 if result.stopped else 0
+    out = Path(result.output_dir)
+    dice = "" if result.best_val_dice is None else f" (val Dice {result.best_val_dice:.3f})"
+    print(
+        f"train: {result.epochs_done} epoch(s), {result.steps} steps, "
+        f"{result.samples_per_second:.1f} samples/s; best epoch {result.best_epoch}{dice}"
+    )
+    if result.best_checkpoint:
+        extra = f" (weights: {result.best_weights})" if result.best_weights else ""
+        print(f"  best checkpoint: {result.best_checkpoint}{extra}")
+    if result.adapter_best:
+        print(
+            f"  LoRA adapter: {result.adapter_best} (trainable "
+            f"{100 * result.trainable_fraction:.2f}% of the weights)"
+        )
+    if result.last_checkpoint:
+        print(f"  last checkpoint: {result.last_checkpoint}")
+    if result.loss_curve:
+        print(f"  loss curve: {result.loss_curve}")
+    print(f"  log: {out / 'train.log'}; metrics: {out / 'metrics.jsonl'}")
+    if result.stopped:
+        print(
+            f"sam3d train: stopped; last.pt keeps epoch {result.epochs_done}; rerun with "
+            "--resume to continue",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,8 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sam3d-napari {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
+    _add_predict(sub)
+    _add_eval(sub)
     _add_synth(sub)
     _add_preprocess(sub)
+    _add_train(sub)
     return parser
 
 

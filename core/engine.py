@@ -1,0 +1,425 @@
+"""The engine every front end uses: prompts on a volume -> the organ's 3D mask and mesh.
+
+    rec = Reconstructor.from_pretrained()                 # shipped base weights, loaded once
+    res = rec.predict(volume, PromptSet((Click(2, 40, 31, 28),)), mode="volume")
+    res.mask, res.mesh, res.slice_mask, res.timings
+
+Cube policy (where the model looks). The model works in a 64^3 cube placed in the volume's
+world frame (``core.cube``). The first prediction uses a cube centred on the prompt with
+``default_spacing_mm`` per voxel (192 mm across at 3 mm). Then:
+
+- zoom out: if the predicted organ touches a face of the cube where the volume continues
+  beyond it, the cube is re-centred on the prediction and its spacing multiplied by 1.6, and
+  the model runs again (at most ``max_zoom_out`` times). An organ is therefore never cut off
+  silently: if it still touches after that, ``Result.touches_border`` says so.
+- zoom in: if the organ fills less than ``min_fill`` of the cube's width, the cube is
+  re-centred on it with a spacing that makes it fill ``target_fill``, never finer than
+  ``min_spacing_mm``, and the model runs once more (finer detail for small organs).
+
+Refinement: passing the previous :class:`Result` keeps its cube (unless a new click falls
+outside it) and feeds its probabilities back to the model with all clicks so far.
+
+The mask keeps the connected components that hold a positive click, and otherwise the largest
+one. It comes back on the input volume's own grid and affine; the mesh is the marching-cubes
+surface of the cube's probabilities at 0.5 in world mm (smoother than the voxel mask).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from core.clicks import PromptSet, check_click_in_volume
+from core.cube import Cube, paste_from_cube, sample_into_cube
+from core.errors import InputError
+from core.geometry import take_slice
+from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
+from core.io import Volume, spacing_of, voxel_to_world, world_to_voxel
+from core.model import Sam3DMed
+from core.samples import MODES, build_inputs, prompt_center
+from core.transforms import warp
+
+__all__ = ["CubePolicy", "Result", "Reconstructor"]
+
+
+@dataclass(frozen=True)
+class CubePolicy:
+    """Where the model looks; see the module docstring."""
+
+    default_spacing_mm: float = 3.0
+    min_spacing_mm: float = 1.0
+    zoom_out_factor: float = 1.6
+    max_zoom_out: int = 2
+    min_fill: float = 0.3
+    target_fill: float = 0.6
+    zoom_in: bool = True
+
+    def __post_init__(self):
+        if not 0 < self.min_fill < self.target_fill < 1:
+            raise ValueError("need 0 < min_fill < target_fill < 1")
+        if self.zoom_out_factor <= 1:
+            raise ValueError("zoom_out_factor must be > 1")
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """One reconstruction.
+
+    Attributes
+    ----------
+    mask : (I, J, K) bool on the input volume's grid
+    affine : (4, 4) the input volume's affine
+    mesh : core.mesh.Mesh in world mm, or None (empty mask or ``mesh=False``)
+    slice_mask : (H, W) bool, the 2D head's mask on the reference slice (input slice grid)
+    reference_slice : (axis, slice_idx)
+    cube : the cube of the final pass
+    cube_probability : (C, C, C) float32, the final pass's probabilities (for refinement)
+    prompts : the prompts used
+    mode : "volume" or "slice"
+    touches_border : the organ still touches the cube where the volume continues
+    passes : model runs (zoom steps included)
+    timings : milliseconds per stage and ``total``
+    """
+
+    mask: np.ndarray
+    affine: np.ndarray
+    mesh: object
+    slice_mask: np.ndarray
+    reference_slice: tuple[int, int]
+    cube: Cube
+    cube_probability: np.ndarray
+    prompts: PromptSet
+    mode: str
+    touches_border: bool
+    passes: int
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def volume_ml(self) -> float:
+        return float(self.mask.sum() * np.prod(spacing_of(self.affine)) / 1000.0)
+
+
+class Reconstructor:
+    """Holds one model (and its adapters) and answers prompts on volumes.
+
+    Build it with :meth:`from_pretrained`; the weights are loaded once, nothing happens at
+    import time.
+    """
+
+    def __init__(
+        self,
+        model: Sam3DMed,
+        *,
+        device: str = "cpu",
+        policy: CubePolicy | None = None,
+        adapters=None,
+        name: str = "base",
+        precision: str = "auto",
+    ):
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        # bf16 halves CPU inference time where the CPU has native bf16 (AVX512-BF16/AMX);
+        # elsewhere it would be emulated and slower, so "auto" keeps fp32 there.
+        if precision == "auto":
+            precision = "bf16" if _native_bf16(self.device) else "fp32"
+        self.precision = precision
+        self.cfg = model.cfg if hasattr(model, "cfg") else model.get_base_model().cfg
+        self.policy = policy or CubePolicy()
+        self.adapters = adapters
+        self.name = name
+        self._norm_cache: tuple | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        weights=None,
+        adapter=None,
+        *,
+        device: str = "cpu",
+        policy: CubePolicy | None = None,
+        precision: str = "auto",
+    ) -> Reconstructor:
+        """Load base weights (None: the shipped base) and optionally an adapter (a shipped
+        name such as ``"headneck-ct"`` or a folder)."""
+        from core.weights import load_model
+
+        model = load_model(weights, device=device)
+        rec = cls(model, device=device, policy=policy, precision=precision)
+        if adapter is not None:
+            rec.set_adapter(adapter)
+        return rec
+
+    # ----------------------------------------------------------------------------------------
+    # adapters
+
+    def set_adapter(self, adapter) -> None:
+        """Use an adapter (shipped name or folder), or the bare base with None. The base
+        stays loaded; switching never reloads it."""
+        from core.lora import AdapterManager
+        from core.weights import resolve_adapter
+
+        if self.adapters is None:
+            if adapter is None:
+                return
+            self.adapters = AdapterManager(self.model)
+        if adapter is None:
+            self.adapters.deactivate()
+            self.name = "base"
+        else:
+            path = resolve_adapter(adapter)
+            name = Path(path).name
+            if name not in self.adapters.names:
+                self.adapters.load(path, name=name)
+            self.adapters.activate(name)
+            self.name = name
+        self.model = self.adapters.model.eval()
+
+    # ----------------------------------------------------------------------------------------
+
+    def _normalized(self, volume: Volume, modality: str, ct_window) -> np.ndarray:
+        key = (id(volume.data), volume.data.shape, modality, tuple(ct_window))
+        if self._norm_cache is None or self._norm_cache[0] != key:
+            self._norm_cache = (
+                key,
+                normalize_intensity(volume.data, modality, ct_window=ct_window),
+            )
+        return self._norm_cache[1]
+
+    @torch.inference_mode()
+    def _run(
+        self, image, affine, prompts, cube, mode, previous
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        inp = build_inputs(image, affine, prompts, cube, self.cfg, mode=mode, previous=previous)
+        batch = {
+            k: torch.from_numpy(np.asarray(inp[k]))[None].to(self.device)
+            for k in ("cube", "crop_view", "crop_pointmap", "full_view", "full_pointmap", "center")
+        }
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        ):
+            out = self.model(batch)
+        prob = torch.sigmoid(out["occupancy"][0, 0].float()).cpu().numpy()
+        slice_prob = torch.sigmoid(out["slice_mask"][0, 0].float()).cpu().numpy()
+        return prob, slice_prob, inp
+
+    def predict(
+        self,
+        volume: Volume,
+        prompts: PromptSet,
+        *,
+        mode: str = "volume",
+        modality: str = "ct",
+        ct_window=DEFAULT_CT_WINDOW,
+        previous: Result | None = None,
+        mesh: bool = True,
+    ) -> Result:
+        """Reconstruct the structure the prompts point at.
+
+        Parameters
+        ----------
+        volume : the input volume in raw intensities (HU for CT)
+        prompts : positive/negative clicks on any slice and axis, a box, a mask
+        mode : "volume" (the model sees the 3D volume) or "slice" (only the reference slice)
+        modality : "ct", "mr" or "us" (intensity normalisation, as in preprocessing)
+        previous : the last result for the same structure: refine it with the new clicks
+        mesh : also extract the surface mesh
+
+        Raises
+        ------
+        InputError
+            A click outside the volume (names the volume's file).
+        ValueError
+            Prompts without a positive click, box or mask; unknown mode.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        prompts.validate()
+        for c in prompts.clicks:
+            check_click_in_volume(c, volume.shape, path=volume.path)
+        for item in (prompts.box, prompts.mask):
+            if item is not None:
+                ax, idx = (
+                    item.axis if hasattr(item, "axis") else item[0],
+                    (item.slice_idx if hasattr(item, "slice_idx") else item[1]),
+                )
+                if not 0 <= idx < volume.shape[ax]:
+                    raise InputError(volume.path, f"prompt slice {idx} is outside axis {ax}")
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        image = self._normalized(volume, modality, ct_window)
+        affine = volume.affine
+        timings["normalize"] = _ms(t0)
+        pol = self.policy
+
+        if previous is not None:
+            cube = previous.cube
+            prev_prob = previous.cube_probability
+            if not all(_inside_cube(cube, affine, c.voxel()) for c in prompts.clicks):
+                cube = self._cube_around(previous.mask, prompts, affine, cube.spacing)
+                prev_prob = sample_into_cube(
+                    previous.mask.astype(np.float32), affine, cube, order=1
+                )
+        else:
+            spacing = max(pol.default_spacing_mm, min(spacing_of(affine)))
+            cube = Cube(
+                prompt_center(prompts, affine), spacing, _directions(affine), self.cfg.cube_size
+            )
+            prev_prob = None
+
+        t = time.perf_counter()
+        prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, prev_prob)
+        passes = 1
+        if previous is None:
+            for _ in range(pol.max_zoom_out):
+                if not _touches_inside_volume(prob > 0.5, cube, affine, volume.shape):
+                    break
+                cube = _recentered(cube, prob > 0.5).with_spacing(
+                    cube.spacing * pol.zoom_out_factor
+                )
+                prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, None)
+                passes += 1
+            else:
+                pass
+            fg = prob > 0.5
+            if pol.zoom_in and passes == 1 and fg.any():
+                extent = _extent_vox(fg) * cube.spacing
+                fill = extent / cube.extent_mm
+                if fill < pol.min_fill:
+                    spacing = max(extent / (pol.target_fill * cube.size), pol.min_spacing_mm)
+                    if spacing < cube.spacing * 0.8:
+                        cube = _recentered(cube, fg).with_spacing(spacing)
+                        prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, None)
+                        passes += 1
+        timings["model"] = _ms(t)
+
+        t = time.perf_counter()
+        fg = prob > 0.5
+        touches = _touches_inside_volume(fg, cube, affine, volume.shape)
+        full = paste_from_cube(prob, cube, volume.shape, affine, order=1) > 0.5
+        mask = _keep_prompted_components(full, prompts)
+        axis, idx = prompts.reference_slice()
+        sl_shape = take_slice(mask, axis, idx).shape
+        slice_mask = _slice_mask_back(slice_prob, inp["crop_matrix"], sl_shape)
+        timings["paste"] = _ms(t)
+
+        surface = None
+        if mesh and mask.any():
+            t = time.perf_counter()
+            from core.mesh import mask_to_mesh
+
+            keep = sample_into_cube(mask.astype(np.uint8), affine, cube, order=0).astype(bool)
+            field_ = np.where(ndimage.binary_dilation(keep, iterations=2), prob, 0.0)
+            if field_.max() > 0.5:
+                surface = mask_to_mesh(field_, cube.affine, level=0.5)
+            timings["mesh"] = _ms(t)
+        timings["total"] = _ms(t0)
+        return Result(
+            mask,
+            np.asarray(affine),
+            surface,
+            slice_mask,
+            (axis, idx),
+            cube,
+            prob.astype(np.float32),
+            prompts,
+            mode,
+            touches,
+            passes,
+            timings,
+        )
+
+    def _cube_around(self, mask, prompts, affine, spacing) -> Cube:
+        pts = [c.voxel() for c in prompts.clicks]
+        if mask.any():
+            idx = np.argwhere(mask)
+            pts += [idx.min(0), idx.max(0)]
+        pts = np.array(pts, dtype=float)
+        center = voxel_to_world(affine, (pts.min(0) + pts.max(0)) / 2)
+        ext = float(((pts.max(0) - pts.min(0) + 1) * spacing_of(affine)).max())
+        sp = max(spacing, ext / (self.policy.target_fill * self.cfg.cube_size))
+        return Cube(center, sp, _directions(affine), self.cfg.cube_size)
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 2)
+
+
+def _directions(affine) -> np.ndarray:
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return a / np.linalg.norm(a, axis=0, keepdims=True)
+
+
+def _inside_cube(cube: Cube, affine, voxel) -> bool:
+    p = world_to_voxel(cube.affine, voxel_to_world(affine, voxel))
+    return bool(np.all(p >= 0) and np.all(p <= cube.size - 1))
+
+
+def _extent_vox(fg: np.ndarray) -> float:
+    idx = np.argwhere(fg)
+    return float((idx.max(0) - idx.min(0) + 1).max())
+
+
+def _recentered(cube: Cube, fg: np.ndarray) -> Cube:
+    if not fg.any():
+        return cube
+    idx = np.argwhere(fg)
+    mid = (idx.min(0) + idx.max(0)) / 2.0
+    return cube.with_center(voxel_to_world(cube.affine, mid))
+
+
+def _touches_inside_volume(fg, cube: Cube, affine, shape) -> bool:
+    """True if the mask touches a cube face beyond which the volume still has voxels."""
+    n = cube.size
+    for ax in range(3):
+        for side, sl in ((-1, 0), (1, n - 1)):
+            face = np.take(fg, sl, axis=ax)
+            if not face.any():
+                continue
+            # One cube voxel further out, at the touching voxels: still inside the volume?
+            idx = np.argwhere(face)
+            pts = np.insert(idx.astype(float), ax, sl + side, axis=1)
+            vox = world_to_voxel(affine, voxel_to_world(cube.affine, pts))
+            inside = np.all((vox >= -0.5) & (vox <= np.array(shape) - 0.5), axis=1)
+            if inside.any():
+                return True
+    return False
+
+
+def _keep_prompted_components(mask: np.ndarray, prompts: PromptSet) -> np.ndarray:
+    if not mask.any():
+        return mask
+    lab, n = ndimage.label(mask)
+    if n == 1:
+        return mask
+    keep = set()
+    for c in prompts.positives:
+        v = c.voxel_index()
+        if all(0 <= a < s for a, s in zip(v, mask.shape, strict=True)) and lab[v]:
+            keep.add(int(lab[v]))
+    if not keep:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        keep.add(int(sizes.argmax()))
+    return np.isin(lab, list(keep))
+
+
+def _slice_mask_back(slice_prob, crop_matrix, sl_shape) -> np.ndarray:
+    """The 2D head's crop-view mask on the input slice's pixel grid."""
+    inv = np.linalg.inv(crop_matrix)
+    return warp(slice_prob.astype(np.float32), inv, sl_shape, order=1) > 0.5

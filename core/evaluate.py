@@ -1,0 +1,247 @@
+"""``sam3d eval``: the click protocol on a labelled dataset, the model and two baselines.
+
+Protocol (deterministic, ``core.clicks``): for each case and each labelled class, the first
+click is the interior point farthest from the boundary on the class's largest 2D component in
+the axial slice through its centroid; each further click goes to the centre of the largest
+remaining 3D error (positive for a miss, negative for a false positive) on the axial slice
+that holds it. The model refines its previous result with every click.
+
+The same protocol drives the baselines: classical 3D region growing from the clicks, and the
+extrusion of the clicked slice's 2D mask (``core.baselines``). Results go to
+``metrics.json``: per case, class and click count, Dice, IoU, HD95, ASSD, surface Dice and
+Chamfer (mm); an ``aggregate`` block with means per class and overall
+(``aggregate.dice`` = mean Dice at the last click), and the same for each baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.atomic import write_json
+from core.clicks import simulate_clicks
+from core.datasets import discover
+from core.errors import InputError
+from core.io import load_pair
+from core.metrics import METRIC_NAMES, binary_metrics
+
+__all__ = ["EvalConfig", "evaluate", "METHODS"]
+
+METHODS = ("model", "region_growing", "extrusion")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Parameters of an evaluation run (saved in ``metrics.json``)."""
+
+    data_root: str
+    output_dir: str
+    checkpoint: str | None = None
+    adapter: str | None = None
+    clicks: int = 5
+    mode: str = "volume"
+    max_cases: int | None = None
+    classes: tuple[int, ...] | None = None
+    layout: str | None = None
+    modality: str = "ct"
+    baselines: bool = True
+    save_viz: bool = False
+    tolerance_mm: float = 1.0
+
+    def __post_init__(self):
+        if self.clicks < 1:
+            raise ValueError(f"clicks must be at least 1, got {self.clicks}")
+        if self.mode not in ("volume", "slice"):
+            raise ValueError(f"mode must be volume or slice, got {self.mode!r}")
+
+
+def _aggregate(per_case: dict, n_clicks: int) -> dict:
+    """Means per class and overall, for every click count; ``dice`` at the last click."""
+    by_class: dict[str, dict[str, list]] = {}
+    for classes in per_case.values():
+        for cls, by_click in classes.items():
+            d = by_class.setdefault(cls, {})
+            for k, m in by_click.items():
+                for name in METRIC_NAMES:
+                    d.setdefault(f"{name}@{k}", []).append(m[name])
+    per_class = {
+        cls: {key: float(np.mean(v)) for key, v in d.items()} for cls, d in sorted(by_class.items())
+    }
+    overall = {}
+    for k in range(1, n_clicks + 1):
+        for name in METRIC_NAMES:
+            vals = [pc[f"{name}@{k}"] for pc in per_class.values() if f"{name}@{k}" in pc]
+            if vals:
+                overall[f"{name}@{k}"] = float(np.mean(vals))
+    return {
+        "per_class": per_class,
+        "overall": overall,
+        "dice": overall.get(f"dice@{n_clicks}", float("nan")),
+        "dice_first_click": overall.get("dice@1", float("nan")),
+        "n_structures": sum(len(c) for c in per_case.values()),
+    }
+
+
+def evaluate(
+    cfg: EvalConfig,
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Run the protocol; write ``metrics.json`` (and pictures with ``save_viz``)."""
+    from core.engine import Reconstructor
+    from core.intensity import normalize_intensity
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index = discover(cfg.data_root, layout=cfg.layout)
+    cases = list(index.cases)[: cfg.max_cases or None]
+    rec = Reconstructor.from_pretrained(cfg.checkpoint, cfg.adapter)
+    methods = METHODS if cfg.baselines else ("model",)
+    results = {m: {} for m in methods}
+    failed: dict[str, str] = {}
+    names: dict[str, str] = {}
+    timings: list[float] = []
+    t_start = time.perf_counter()
+    stop = should_stop or (lambda: False)
+    for ci, case in enumerate(cases):
+        if stop():
+            break
+        try:
+            image, label = load_pair(case.image, case.label)
+        except InputError as exc:
+            failed[case.case_id] = str(exc)
+            continue
+        spacing = image.spacing
+        classes = [k for k in label.present_labels() if cfg.classes is None or k in cfg.classes]
+        norm = normalize_intensity(image.data, cfg.modality)
+        for k in classes:
+            names[str(k)] = case.label_names.get(k, str(k))
+            gt = label.data == k
+            state: dict = {}
+            fns = _methods(rec, image, norm, cfg, state, timings)
+            for method, fn in fns.items():
+                runs = simulate_clicks(fn, gt, n_clicks=cfg.clicks, spacing=spacing)
+                results[method].setdefault(case.case_id, {})[str(k)] = {
+                    str(i + 1): binary_metrics(
+                        pred, gt, spacing=spacing, tolerance_mm=cfg.tolerance_mm
+                    )
+                    for i, (_, pred) in enumerate(runs)
+                }
+                if cfg.save_viz and method == "model":
+                    _save_viz(
+                        out,
+                        case.case_id,
+                        k,
+                        names[str(k)],
+                        image.data,
+                        gt,
+                        runs[-1][1],
+                        state.get("last"),
+                    )
+        if progress:
+            progress(ci + 1, len(cases), case.case_id)
+    report = {
+        "config": asdict(cfg),
+        "weights": rec.name,
+        "label_names": names,
+        "cases": results["model"],
+        "aggregate": _aggregate(results["model"], cfg.clicks),
+        "baselines": {
+            m: {"cases": results[m], "aggregate": _aggregate(results[m], cfg.clicks)}
+            for m in methods
+            if m != "model"
+        },
+        "failed_cases": failed,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "model_latency_ms": {
+            "median": float(np.median(timings) * 1000) if timings else None,
+            "n": len(timings),
+        },
+    }
+    write_json(out / "metrics.json", report)
+    return report
+
+
+def _methods(rec, image, norm, cfg: EvalConfig, state: dict, timings: list) -> dict:
+    """``prompts -> bool mask`` for the model (refining its last result, kept in ``state``)
+    and, unless disabled, the two baselines."""
+    from core.baselines import extrude_slice_mask, region_growing
+
+    spacing = image.spacing
+
+    def model_fn(prompts):
+        t = time.perf_counter()
+        res = rec.predict(
+            image,
+            prompts,
+            mode=cfg.mode,
+            modality=cfg.modality,
+            previous=state.get("last"),
+            mesh=False,
+        )
+        timings.append(time.perf_counter() - t)
+        state["last"] = res
+        return res.mask
+
+    fns = {"model": model_fn}
+    if cfg.baselines:
+        fns["region_growing"] = lambda p: region_growing(norm, p, spacing=spacing)
+        fns["extrusion"] = lambda p: extrude_slice_mask(norm, p, spacing=spacing)
+    return fns
+
+
+def _save_viz(out: Path, case_id: str, k: int, name: str, image, gt, pred, result) -> None:
+    from core.viz import comparison_grid, overlay_views
+
+    d = out / "viz"
+    tag = f"{case_id}_class{k}"
+    comparison_grid(image, gt, pred, d / f"{tag}_grid.png", title=f"{case_id}: {name}")
+    overlay_views(image, pred, d / f"{tag}_overlay.png", gt=gt, title=f"{case_id}: {name}")
+    if result is not None and result.mask.any():
+        from core.mesh import mask_to_mesh, save_mesh
+
+        save_mesh(mask_to_mesh(result.mask, result.affine), d / f"{tag}_pred.ply")
+        save_mesh(mask_to_mesh(gt, result.affine), d / f"{tag}_gt.ply")
+
+
+def summary_table(report: dict) -> str:
+    """A Markdown table: per class, Dice@1 and Dice@N and HD95@N for the model and baselines."""
+    n = report["config"]["clicks"]
+    names = report.get("label_names", {})
+    rows = [
+        f"| structure | model Dice@1 | model Dice@{n} | model HD95@{n} (mm) "
+        f"| region growing Dice@{n} | extrusion Dice@{n} |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    agg = report["aggregate"]["per_class"]
+    base = {m: b["aggregate"]["per_class"] for m, b in report.get("baselines", {}).items()}
+    for cls in agg:
+        rg = base.get("region_growing", {}).get(cls, {}).get(f"dice@{n}", float("nan"))
+        ex = base.get("extrusion", {}).get(cls, {}).get(f"dice@{n}", float("nan"))
+        rows.append(
+            f"| {names.get(cls, cls)} | {agg[cls]['dice@1']:.3f} | {agg[cls][f'dice@{n}']:.3f} | "
+            f"{agg[cls][f'hd95@{n}']:.1f} | {rg:.3f} | {ex:.3f} |"
+        )
+    o = report["aggregate"]["overall"]
+    rgo = (
+        report.get("baselines", {})
+        .get("region_growing", {})
+        .get("aggregate", {})
+        .get("overall", {})
+    )
+    exo = report.get("baselines", {}).get("extrusion", {}).get("aggregate", {}).get("overall", {})
+    rows.append(
+        f"| **mean** | {o['dice@1']:.3f} | {o[f'dice@{n}']:.3f} | {o[f'hd95@{n}']:.1f} | "
+        f"{rgo.get(f'dice@{n}', float('nan')):.3f} | {exo.get(f'dice@{n}', float('nan')):.3f} |"
+    )
+    return "\n".join(rows)
+
+
+def load_report(path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,139 @@
+"""The engine: prompts -> mask on the input grid, mesh, cube policy, errors, refinement.
+
+A stand-in model that "predicts" a ball of a chosen size in the cube makes the geometry and
+the zoom policy testable without trained weights.
+"""
+
+import numpy as np
+import pytest
+import torch
+from conftest import oblique_affine
+from torch import nn
+
+from core.clicks import Click, PromptSet
+from core.engine import CubePolicy, Reconstructor
+from core.errors import InputError
+from core.io import Volume, voxel_to_world
+from core.metrics import dice
+from core.model import ModelConfig, Sam3DMed
+
+
+class BallModel(nn.Module):
+    """Occupancy = a ball of ``radius_mm`` around the cube's centre voxel."""
+
+    def __init__(self, radius_mm: float):
+        super().__init__()
+        self.cfg = ModelConfig()
+        self.radius_mm = radius_mm
+        self.spacings = []
+
+    def forward(self, batch):
+        n, s = self.cfg.cube_size, self.cfg.view_size
+        # The pointmap of the crop view gives the cube's spacing (world mm between pixels).
+        pm = batch["crop_pointmap"][0]
+        step = torch.nanmean(torch.linalg.norm(pm[:, 1:, :] - pm[:, :-1, :], dim=0)).item()
+        self.spacings.append(step)
+        g = torch.arange(n, dtype=torch.float32) - n // 2
+        d = torch.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2) * step
+        occ = torch.where(d <= self.radius_mm, 10.0, -10.0)[None, None]
+        return {
+            "occupancy": occ,
+            "slice_mask": torch.zeros(1, 1, s, s),
+            "sdf": torch.zeros_like(occ),
+        }
+
+
+def _volume(shape=(60, 64, 56), spacing=(2.0, 2.0, 2.5), oblique=False):
+    rng = np.random.default_rng(0)
+    data = rng.normal(40, 10, shape).astype(np.float32)  # soft tissue everywhere (body mask on)
+    aff = oblique_affine(spacing=spacing) if oblique else np.diag([*spacing, 1.0])
+    return Volume(data, aff, "vol.nii.gz")
+
+
+def test_mask_on_input_grid_and_mesh_in_world_mm():
+    vol = _volume(oblique=True)
+    rec = Reconstructor(BallModel(radius_mm=20.0), policy=CubePolicy(zoom_in=False))
+    click = Click(2, 28, 30, 32)
+    res = rec.predict(vol, PromptSet((click,)))
+    assert res.mask.shape == vol.shape and res.mask.dtype == bool
+    np.testing.assert_array_equal(res.affine, vol.affine)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in vol.shape], indexing="ij"), -1)
+    dist = np.linalg.norm(
+        voxel_to_world(vol.affine, grid) - voxel_to_world(vol.affine, click.voxel()), axis=-1
+    )
+    assert dice(res.mask, dist <= 20.0) > 0.93
+    centre = voxel_to_world(vol.affine, click.voxel())
+    r = np.linalg.norm(res.mesh.vertices - centre, axis=1)
+    assert abs(np.median(r) - 20.0) < 1.5  # the surface sits on the sphere, in world mm
+    assert res.passes == 1 and not res.touches_border
+    assert {"normalize", "model", "paste", "mesh", "total"} <= set(res.timings)
+
+
+def test_zoom_out_when_the_organ_touches_the_cube():
+    vol = _volume(shape=(120, 120, 120), spacing=(1.0, 1.0, 1.0))
+    model = BallModel(radius_mm=200.0)  # larger than any cube: always touching
+    rec = Reconstructor(model, policy=CubePolicy(default_spacing_mm=1.0, max_zoom_out=2))
+    res = rec.predict(vol, PromptSet((Click(2, 60, 60, 60),)))
+    assert res.passes == 3  # first pass + 2 zoom-outs
+    np.testing.assert_allclose(model.spacings, [1.0, 1.6, 2.56], rtol=0.02)
+    assert res.touches_border is False  # the whole 120 mm volume fits a 164 mm cube
+    assert res.mask.all()
+
+
+def test_no_zoom_out_where_the_volume_ends():
+    vol = _volume(shape=(40, 40, 40), spacing=(3.0, 3.0, 3.0))
+    model = BallModel(radius_mm=500.0)
+    rec = Reconstructor(model, policy=CubePolicy(default_spacing_mm=3.0))
+    res = rec.predict(vol, PromptSet((Click(2, 20, 20, 20),)))
+    assert res.passes == 1  # the cube already covers the volume: nothing is cut off
+
+
+def test_zoom_in_for_small_organs():
+    vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    model = BallModel(radius_mm=12.0)  # 24 mm in a 192 mm cube: fill 0.13
+    rec = Reconstructor(model, policy=CubePolicy(default_spacing_mm=3.0, min_spacing_mm=0.5))
+    res = rec.predict(vol, PromptSet((Click(2, 32, 32, 32),)))
+    assert res.passes == 2
+    assert model.spacings[1] < 1.0  # ~27 mm / (0.6 * 64)
+    assert res.cube.spacing == pytest.approx(model.spacings[1], rel=0.05)
+
+
+def test_refinement_reuses_the_cube_and_feeds_back_the_previous_result():
+    vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    seen = []
+
+    class Spy(BallModel):
+        def forward(self, batch):
+            seen.append(batch["cube"][0, 4].max().item())
+            return super().forward(batch)
+
+    rec = Reconstructor(Spy(radius_mm=30.0), policy=CubePolicy(zoom_in=False))
+    first = rec.predict(vol, PromptSet((Click(2, 32, 32, 32),)))
+    second = rec.predict(
+        vol, first.prompts.add(Click(2, 32, 36, 32, positive=False)), previous=first
+    )
+    assert seen[0] == 0 and seen[-1] > 0.9  # the previous prediction is an input
+    assert second.cube is first.cube and second.passes == 1
+
+
+def test_bad_prompts():
+    vol = _volume()
+    rec = Reconstructor(BallModel(10.0))
+    with pytest.raises(InputError) as exc:
+        rec.predict(vol, PromptSet((Click(2, 28, 300, 5),)))
+    assert "vol.nii.gz" in str(exc.value) and "outside the volume" in str(exc.value)
+    with pytest.raises(ValueError, match="positive click"):
+        rec.predict(vol, PromptSet((Click(2, 28, 3, 5, positive=False),)))
+    with pytest.raises(ValueError, match="mode"):
+        rec.predict(vol, PromptSet((Click(2, 28, 3, 5),)), mode="3d")
+
+
+def test_real_model_runs_in_both_modes():
+    torch.manual_seed(0)
+    cfg = ModelConfig(cube_size=32, view_size=32, dim=32, depth=1, heads=2)
+    rec = Reconstructor(Sam3DMed(cfg), policy=CubePolicy(zoom_in=False, max_zoom_out=0))
+    vol = _volume(shape=(40, 40, 40))
+    for mode in ("volume", "slice"):
+        res = rec.predict(vol, PromptSet((Click(1, 20, 20, 20),)), mode=mode)
+        assert res.mask.shape == vol.shape and res.cube_probability.shape == (32, 32, 32)
+        assert res.slice_mask.shape == (40, 40)

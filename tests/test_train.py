@@ -1,0 +1,523 @@
+"""Training: losses, checkpoints, the loop's files, exact resume, stopping, data split,
+LoRA, the CLI and data-parallel training, all on a tiny model and tiny synthetic hearts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    save_weights_safetensors,
+    set_rng_state,
+)
+from core.config import LossSection, TrainConfig, load_config
+from core.losses import compute_loss, dice_score
+from core.model import ModelConfig, Sam3DMed
+from core.train import lr_at, split_cases, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.cube_size=16",
+    "model.view_size=16",
+    "model.patch=8",
+    "model.dim=32",
+    "model.depth=1",
+    "model.heads=2",
+    "model.enc_channels=[24,24,32]",
+    "model.dec_channels=[24,24,0]",
+]
+# core.cubes' simulated previous prediction needs cubes larger than 16^3 (see the report):
+# refinement is off at this scale.
+FAST = [
+    "training.epochs=2",
+    "training.steps_per_epoch=2",
+    "training.batch_size=2",
+    "training.warmup_steps=1",
+    "training.val_items=2",
+    "training.checkpoint_every=1",
+    "training.init_checkpoint=random",
+    "training.learning_rate=1e-3",
+    "sampling.p_refine=0.0",
+]
+
+
+def make_cfg(data, out, *extra) -> TrainConfig:
+    paths = [
+        f"data.train_data={json.dumps(str(data))}",
+        f"training.output_dir={json.dumps(str(out))}",
+    ]
+    return load_config(None, [*TINY, *FAST, *paths, *extra])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Two OpenMP threads on a busy two-core machine spin against each other (10x slower).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def hearts_raw(tmp_path_factory):
+    from core.synthetic import write_heart_dataset
+
+    root = tmp_path_factory.mktemp("hearts") / "raw"
+    write_heart_dataset(root, 4, shape=(32, 32, 32), spacing=6.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hearts_cache(hearts_raw):
+    from core.preprocess import PreprocessConfig, preprocess_dataset
+
+    out = hearts_raw.parent / "cache"
+    cfg = PreprocessConfig(
+        input_dir=str(hearts_raw), out_dir=str(out), classes=5, spacing=6.0, slices_per_axis=2
+    )
+    assert preprocess_dataset(cfg).n_done == 4
+    return out
+
+
+def state_of(path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+# --------------------------------------------------------------------------------------------
+# losses
+
+
+def toy_batch(b=2, c=8, s=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    occ = (torch.rand(b, 1, c, c, c, generator=g) > 0.6).float()
+    return {
+        "occupancy": occ,
+        "sdf": torch.rand(b, 1, c, c, c, generator=g) * 2 - 1,
+        "sdf_valid": torch.ones(b, dtype=torch.bool),
+        "slice_mask": (torch.rand(b, 1, s, s, generator=g) > 0.5).float(),
+    }
+
+
+def perfect(batch, margin=30.0):
+    return {
+        "occupancy": (batch["occupancy"] * 2 - 1) * margin,
+        "sdf": batch["sdf"].clone(),
+        "slice_mask": (batch["slice_mask"] * 2 - 1) * margin,
+    }
+
+
+def test_perfect_prediction_has_near_zero_loss_and_a_wrong_one_does_not():
+    batch = toy_batch()
+    total, parts = compute_loss(perfect(batch), batch, LossSection())
+    assert float(total) < 1e-3
+    assert set(parts) == {"occ_bce", "occ_dice", "sdf_l1", "mask_bce", "mask_dice", "total"}
+    wrong = perfect(batch)
+    wrong["occupancy"] = -wrong["occupancy"]
+    total_wrong, parts_wrong = compute_loss(wrong, batch, LossSection())
+    assert parts_wrong["occ_bce"] > 10 and parts_wrong["occ_dice"] > 0.9
+    assert float(total_wrong) > 10
+
+
+def test_loss_weights_are_respected():
+    batch = toy_batch()
+    pred = {k: torch.zeros_like(v) for k, v in perfect(batch).items()}
+    only_sdf = LossSection(w_occ_bce=0, w_occ_dice=0, w_sdf_loss=1, w_mask_loss=0)
+    total, parts = compute_loss(pred, batch, only_sdf)
+    assert float(total) == pytest.approx(parts["sdf_l1"])
+    base, p = compute_loss(pred, batch, LossSection())
+    doubled, _ = compute_loss(pred, batch, LossSection(w_occ_bce=2.0))
+    assert float(doubled) - float(base) == pytest.approx(p["occ_bce"], rel=1e-5)
+    heavy_mask, _ = compute_loss(pred, batch, LossSection(w_mask_loss=1.0))
+    assert float(heavy_mask) - float(base) == pytest.approx(
+        0.5 * (p["mask_bce"] + p["mask_dice"]), rel=1e-5
+    )
+
+
+def test_sdf_loss_ignores_samples_without_an_sdf():
+    batch = toy_batch()
+    pred = perfect(batch)
+    pred["sdf"] = -batch["sdf"]  # all wrong...
+    batch["sdf_valid"] = torch.zeros(2, dtype=torch.bool)  # ...but no target to compare with
+    _, parts = compute_loss(pred, batch, LossSection())
+    assert parts["sdf_l1"] == 0.0
+
+
+def test_loss_is_stable_for_extreme_logits_and_splits_over_the_batch():
+    batch = toy_batch(b=4)
+    pred = perfect(batch, margin=1e4)
+    pred["occupancy"] = pred["occupancy"].requires_grad_()
+    total, _ = compute_loss(pred, batch, LossSection())
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(pred["occupancy"].grad).all()
+    # A batch's loss is the mean of its halves' losses: what data-parallel training relies on.
+    rand = {k: torch.randn_like(v) for k, v in perfect(batch).items()}
+    whole, _ = compute_loss(rand, batch, LossSection())
+    halves = [
+        compute_loss({k: v[i : i + 2] for k, v in rand.items()},
+                     {k: v[i : i + 2] for k, v in batch.items()}, LossSection())[0]
+        for i in (0, 2)
+    ]  # fmt: skip
+    assert float(whole) == pytest.approx(float(sum(halves) / 2), rel=1e-6)
+
+
+def test_dice_score():
+    t = torch.zeros(2, 1, 4, 4, 4)
+    t[0, 0, :2] = 1
+    logits = torch.full_like(t, -5.0)
+    logits[0, 0, :1] = 5.0  # half of the target in sample 0; sample 1 empty vs empty
+    assert dice_score(logits, t).tolist() == pytest.approx([2 * 16 / (16 + 32), 1.0])
+
+
+def test_lr_schedule_warms_up_then_decays_to_ten_percent():
+    kw = dict(peak=1e-3, warmup=10, total=110, schedule="cosine", min_ratio=0.1)
+    assert lr_at(0, **kw) == pytest.approx(1e-4)
+    assert lr_at(9, **kw) == pytest.approx(1e-3)
+    assert lr_at(10, **kw) == pytest.approx(1e-3)
+    assert lr_at(109, **kw) == pytest.approx(1e-4)
+    lrs = [lr_at(s, **kw) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert lr_at(100, **{**kw, "schedule": "constant"}) == 1e-3
+
+
+def test_overfits_one_batch(hearts_cache):
+    """The model + losses can memorise a batch: the loss falls by more than half in 30 steps."""
+    from core.cubes import CubeDataset
+
+    cfg = make_cfg(hearts_cache, "unused")
+    ds = CubeDataset(hearts_cache, model_cfg=cfg.model, sampling=cfg.sampling)
+    batch = torch.utils.data.default_collate([ds[0], ds[7]])
+    torch.manual_seed(0)
+    model = Sam3DMed(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = compute_loss(model(batch), batch, cfg.loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def test_checkpoint_round_trip_weights_only_and_atomic(tmp_path, monkeypatch):
+    model = Sam3DMed(ModelConfig(cube_size=16, view_size=16, dim=32, depth=1, heads=2))
+    opt = torch.optim.AdamW(model.parameters())
+    model(_random_inputs(model.cfg))["occupancy"].mean().backward()
+    opt.step()
+    cfg = TrainConfig(model=model.cfg)
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model_state=model.state_dict(), optimizer_state=opt.state_dict(),
+                    scheduler_state={"step": 1}, step=1, epoch=1, config_dict=cfg.to_dict(),
+                    extra={"rng": rng_state()})  # fmt: skip
+    raw = torch.load(path, weights_only=True)  # plain tensors and values only
+    assert raw["step"] == 1
+    ck = load_checkpoint(path)
+    assert TrainConfig.from_dict(ck["config"]) == cfg
+    assert max_diff(ck["model"], model.state_dict()) == 0
+    opt2 = torch.optim.AdamW(Sam3DMed(model.cfg).parameters())
+    opt2.load_state_dict(ck["optimizer"])  # optimizer state survives weights_only
+
+    # A failed write leaves the previous checkpoint and no temporary file.
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(path, model_state={}, optimizer_state=None, scheduler_state=None,
+                        step=2, epoch=2, config_dict={})  # fmt: skip
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "sam3d-checkpoint-v1", "x": Path("/")}, path)  # a pickled class
+    with pytest.raises(ValueError, match="not a readable sam3d checkpoint"):
+        load_checkpoint(path)
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a sam3d checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_rng_state_restores_every_generator():
+    import random
+
+    state = rng_state()
+    draws = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    assert torch.equal(draws[0], again[0])
+    assert np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+
+def test_safetensors_weights_round_trip(tmp_path):
+    cfg = ModelConfig(cube_size=16, view_size=16, dim=32, depth=1, heads=2)
+    model = Sam3DMed(cfg)
+    path = save_weights_safetensors(model, tmp_path / "base.safetensors", cfg)
+    assert (tmp_path / "base.json").is_file()
+    state, cfg2 = load_weights(path)
+    assert cfg2 == cfg and max_diff(state, model.state_dict()) == 0
+    with pytest.raises(ValueError, match="differs"):
+        save_weights_safetensors(model, tmp_path / "x.safetensors", ModelConfig())
+
+
+def _random_inputs(cfg: ModelConfig, b: int = 1) -> dict:
+    c, s = cfg.cube_size, cfg.view_size
+    return {
+        "cube": torch.rand(b, 7, c, c, c),
+        "crop_view": torch.rand(b, 5, s, s),
+        "crop_pointmap": torch.randn(b, 3, s, s) * 30,
+        "full_view": torch.rand(b, 5, s, s),
+        "full_pointmap": torch.randn(b, 3, s, s) * 30,
+        "center": torch.zeros(b, 3),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the training loop
+
+
+def test_two_epoch_run_writes_everything_a_user_looks_for(hearts_cache, tmp_path):
+    cfg = make_cfg(hearts_cache, tmp_path / "run")
+    calls = []
+    result = train(cfg, progress=lambda d, t, m: calls.append((d, t, m)))
+    out = tmp_path / "run"
+    assert not result.stopped and result.epochs_done == 2 and result.steps == 4
+    for name in ("best.pt", "last.pt", "epoch_001.pt", "epoch_002.pt", "metrics.jsonl",
+                 "loss_curve.png", "train.log", "config.json", "best.safetensors"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert calls[-1][:2] == (4, 4) and "epoch 2/2" in calls[-1][2]
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["samples_per_s"] > 0 and r["lr"] > 0
+        assert 0 <= r["val_dice_volume"] <= 1 and 0 <= r["val_dice_slice"] <= 1
+        assert {"train_occ_bce", "train_occ_dice", "train_sdf_l1", "train_mask_bce"} <= set(r)
+    best = max(rows, key=lambda r: r["val_dice"])
+    assert result.best_epoch == best["epoch"]
+    assert result.best_val_dice == pytest.approx(best["val_dice"])
+    assert load_checkpoint(out / "best.pt")["epoch"] == best["epoch"]
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
+    log = (out / "train.log").read_text()
+    assert "samples/s" in log and "val dice" in log and "epoch 2/2" in log
+    # the shipped-format export of best.pt holds the same weights
+    state, _ = load_weights(out / "best.safetensors")
+    assert max_diff(state, state_of(out / "best.pt")) == 0
+    # an existing run is never silently overwritten
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(cfg)
+
+
+def test_resume_continues_exactly(hearts_cache, tmp_path):
+    full = train(make_cfg(hearts_cache, tmp_path / "a"))
+
+    seen = []
+    # stop at the first batch of epoch 2 (after epoch 1's checkpoints)
+    stopped = train(
+        make_cfg(hearts_cache, tmp_path / "b"),
+        progress=lambda d, t, m: seen.append(d),
+        should_stop=lambda: bool(seen) and seen[-1] >= 2,
+    )
+    assert stopped.stopped and stopped.epochs_done == 1 and stopped.steps == 2
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "b" / "epoch_002.pt").exists()
+
+    resumed = train(make_cfg(hearts_cache, tmp_path / "b"), resume=True)
+    assert not resumed.stopped and resumed.steps == full.steps == 4
+    assert (
+        max_diff(state_of(tmp_path / "a" / "last.pt"), state_of(tmp_path / "b" / "last.pt")) < 1e-6
+    )
+    a_rows = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    b_rows = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert len(b_rows) == 2
+    for ra, rb in zip(map(json.loads, a_rows), map(json.loads, b_rows), strict=True):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-6)
+        assert rb["val_dice"] == pytest.approx(ra["val_dice"], rel=1e-6)
+    assert "resumed from" in (tmp_path / "b" / "train.log").read_text()
+
+
+def test_stop_in_first_epoch_and_resume_without_checkpoint(hearts_cache, tmp_path):
+    result = train(make_cfg(hearts_cache, tmp_path / "r"), should_stop=lambda: True)
+    assert result.stopped and result.epochs_done == 0 and result.last_checkpoint is None
+    assert not (tmp_path / "r" / "last.pt").exists()
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(make_cfg(hearts_cache, tmp_path / "r"), resume=True)
+
+
+def test_validation_is_split_by_case_without_leakage(hearts_cache, tmp_path):
+    ids = [f"c{i}" for i in range(10)]
+    tr, va = split_cases(ids, val_fraction=0.2, seed=0)
+    assert len(va) == 2 and not set(tr) & set(va) and sorted(tr + va) == ids
+    assert split_cases(ids, val_fraction=0.2, seed=0) == (tr, va)  # deterministic
+    assert any(split_cases(ids, val_fraction=0.2, seed=s)[1] != va for s in range(1, 5))
+    with pytest.raises(ValueError, match="at least 2 cases"):
+        split_cases(["only"], val_fraction=0.2, seed=0)
+
+    cfg = make_cfg(hearts_cache, tmp_path / "s", "training.epochs=1", "training.steps_per_epoch=1")
+    train(cfg)
+    summary = json.loads((tmp_path / "s" / "data_summary.json").read_text())
+    assert summary["n_val_cases"] == 1 and summary["n_train_cases"] == 3
+    assert not set(summary["train_cases"]) & set(summary["val_cases"])
+    # the same folder as separate validation data would leak: refused
+    leaky = make_cfg(hearts_cache, tmp_path / "t", f"data.val_data={json.dumps(str(hearts_cache))}")
+    with pytest.raises(ValueError, match="leak"):
+        train(leaky)
+
+
+def test_raw_dataset_folder_is_preprocessed_first(hearts_raw, tmp_path):
+    with pytest.raises(ValueError, match="data.classes"):
+        train(make_cfg(hearts_raw, tmp_path / "p0"))
+    cfg = make_cfg(hearts_raw, tmp_path / "p", "data.classes=5", "data.spacing=6.0",
+                   "training.epochs=1", "training.steps_per_epoch=1")  # fmt: skip
+    result = train(cfg)
+    cache = tmp_path / "p" / "cache"
+    assert (cache / "manifest.json").is_file()
+    assert len(list((cache / "cases").glob("*/meta.json"))) == 4
+    assert result.epochs_done == 1 and Path(result.best_checkpoint).is_file()
+    assert json.loads((tmp_path / "p" / "data_summary.json").read_text())["train_cache"] == str(
+        cache
+    )
+
+
+def test_base_weights_must_match_the_model_config(hearts_cache, tmp_path):
+    cfg = make_cfg(hearts_cache, tmp_path / "w")
+    other = ModelConfig(**{**cfg.model.__dict__, "dim": 64})
+    path = save_weights_safetensors(Sam3DMed(other), tmp_path / "base.safetensors", other)
+    bad = make_cfg(
+        hearts_cache, tmp_path / "w", f"training.init_checkpoint={json.dumps(str(path))}"
+    )
+    with pytest.raises(ValueError, match="model.dim"):
+        train(bad)
+
+
+def test_lora_run_trains_adapters_only_and_saves_them(hearts_cache, tmp_path):
+    lora = pytest.importorskip("core.lora")
+    cfg0 = make_cfg(hearts_cache, tmp_path / "l")
+    torch.manual_seed(1)
+    base = Sam3DMed(cfg0.model)
+    base_path = save_weights_safetensors(base, tmp_path / "base.safetensors", cfg0.model)
+    init = f"training.init_checkpoint={json.dumps(str(base_path))}"
+
+    too_big = make_cfg(hearts_cache, tmp_path / "l0", init, "lora.enabled=true", "lora.rank=16")
+    with pytest.raises(ValueError, match="max_trainable_fraction"):
+        train(too_big)  # rank 16 on every target of this tiny model: 3.6 %
+
+    cfg = make_cfg(hearts_cache, tmp_path / "l", init, "lora.enabled=true", "lora.rank=2",
+                   "lora.max_trainable_fraction=0.05", "training.epochs=1")  # fmt: skip
+    result = train(cfg)
+    assert 0 < result.trainable_fraction < 0.05
+    assert "trainable" in (tmp_path / "l" / "train.log").read_text()
+    for folder in (result.adapter_best, result.adapter_last):
+        info = lora.read_adapter_info(folder)
+        assert info["base_hash"] == lora.base_hash(base)
+        assert info["data"]["train_cases"] and info["training"]["lora"]["rank"] == 2
+    assert result.best_weights is None  # a LoRA run exports its adapter, not full weights
+
+    # the frozen base is untouched; the adapter changes the output
+    from core.weights import load_model
+
+    plain = load_model(base_path)
+    tuned = lora.load_adapter(load_model(base_path), result.adapter_best)
+    x = _random_inputs(cfg.model)
+    with torch.no_grad():
+        assert torch.equal(plain(x)["occupancy"], base.eval()(x)["occupancy"])
+        assert not torch.allclose(tuned(x)["occupancy"], plain(x)["occupancy"])
+
+
+# --------------------------------------------------------------------------------------------
+# command line and processes
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def test_cli_train_then_ctrl_c_stops_cleanly(hearts_cache, tmp_path, capsys):
+    from core.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train", "--data", str(hearts_cache), "--output_dir", str(out), "--epochs", "1",
+            "--batch_size", "2", *TINY, *FAST[1:]]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "best.pt") in printed and str(out / "loss_curve.png") in printed
+    assert main(args) == 1  # the run exists: refused, with a message
+    assert "already holds a training run" in capsys.readouterr().err
+
+    # Ctrl-C in a real process: exit 130, last.pt of the finished epoch kept, resumable
+    out2 = tmp_path / "cli2"
+    cmd = [sys.executable, "-m", "core", "train", "--data", str(hearts_cache),
+           "--output_dir", str(out2), "--epochs", "50", "--batch_size", "2", *TINY, *FAST[1:]]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (out2 / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr
+    assert load_checkpoint(out2 / "last.pt")["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(hearts_cache, tmp_path):
+    """torchrun with 2 x batch 2 takes the same optimizer steps on the same samples as one
+    process with batch 4: equal step counts and (float-close) equal weights, loss, Dice."""
+    common = [*TINY, *FAST[1:], "training.epochs=1", "training.steps_per_epoch=2",
+              "training.grad_clip=0.5"]  # fmt: skip
+    single = load_config(None, [*common, "training.batch_size=4",
+                                f"data.train_data={json.dumps(str(hearts_cache))}",
+                                f"training.output_dir={json.dumps(str(tmp_path / 'one'))}"])  # fmt: skip
+    train(single)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "core", "train", "--data", str(hearts_cache), "--output_dir",
+           str(tmp_path / "two"), "--batch_size", "2", *common]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [2]
+    assert two[0]["train_loss"] == pytest.approx(one[0]["train_loss"], rel=1e-5)
+    assert two[0]["val_dice"] == pytest.approx(one[0]["val_dice"], abs=1e-4)
+    ck_one, ck_two = (
+        load_checkpoint(tmp_path / "one" / "last.pt"),
+        load_checkpoint(tmp_path / "two" / "last.pt"),
+    )
+    diff = max_diff(ck_one["model"], ck_two["model"])
+    # the weights moved far more than the two runs differ
+    torch.manual_seed(0)
+    moved = max_diff(ck_one["model"], Sam3DMed(single.model).state_dict())
+    assert diff < 1e-4 and moved > 100 * diff, (diff, moved)
+    log = (tmp_path / "two" / "train.log").read_text()
+    assert log.count("epoch 1/1 step 2") == 1  # rank 0 alone writes the log
+    assert "x 2" in log and "global batch 4" in log
