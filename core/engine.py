@@ -162,7 +162,7 @@ class Reconstructor:
     def set_adapter(self, adapter) -> None:
         """Use an adapter (shipped name or folder), or the bare base with None. The base
         stays loaded; switching never reloads it."""
-        from core.lora import AdapterManager
+        from core.adapters import AdapterManager
         from core.weights import resolve_adapter
 
         if self.adapters is None:

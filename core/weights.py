@@ -159,7 +159,7 @@ def save_weights(model: Sam3DMed, path: str | os.PathLike, *, metadata: dict) ->
     ----------
     model : Sam3DMed
         A plain model (a LoRA model: save its adapter with :func:`core.lora.save_adapter`, or
-        merge it first with :meth:`core.lora.AdapterManager.merge`).
+        merge it first with :meth:`core.adapters.AdapterManager.merge`).
     path : ``<name>``, ``<name>.safetensors`` or ``<name>.json``
     metadata : dict
         JSON-able provenance stored at the top level of the JSON, conventionally

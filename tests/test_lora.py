@@ -15,12 +15,12 @@ import torch
 from test_weights import TINY, assert_same_outputs, make_batch, make_model, outputs
 
 import core.lora as L
+from core.adapters import AdapterManager
 from core.errors import InputError
 from core.lora import (
     ADAPTER_CONFIG,
     ADAPTER_INFO,
     ADAPTER_WEIGHTS,
-    AdapterManager,
     apply_lora,
     base_hash,
     load_adapter,
@@ -297,11 +297,13 @@ def test_switching_adapters_never_reloads_the_base(tmp_path, two_adapters, batch
         loads.append(args)
         return real_load(*args, **kwargs)
 
-    real_load, L.load_model = L.load_model, counting_load
+    import core.adapters as A
+
+    real_load, A.load_model = A.load_model, counting_load
     try:
         mgr = AdapterManager.from_weights(weights)
     finally:
-        L.load_model = real_load
+        A.load_model = real_load
     base = mgr.model
     assert_same_outputs(outputs(mgr, batch), base_ref)
 

@@ -1,0 +1,82 @@
+"""Benchmark: click -> mask and mesh latency of the engine, and peak memory.
+
+    .venv/bin/python bench/latency.py [--checkpoint F] [--repeats 20] [--precision auto]
+
+Two volumes: the 64^3 synthetic heart (3 mm) and a 128^3 one (the same anatomy at 1.5 mm).
+Each repeat is one first click (no refinement) on a different structure/slice, timed end to
+end by the engine (normalisation, model passes including zooms, paste-back, mesh). Reports the
+median and 90th percentile, the number of model passes, and the peak RSS of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--mode", default="volume", choices=("volume", "slice"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from core.clicks import PromptSet, first_click
+    from core.engine import Reconstructor
+    from core.synthetic import make_heart_phantom
+
+    rec = Reconstructor.from_pretrained(a.checkpoint, precision=a.precision)
+    rows = []
+    for shape, spacing in (((64, 64, 64), 3.0), ((128, 128, 128), 1.5)):
+        times, passes = [], []
+        for r in range(a.repeats + 2):
+            image, label = make_heart_phantom(9000 + r, shape=shape, spacing=spacing)
+            k = 1 + r % 5
+            click = first_click(label.data == k)
+            res = rec.predict(image, PromptSet((click,)), mode=a.mode)
+            if r >= 2:  # two warm-up runs
+                times.append(res.timings)
+                passes.append(res.passes)
+        tot = np.array([t["total"] for t in times])
+        row = {
+            "shape": "x".join(map(str, shape)),
+            "mode": a.mode,
+            "precision": rec.precision,
+            "median_ms": float(np.median(tot)),
+            "p90_ms": float(np.percentile(tot, 90)),
+            "median_model_ms": float(np.median([t["model"] for t in times])),
+            "median_mesh_ms": float(np.median([t.get("mesh", 0.0) for t in times])),
+            "mean_passes": float(np.mean(passes)),
+            "n": len(times),
+        }
+        rows.append(row)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"machine: {platform.machine()}, torch threads {a.threads}, peak RSS {peak:.0f} MB\n")
+    print("| volume | mode | precision | median ms | p90 ms | model ms | mesh ms | passes |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['shape']} | {r['mode']} | {r['precision']} | {r['median_ms']:.0f} | "
+            f"{r['p90_ms']:.0f} | {r['median_model_ms']:.0f} | {r['median_mesh_ms']:.0f} | "
+            f"{r['mean_passes']:.2f} |"
+        )
+    if a.json:
+        a.json.write_text(json.dumps({"rows": rows, "peak_rss_mb": peak}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
