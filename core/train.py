@@ -22,18 +22,20 @@ Output folder (``training.output_dir``)::
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same function trains data-parallel: gradients are
 averaged over processes (DDP), each process reads its share of every epoch
 (``DistributedSampler``), rank 0 validates and writes every file.
+
+The data side lives in ``core.train_data`` (caches, the split by case, loaders) and what a
+run writes in ``core.train_outputs`` (log, metrics, curve, checkpoints, adapters).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -41,65 +43,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
-from torch.utils.data.distributed import DistributedSampler
 
-from core.atomic import atomic_path, write_json, write_text
-from core.checkpoint import (
-    load_checkpoint,
-    load_weights,
-    rng_state,
-    save_checkpoint,
-    save_weights_safetensors,
-    set_rng_state,
-)
+from core.atomic import write_json
+from core.checkpoint import load_checkpoint, load_weights, set_rng_state
 from core.config import INIT_RANDOM, TrainConfig
-from core.cubes import CubeDataset
 from core.losses import compute_loss, dice_score
 from core.model import INPUTS, Sam3DMed
+from core.train_data import build_data, split_cases
+from core.train_outputs import RunLog, TrainResult, epoch_line, run_result, save_epoch
 
 __all__ = ["TrainResult", "train", "lr_at", "split_cases", "evaluate"]
 
 Progress = Callable[[int, int, str], None]
 _TARGETS = ("occupancy", "sdf", "sdf_valid", "slice_mask")
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a training run produced.
-
-    Attributes
-    ----------
-    output_dir : the run's folder
-    best_checkpoint, last_checkpoint : ``best.pt`` / ``last.pt`` (None if no epoch finished)
-    best_weights : ``best.safetensors`` (full training only)
-    adapter_best, adapter_last : LoRA adapter folders (LoRA only)
-    loss_curve : ``loss_curve.png``
-    best_epoch : 1-based epoch of ``best.pt``
-    best_val_dice : its mean validation Dice (None without validation)
-    epochs_done : epochs completed (including those of a resumed run)
-    steps : optimizer steps done
-    stopped : ``should_stop`` ended the run early
-    samples_per_second : training throughput of this call (all processes)
-    trainable_fraction : trainable / all parameters (1.0 without LoRA)
-    history : one dict per epoch, as in ``metrics.jsonl``
-    """
-
-    output_dir: str
-    best_checkpoint: str | None
-    last_checkpoint: str | None
-    best_weights: str | None
-    adapter_best: str | None
-    adapter_last: str | None
-    loss_curve: str | None
-    best_epoch: int | None
-    best_val_dice: float | None
-    epochs_done: int
-    steps: int
-    stopped: bool
-    samples_per_second: float
-    trainable_fraction: float
-    history: tuple[dict, ...]
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,25 +71,6 @@ def lr_at(step: int, *, peak: float, warmup: int, total: int, schedule: str, min
         return peak
     t = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def split_cases(case_ids, *, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out whole cases for validation (slices of one case never end up on both sides).
-
-    Deterministic for ``seed``; at least one case on each side when ``val_fraction`` > 0.
-    """
-    ids = sorted(set(case_ids))
-    if val_fraction <= 0:
-        return ids, []
-    if len(ids) < 2:
-        raise ValueError(
-            f"a validation split needs at least 2 cases, the cache has {len(ids)}; "
-            "set data.val_fraction=0 or give data.val_data"
-        )
-    n_val = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
-    perm = np.random.default_rng(seed).permutation(len(ids))
-    val = sorted(ids[i] for i in perm[:n_val])
-    return sorted(set(ids) - set(val)), val
 
 
 def _seed_everything(seed: int) -> None:
@@ -181,20 +118,11 @@ def evaluate(model, loaders: dict, *, device, loss_weights, autocast=contextlib.
     return out
 
 
-class _RunLog:
-    """``train.log`` lines (rank 0 only)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def __call__(self, line: str) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-
-
 @dataclass(frozen=True)
-class _Dist:
+class Dist:
+    """This process's place in the run: rank, world size, device, and whether ``train`` owns
+    (and so destroys) the process group."""
+
     rank: int
     world: int
     device: torch.device
@@ -205,13 +133,13 @@ class _Dist:
         return self.rank == 0
 
 
-def _setup_device(device_opt: str) -> _Dist:
+def _setup_device(device_opt: str) -> Dist:
     if device_opt == "cuda" and not torch.cuda.is_available():
         raise ValueError("training.device is 'cuda' but no CUDA GPU is available")
     cuda = device_opt == "cuda" or (device_opt == "auto" and torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return _Dist(0, 1, torch.device("cuda" if cuda else "cpu"), False)
+        return Dist(0, 1, torch.device("cuda" if cuda else "cpu"), False)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cpu")
     if cuda:
@@ -220,7 +148,7 @@ def _setup_device(device_opt: str) -> _Dist:
     owns = not dist.is_initialized()
     if owns:  # preprocessing a raw folder on rank 0 can take a while: a generous timeout
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=2))
-    return _Dist(rank, world, device, owns)
+    return Dist(rank, world, device, owns)
 
 
 def _shipped_base() -> Path | None:
@@ -261,175 +189,6 @@ def _initial_model(cfg: TrainConfig) -> tuple[Sam3DMed, str]:
     return model, f"weights from {path}"
 
 
-def _as_cache(path: str, cache_dir: Path, cfg: TrainConfig, d: _Dist, log, progress, stop):
-    """A cache folder for ``path``: itself when it is one, else ``cache_dir`` after
-    preprocessing the raw dataset into it (rank 0; the others wait). None when stopped."""
-    from core.preprocess import PreprocessConfig, cache_params, preprocess_dataset
-
-    src = Path(path)
-    if (src / "manifest.json").is_file():
-        k = cache_params(src).get("classes")
-        if cfg.data.classes is not None and k != cfg.data.classes:
-            raise ValueError(
-                f"{src}: cache was built with {k} classes but data.classes is {cfg.data.classes}"
-            )
-        return src
-    if not src.is_dir():
-        raise ValueError(f"{src}: data folder not found")
-    if cfg.data.classes is None:
-        raise ValueError(
-            f"{src}: a raw dataset folder (no manifest.json) is preprocessed first, which "
-            "needs data.classes (the number of label classes)"
-        )
-    pcfg = PreprocessConfig(
-        input_dir=str(src),
-        out_dir=str(cache_dir),
-        classes=cfg.data.classes,
-        spacing=cfg.data.spacing,
-        modality=cfg.data.modality,
-    )
-    cancelled = False
-    if d.master:
-        log(f"preprocessing {src} -> {cache_dir}")
-        pp = (lambda i, n, m: progress(i, n, f"preprocess {m}")) if progress else None
-        summary = preprocess_dataset(pcfg, progress=pp, should_stop=stop)
-        log(summary.report())
-        if summary.n_done == 0 and not summary.cancelled:
-            raise ValueError(f"{src}: no case could be preprocessed ({summary.report()})")
-        cancelled = summary.cancelled
-    if d.world > 1:
-        flag = [cancelled]
-        dist.broadcast_object_list(flag, src=0)
-        cancelled = flag[0]
-    return None if cancelled else cache_dir
-
-
-def _fixed_val_loaders(cache, case_ids, cfg: TrainConfig, pin: bool) -> dict:
-    """Validation items that never change during a run: the first ``val_cases`` held-out
-    cases, ``val_items`` items evenly spread over their slices, drawn once with a fixed seed
-    and epoch, in "volume" and in "slice" mode (the same cubes and prompts for both)."""
-    loaders = {}
-    for mode, p_volume in (("volume", 1.0), ("slice", 0.0)):
-        sampling = replace(cfg.sampling, p_volume=p_volume, intensity_jitter=0.0)
-        ds = CubeDataset(
-            cache,
-            model_cfg=cfg.model,
-            sampling=sampling,
-            case_ids=case_ids,
-            seed=cfg.training.seed + 1,
-        )
-        idx = np.unique(np.linspace(0, len(ds) - 1, min(cfg.training.val_items, len(ds))).round())
-        loaders[mode] = DataLoader(
-            Subset(ds, [int(i) for i in idx]),
-            batch_size=cfg.training.batch_size,
-            shuffle=False,
-            num_workers=cfg.data.num_workers,
-            pin_memory=pin,
-        )
-    return loaders
-
-
-def _save_curve(path: Path, history: list[dict]) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.5))
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    ep = [h["epoch"] for h in history]
-    ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    if any(h.get("val_loss") is not None for h in history):
-        ax1.plot(ep, [h.get("val_loss") for h in history], "s--", label="validation")
-    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax1.legend()
-    for key, label in (
-        ("val_dice", "mean"),
-        ("val_dice_volume", "volume mode"),
-        ("val_dice_slice", "slice mode"),
-    ):
-        if any(h.get(key) is not None for h in history):
-            ax2.plot(ep, [h.get(key) for h in history], "o-", label=label)
-    ax2.set(xlabel="epoch", ylabel="Dice", title="validation Dice (occupancy)", ylim=(0, 1))
-    ax2.legend()
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
-
-
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Data:
-    train_ds: CubeDataset
-    sampler: DistributedSampler
-    loader: DataLoader
-    val_loaders: dict
-    steps_per_epoch: int
-    summary: dict
-
-
-def _build_data(cfg: TrainConfig, d: _Dist, out: Path, log, progress, stop) -> _Data | None:
-    """Caches (preprocessing raw folders), the split by case, the datasets and loaders.
-    None when ``stop`` ended preprocessing."""
-    tc = cfg.training
-    train_cache = _as_cache(cfg.data.train_data, out / "cache", cfg, d, log, progress, stop)
-    if train_cache is None:
-        return None
-    all_ids = CubeDataset(train_cache, model_cfg=cfg.model, sampling=cfg.sampling).case_ids
-    if cfg.data.val_data:
-        val_cache = _as_cache(cfg.data.val_data, out / "cache_val", cfg, d, log, progress, stop)
-        if val_cache is None:
-            return None
-        train_ids = all_ids
-        val_ids = CubeDataset(val_cache, model_cfg=cfg.model, sampling=cfg.sampling).case_ids
-        shared = sorted(set(train_ids) & set(val_ids))
-        if shared:
-            raise ValueError(
-                f"data.val_data shares cases with data.train_data ({', '.join(shared[:5])}): "
-                "validation would leak training data"
-            )
-    else:
-        val_cache = train_cache
-        train_ids, val_ids = split_cases(all_ids, val_fraction=cfg.data.val_fraction, seed=tc.seed)
-    val_ids = val_ids[: tc.val_cases]
-    train_ds = CubeDataset(
-        train_cache, model_cfg=cfg.model, sampling=cfg.sampling, case_ids=train_ids, seed=tc.seed
-    )
-    cuda = d.device.type == "cuda"
-    # One sampler for one or many processes: a permutation seeded by (seed, epoch), so an
-    # epoch's order survives a resume and N processes split exactly one process's batches.
-    sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, seed=tc.seed)
-    loader = DataLoader(
-        train_ds,
-        batch_size=tc.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        pin_memory=cuda,
-    )
-    if len(loader) < tc.grad_accum:
-        raise ValueError(
-            f"{train_cache}: {len(train_ds)} training items are too few for batch_size "
-            f"{tc.batch_size} x grad_accum {tc.grad_accum} x {d.world} process(es)"
-        )
-    val_loaders = _fixed_val_loaders(val_cache, val_ids, cfg, cuda) if val_ids else {}
-    steps = len(loader) // tc.grad_accum
-    if tc.steps_per_epoch is not None:
-        steps = min(steps, tc.steps_per_epoch)
-    summary = {
-        "train_cache": str(train_cache),
-        "val_cache": str(val_cache) if val_ids else None,
-        "train_cases": train_ids,
-        "val_cases": val_ids,
-        "n_train_cases": len(train_ids),
-        "n_val_cases": len(val_ids),
-        "n_train_items": len(train_ds),
-        "n_val_items": {m: len(v.dataset) for m, v in val_loaders.items()},
-    }
-    return _Data(train_ds, sampler, loader, val_loaders, steps, summary)
-
-
 def _build_model(cfg: TrainConfig, log) -> tuple[torch.nn.Module, str | None, float]:
     """The model to train, the base's hash (LoRA) and the trainable fraction."""
     model, origin = _initial_model(cfg)
@@ -461,116 +220,6 @@ def _build_model(cfg: TrainConfig, log) -> tuple[torch.nn.Module, str | None, fl
         + lora_note
     )
     return model, base_hash, frac
-
-
-def _epoch_line(r: dict, epochs: int, improved: bool) -> str:
-    parts = ", ".join(
-        f"{k[6:]} {v:.4f}"
-        for k, v in r.items()
-        if k.startswith("train_") and k not in ("train_loss", "train_seconds")
-    )
-    line = f"epoch {r['epoch']}/{epochs} step {r['step']} loss {r['train_loss']:.4f} ({parts})"
-    if r["val_dice"] is not None:
-        line += (
-            f" val dice {r['val_dice']:.4f} (volume {r['val_dice_volume']:.4f}, slice "
-            f"{r['val_dice_slice']:.4f}) val loss {r['val_loss']:.4f}"
-        )
-    line += f" lr {r['lr']:.2e} {r['seconds']:.1f} s {r['samples_per_s']:.2f} samples/s"
-    return line + (" *best*" if improved else "")
-
-
-def _save_adapter(peft_model, folder: Path, base_hash: str, metadata: dict) -> Path:
-    # core.lora's format (three files); the training config goes inside sam3d_adapter.json
-    # and the run's config.json sits beside the folder.
-    from core import lora
-
-    return Path(lora.save_adapter(peft_model, folder, base_hash=base_hash, metadata=metadata))
-
-
-def _save_epoch(
-    out: Path,
-    cfg,
-    *,
-    model,
-    optimizer,
-    scaler,
-    step,
-    epoch,
-    total_steps,
-    history,
-    best,
-    improved,
-    data_summary,
-    base_hash,
-    frac,
-) -> None:
-    """Every file of an epoch, each written atomically; ``last.pt`` last (the resume point:
-    a kill before it redoes the epoch)."""
-    ckpt = {
-        "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict(),
-        "scheduler_state": {
-            "schedule": cfg.training.lr_schedule,
-            "step": step,
-            "total_steps": total_steps,
-        },
-        "step": step,
-        "epoch": epoch,
-        "config_dict": cfg.to_dict(),
-        "extra": {
-            "rng": rng_state(),
-            "history": history,
-            "best": best,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "trainable_fraction": frac,
-            "data": data_summary,
-        },
-    }
-    meta = {"epoch": epoch, "val_dice": history[-1]["val_dice"], "data": data_summary}
-    if improved:
-        save_checkpoint(out / "best.pt", **ckpt)
-        if base_hash is not None:
-            _save_adapter(
-                model, out / "adapter_best", base_hash, {"training": cfg.to_dict(), **meta}
-            )
-        else:
-            save_weights_safetensors(
-                model,
-                out / "best.safetensors",
-                cfg.model,
-                metadata={"recipe": cfg.to_dict(), "trained_on": meta},
-            )
-    every = cfg.training.checkpoint_every
-    if every and epoch % every == 0:
-        save_checkpoint(out / f"epoch_{epoch:03d}.pt", **ckpt)
-    if base_hash is not None:
-        _save_adapter(model, out / "adapter_last", base_hash, {"training": cfg.to_dict(), **meta})
-    write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    _save_curve(out / "loss_curve.png", history)
-    save_checkpoint(out / "last.pt", **ckpt)
-
-
-def _result(out: Path, history, best, step, *, stopped, sps, frac) -> TrainResult:
-    def existing(name):
-        return str(out / name) if (out / name).exists() else None
-
-    return TrainResult(
-        output_dir=str(out),
-        best_checkpoint=existing("best.pt"),
-        last_checkpoint=existing("last.pt"),
-        best_weights=existing("best.safetensors"),
-        adapter_best=existing("adapter_best"),
-        adapter_last=existing("adapter_last"),
-        loss_curve=existing("loss_curve.png"),
-        best_epoch=best.get("epoch"),
-        best_val_dice=best.get("dice"),
-        epochs_done=history[-1]["epoch"] if history else 0,
-        steps=step,
-        stopped=stopped,
-        samples_per_second=float(sps),
-        trainable_fraction=frac,
-        history=tuple(history),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,10 +270,10 @@ def train(
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, d: _Dist, out: Path, progress, should_stop, resume) -> TrainResult:
+def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) -> TrainResult:
     tc = cfg.training
     out.mkdir(parents=True, exist_ok=True)
-    log = _RunLog(out / "train.log", d.master)
+    log = RunLog(out / "train.log", d.master)
     progress = progress if d.master else None
     log(f"{'resuming' if resume else 'starting'} run in {out} on {d.device} x {d.world}")
 
@@ -638,10 +287,10 @@ def _train(cfg: TrainConfig, d: _Dist, out: Path, progress, should_stop, resume)
 
     # ---- seeds, data
     _seed_everything(tc.seed)
-    data = _build_data(cfg, d, out, log, progress, should_stop)
+    data = build_data(cfg, d, out, log, progress, should_stop)
     if data is None:
         log("stopped while preprocessing; finished cases are kept in the cache")
-        return _result(out, [], {}, 0, stopped=True, sps=0.0, frac=float("nan"))
+        return run_result(out, [], {}, 0, stopped=True, sps=0.0, frac=float("nan"))
     steps_per_epoch, total_steps = data.steps_per_epoch, tc.epochs * data.steps_per_epoch
     global_batch = tc.batch_size * tc.grad_accum * d.world
     s = data.summary
@@ -719,7 +368,7 @@ def _train(cfg: TrainConfig, d: _Dist, out: Path, progress, should_stop, resume)
 
     def finish(stopped: bool) -> TrainResult:
         sps = samples_done / train_seconds if train_seconds else 0.0
-        return _result(out, history, best, step, stopped=stopped, sps=sps, frac=frac)
+        return run_result(out, history, best, step, stopped=stopped, sps=sps, frac=frac)
 
     for epoch in range(start_epoch, tc.epochs):
         data.train_ds.set_epoch(epoch)
@@ -803,9 +452,9 @@ def _train(cfg: TrainConfig, d: _Dist, out: Path, progress, should_stop, resume)
         improved = best["metric"] is None or metric > best["metric"]
         if improved:
             best = {"metric": metric, "epoch": epoch + 1, "dice": val.get("val_dice")}
-        log(_epoch_line(record, tc.epochs, improved))
+        log(epoch_line(record, tc.epochs, improved))
         if d.master:
-            _save_epoch(
+            save_epoch(
                 out,
                 cfg,
                 model=raw_model,

@@ -1,0 +1,184 @@
+"""Training data: a cache or a raw dataset folder (preprocessed once), the case-level
+train/validation split (no leakage), and the loaders.
+
+``build_data`` turns ``cfg.data`` into a ``TrainData``: the training dataset, its
+``DistributedSampler`` (one process or many), the training loader, fixed validation loaders
+per prompt mode and a summary (``data_summary.json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from core.config import TrainConfig
+from core.cubes import CubeDataset
+
+if TYPE_CHECKING:
+    from core.train import Dist
+
+__all__ = ["TrainData", "build_data", "split_cases"]
+
+
+def split_cases(case_ids, *, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out whole cases for validation (slices of one case never end up on both sides).
+
+    Deterministic for ``seed``; at least one case on each side when ``val_fraction`` > 0.
+    """
+    ids = sorted(set(case_ids))
+    if val_fraction <= 0:
+        return ids, []
+    if len(ids) < 2:
+        raise ValueError(
+            f"a validation split needs at least 2 cases, the cache has {len(ids)}; "
+            "set data.val_fraction=0 or give data.val_data"
+        )
+    n_val = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    val = sorted(ids[i] for i in perm[:n_val])
+    return sorted(set(ids) - set(val)), val
+
+
+def _as_cache(path: str, cache_dir: Path, cfg: TrainConfig, d: Dist, log, progress, stop):
+    """A cache folder for ``path``: itself when it is one, else ``cache_dir`` after
+    preprocessing the raw dataset into it (rank 0; the others wait). None when stopped."""
+    from core.preprocess import PreprocessConfig, cache_params, preprocess_dataset
+
+    src = Path(path)
+    if (src / "manifest.json").is_file():
+        k = cache_params(src).get("classes")
+        if cfg.data.classes is not None and k != cfg.data.classes:
+            raise ValueError(
+                f"{src}: cache was built with {k} classes but data.classes is {cfg.data.classes}"
+            )
+        return src
+    if not src.is_dir():
+        raise ValueError(f"{src}: data folder not found")
+    if cfg.data.classes is None:
+        raise ValueError(
+            f"{src}: a raw dataset folder (no manifest.json) is preprocessed first, which "
+            "needs data.classes (the number of label classes)"
+        )
+    pcfg = PreprocessConfig(
+        input_dir=str(src),
+        out_dir=str(cache_dir),
+        classes=cfg.data.classes,
+        spacing=cfg.data.spacing,
+        modality=cfg.data.modality,
+    )
+    cancelled = False
+    if d.master:
+        log(f"preprocessing {src} -> {cache_dir}")
+        pp = (lambda i, n, m: progress(i, n, f"preprocess {m}")) if progress else None
+        summary = preprocess_dataset(pcfg, progress=pp, should_stop=stop)
+        log(summary.report())
+        if summary.n_done == 0 and not summary.cancelled:
+            raise ValueError(f"{src}: no case could be preprocessed ({summary.report()})")
+        cancelled = summary.cancelled
+    if d.world > 1:
+        flag = [cancelled]
+        dist.broadcast_object_list(flag, src=0)
+        cancelled = flag[0]
+    return None if cancelled else cache_dir
+
+
+def _fixed_val_loaders(cache, case_ids, cfg: TrainConfig, pin: bool) -> dict:
+    """Validation items that never change during a run: the first ``val_cases`` held-out
+    cases, ``val_items`` items evenly spread over their slices, drawn once with a fixed seed
+    and epoch, in "volume" and in "slice" mode (the same cubes and prompts for both)."""
+    loaders = {}
+    for mode, p_volume in (("volume", 1.0), ("slice", 0.0)):
+        sampling = replace(cfg.sampling, p_volume=p_volume, intensity_jitter=0.0)
+        ds = CubeDataset(
+            cache,
+            model_cfg=cfg.model,
+            sampling=sampling,
+            case_ids=case_ids,
+            seed=cfg.training.seed + 1,
+        )
+        idx = np.unique(np.linspace(0, len(ds) - 1, min(cfg.training.val_items, len(ds))).round())
+        loaders[mode] = DataLoader(
+            Subset(ds, [int(i) for i in idx]),
+            batch_size=cfg.training.batch_size,
+            shuffle=False,
+            num_workers=cfg.data.num_workers,
+            pin_memory=pin,
+        )
+    return loaders
+
+
+@dataclass(frozen=True)
+class TrainData:
+    train_ds: CubeDataset
+    sampler: DistributedSampler
+    loader: DataLoader
+    val_loaders: dict
+    steps_per_epoch: int
+    summary: dict
+
+
+def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> TrainData | None:
+    """Caches (preprocessing raw folders), the split by case, the datasets and loaders.
+    None when ``stop`` ended preprocessing."""
+    tc = cfg.training
+    train_cache = _as_cache(cfg.data.train_data, out / "cache", cfg, d, log, progress, stop)
+    if train_cache is None:
+        return None
+    all_ids = CubeDataset(train_cache, model_cfg=cfg.model, sampling=cfg.sampling).case_ids
+    if cfg.data.val_data:
+        val_cache = _as_cache(cfg.data.val_data, out / "cache_val", cfg, d, log, progress, stop)
+        if val_cache is None:
+            return None
+        train_ids = all_ids
+        val_ids = CubeDataset(val_cache, model_cfg=cfg.model, sampling=cfg.sampling).case_ids
+        shared = sorted(set(train_ids) & set(val_ids))
+        if shared:
+            raise ValueError(
+                f"data.val_data shares cases with data.train_data ({', '.join(shared[:5])}): "
+                "validation would leak training data"
+            )
+    else:
+        val_cache = train_cache
+        train_ids, val_ids = split_cases(all_ids, val_fraction=cfg.data.val_fraction, seed=tc.seed)
+    val_ids = val_ids[: tc.val_cases]
+    train_ds = CubeDataset(
+        train_cache, model_cfg=cfg.model, sampling=cfg.sampling, case_ids=train_ids, seed=tc.seed
+    )
+    cuda = d.device.type == "cuda"
+    # One sampler for one or many processes: a permutation seeded by (seed, epoch), so an
+    # epoch's order survives a resume and N processes split exactly one process's batches.
+    sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, seed=tc.seed)
+    loader = DataLoader(
+        train_ds,
+        batch_size=tc.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.data.num_workers,
+        pin_memory=cuda,
+    )
+    if len(loader) < tc.grad_accum:
+        raise ValueError(
+            f"{train_cache}: {len(train_ds)} training items are too few for batch_size "
+            f"{tc.batch_size} x grad_accum {tc.grad_accum} x {d.world} process(es)"
+        )
+    val_loaders = _fixed_val_loaders(val_cache, val_ids, cfg, cuda) if val_ids else {}
+    steps = len(loader) // tc.grad_accum
+    if tc.steps_per_epoch is not None:
+        steps = min(steps, tc.steps_per_epoch)
+    summary = {
+        "train_cache": str(train_cache),
+        "val_cache": str(val_cache) if val_ids else None,
+        "train_cases": train_ids,
+        "val_cases": val_ids,
+        "n_train_cases": len(train_ids),
+        "n_val_cases": len(val_ids),
+        "n_train_items": len(train_ds),
+        "n_val_items": {m: len(v.dataset) for m, v in val_loaders.items()},
+    }
+    return TrainData(train_ds, sampler, loader, val_loaders, steps, summary)
