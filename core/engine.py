@@ -184,13 +184,14 @@ class Reconstructor:
     # ----------------------------------------------------------------------------------------
 
     def _normalized(self, volume: Volume, modality: str, ct_window) -> np.ndarray:
-        key = (id(volume.data), volume.data.shape, modality, tuple(ct_window))
-        if self._norm_cache is None or self._norm_cache[0] != key:
-            self._norm_cache = (
-                key,
-                normalize_intensity(volume.data, modality, ct_window=ct_window),
-            )
-        return self._norm_cache[1]
+        # Keyed on the array object itself (kept alive by the cache, so its id cannot be
+        # reused by another volume), not on id() alone.
+        key = (modality, tuple(ct_window))
+        c = self._norm_cache
+        if c is None or c[0] is not volume.data or c[1] != key:
+            norm = normalize_intensity(volume.data, modality, ct_window=ct_window)
+            self._norm_cache = (volume.data, key, norm)
+        return self._norm_cache[2]
 
     @torch.inference_mode()
     def _run(
