@@ -290,29 +290,42 @@ def write_heart_dataset(
     -------
     The case ids, in order.
     """
+    labels = {"0": "background", **{str(v): n for v, n in HEART_LABELS.items()}}
+    meta = {"name": "synthetic-heart", "labels": labels, "layout": "totalseg", "modality": "CT"}
+    meta |= {"seed": seed, "shape": list(shape), "spacing": spacing}
+    return _write_cases(
+        out_dir,
+        n_cases,
+        "heart",
+        lambda i: [seed, i],
+        lambda s: make_heart_phantom(s, shape=shape, spacing=spacing),
+        meta,
+        progress,
+    )
+
+
+def _write_cases(out_dir, n_cases, prefix, seed_key, make, meta, progress) -> list[str]:
+    """Write ``<prefix>_NNN`` case folders (skipping complete ones) and ``dataset.json``."""
     if n_cases < 0:
         raise ValueError(f"n_cases must be >= 0, got {n_cases}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ids = []
     for i in range(n_cases):
-        case = f"heart_{i:03d}"
+        case = f"{prefix}_{i:03d}"
         img_p, lab_p = out / case / f"{case}-image.nii.gz", out / case / f"{case}-label.nii.gz"
         if img_p.exists() and lab_p.exists():
             msg = f"{case}: exists, skipped"
         else:
-            case_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-            image, label = make_heart_phantom(case_seed, shape=shape, spacing=spacing)
+            case_seed = int(np.random.SeedSequence(seed_key(i)).generate_state(1)[0])
+            image, label = make(case_seed)
             save_image(image, img_p)
             save_label(label, lab_p)
             msg = f"{case}: written"
         ids.append(case)
         if progress is not None:
             progress(i + 1, n_cases, msg)
-    labels = {"0": "background", **{str(v): n for v, n in HEART_LABELS.items()}}
-    meta = {"name": "synthetic-heart", "labels": labels, "layout": "totalseg", "modality": "CT"}
-    meta |= {"seed": seed, "shape": list(shape), "spacing": spacing, "cases": ids}
-    write_json(out / "dataset.json", meta)
+    write_json(out / "dataset.json", {**meta, "cases": ids})
     return ids
 
 
@@ -483,27 +496,15 @@ def write_organ_dataset(
     Same conventions as :func:`write_heart_dataset`: per-case seeds from ``(seed, i)``,
     existing cases skipped, ``dataset.json`` written.
     """
-    if n_cases < 0:
-        raise ValueError(f"n_cases must be >= 0, got {n_cases}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ids = []
-    for i in range(n_cases):
-        case = f"organ_{i:03d}"
-        img_p, lab_p = out / case / f"{case}-image.nii.gz", out / case / f"{case}-label.nii.gz"
-        if img_p.exists() and lab_p.exists():
-            msg = f"{case}: exists, skipped"
-        else:
-            case_seed = int(np.random.SeedSequence([seed, i, 7]).generate_state(1)[0])
-            image, label = make_organ_sample(case_seed, shape=shape)
-            save_image(image, img_p)
-            save_label(label, lab_p)
-            msg = f"{case}: written"
-        ids.append(case)
-        if progress is not None:
-            progress(i + 1, n_cases, msg)
     labels = {"0": "background", **{str(k): f"object {k}" for k in range(1, 5)}}
     meta = {"name": "synthetic-organs", "labels": labels, "layout": "totalseg", "modality": "CT"}
-    meta |= {"seed": seed, "shape": list(shape), "cases": ids}
-    write_json(out / "dataset.json", meta)
-    return ids
+    meta |= {"seed": seed, "shape": list(shape)}
+    return _write_cases(
+        out_dir,
+        n_cases,
+        "organ",
+        lambda i: [seed, i, 7],
+        lambda s: make_organ_sample(s, shape=shape),
+        meta,
+        progress,
+    )
