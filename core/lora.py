@@ -215,6 +215,10 @@ def _check_replaceable(out: Path) -> None:
 def _swap_into_place(staging: Path, out: Path) -> None:
     """Rename a finished folder onto ``out``; an existing ``out`` is moved aside first and
     deleted only once the new one is in place."""
+    # mkdtemp/peft create owner-only entries; an adapter is shared like any other file.
+    os.chmod(staging, 0o755)
+    for f in staging.iterdir():
+        os.chmod(f, 0o644)
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}.", dir=out.parent))
