@@ -200,3 +200,26 @@ def test_demo_with_the_shipped_weights(tmp_path, capsys):
     image = nib.load(str(tmp_path / "heart-image.nii.gz"))
     np.testing.assert_allclose(mask.affine, image.affine)
     assert "Dice against the ground truth" in out
+
+
+def test_shipped_adapter_is_addressable_by_name_and_matches_the_base():
+    from core.clicks import Click, PromptSet
+    from core.engine import Reconstructor
+    from core.lora import read_adapter_info
+    from core.synthetic import make_heart_phantom
+    from core.weights import list_shipped_adapters, read_weights_info, shipped_base_path
+
+    adapters = list_shipped_adapters()
+    assert "headneck-ct" in adapters
+    info = read_adapter_info(adapters["headneck-ct"])
+    assert info["base_hash"] == read_weights_info(shipped_base_path())["sha256"]
+    assert info["trainable_fraction"] < 0.02
+    train_cases = set(info["data"]["train_cases"]) | set(info["data"].get("val_cases", []))
+    assert train_cases and not any(c in train_cases for c in ("pt_201", "pt_233"))  # val set
+    image, label = make_heart_phantom(3)
+    rec = Reconstructor.from_pretrained(adapter="headneck-ct")
+    prompts = PromptSet((Click(2, 32, 32, 32),))
+    with_adapter = rec.predict(image, prompts, mesh=False).cube_probability
+    rec.set_adapter(None)  # back to the bare base without reloading it
+    bare = rec.predict(image, prompts, mesh=False).cube_probability
+    assert rec.name == "base" and not np.allclose(with_adapter, bare)
