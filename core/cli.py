@@ -153,6 +153,12 @@ def _run_preprocess(args) -> int:
     return summary.exit_code()
 
 
+def _add_weights_args(p) -> None:
+    """--checkpoint and --adapter, as every model command takes them."""
+    p.add_argument("--checkpoint", default=None, help="base weights (default: shipped)")
+    p.add_argument("--adapter", default=None, help="shipped adapter name or adapter folder")
+
+
 # --------------------------------------------------------------------------------------------
 # sam3d demo
 
@@ -251,8 +257,7 @@ def _add_predict(sub):
     )
     p.add_argument("--mode", choices=("volume", "slice"), default="volume")
     p.add_argument("--modality", choices=("ct", "mr", "us"), default="ct")
-    p.add_argument("--checkpoint", default=None, help="base weights (default: shipped)")
-    p.add_argument("--adapter", default=None, help="shipped adapter name or adapter folder")
+    _add_weights_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_run_predict)
 
@@ -291,8 +296,7 @@ def _add_eval(sub):
     )
     p.add_argument("--data_root", required=True, help="dataset folder (any layout)")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--checkpoint", default=None, help="base weights (default: shipped)")
-    p.add_argument("--adapter", default=None, help="shipped adapter name or adapter folder")
+    _add_weights_args(p)
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--mode", choices=("volume", "slice"), default="volume")
     p.add_argument("--max_cases", type=int, default=None)

@@ -90,6 +90,22 @@ def flat_dir(tmp_path):
     return root
 
 
+def tiny_model_config(size: int = 16):
+    """A model small enough for tests on 2 CPU cores (cube and views ``size`` voxels wide)."""
+    from core.model import ModelConfig
+
+    return ModelConfig(
+        cube_size=size,
+        view_size=size,
+        patch=8,
+        dim=32,
+        depth=1,
+        heads=2,
+        enc_channels=(24, 24, 32),
+        dec_channels=(24, 24, 0),
+    )
+
+
 def shared_dataset(name: str) -> Path:
     """A folder of ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA / name

@@ -10,23 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_config
 
 from core.cli import main
 from core.io import load_image
-from core.model import ModelConfig, Sam3DMed
+from core.model import Sam3DMed
 from core.synthetic import write_heart_dataset
 from core.weights import save_weights
 
-TINY = ModelConfig(
-    cube_size=32,
-    view_size=32,
-    patch=8,
-    dim=32,
-    depth=1,
-    heads=2,
-    enc_channels=(24, 24, 32),
-    dec_channels=(24, 24, 0),
-)
+TINY = tiny_model_config(32)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model_config
 
 import core.weights as W
 from core.errors import InputError
@@ -21,16 +22,7 @@ from core.weights import (
     weights_hash,
 )
 
-TINY = ModelConfig(
-    cube_size=16,
-    view_size=16,
-    patch=8,
-    dim=32,
-    depth=1,
-    heads=2,
-    enc_channels=(24, 24, 32),
-    dec_channels=(24, 24, 0),
-)
+TINY = tiny_model_config(16)
 
 
 def make_model(seed: int = 0, cfg: ModelConfig = TINY) -> Sam3DMed:
