@@ -261,12 +261,12 @@ class Reconstructor:
 
         if previous is not None:
             cube = previous.cube
-            prev_prob = previous.cube_probability
+            prev_prob = (previous.cube_probability > 0.5).astype(np.float32)
             if not all(_inside_cube(cube, affine, c.voxel()) for c in prompts.clicks):
                 cube = self._cube_around(previous.mask, prompts, affine, cube.spacing)
                 prev_prob = sample_into_cube(
-                    previous.mask.astype(np.float32), affine, cube, order=1
-                )
+                    previous.mask.astype(np.uint8), affine, cube, order=0
+                ).astype(np.float32)
         else:
             spacing = max(pol.default_spacing_mm, min(spacing_of(affine)))
             cube = Cube(
