@@ -53,6 +53,8 @@ def compute_loss(outputs: dict, batch: dict, w) -> tuple[torch.Tensor, dict[str,
     parts : floats ``occ_bce``, ``occ_dice``, ``sdf_l1``, ``mask_bce``, ``mask_dice``, ``total``
         (unweighted terms, and the weighted total)
     """
+    # Losses in fp32 whatever precision the model ran in (autocast).
+    outputs = {k: v.float() for k, v in outputs.items()}
     occ, occ_t = outputs["occupancy"], batch["occupancy"]
     if occ.shape != occ_t.shape:
         raise ValueError(f"occupancy logits {tuple(occ.shape)} vs target {tuple(occ_t.shape)}")
