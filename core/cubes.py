@@ -288,26 +288,37 @@ class CubeDataset(Dataset):
 
 
 def _perturb(occ: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A plausible imperfect previous prediction: eroded, dilated, shifted or partly cut."""
+    """A plausible imperfect previous prediction, binary as the engine passes it: one or two
+    of eroded, dilated, shifted, partly cut, or smoothed into a blob (what an undertrained
+    model's first guess looks like), sometimes with a spurious blob elsewhere."""
     pred = occ.copy()
-    kind = rng.integers(0, 4)
-    if kind == 0:
-        pred = ndimage.binary_erosion(pred, iterations=int(rng.integers(1, 4)))
-    elif kind == 1:
-        pred = ndimage.binary_dilation(pred, iterations=int(rng.integers(1, 4)))
-    elif kind == 2:
-        pred = np.roll(pred, tuple(rng.integers(-3, 4, 3)), axis=(0, 1, 2))
-    else:
-        ax = int(rng.integers(0, 3))
-        idx = np.argwhere(pred)
-        if len(idx):
-            cut = rng.uniform(idx[:, ax].min(), idx[:, ax].max())
-            grid = np.arange(pred.shape[ax]).reshape([-1 if a == ax else 1 for a in range(3)])
-            pred = pred & ((grid < cut) if rng.random() < 0.5 else (grid > cut))
+    for _ in range(int(rng.integers(1, 3))):
+        pred = _perturb_once(pred, rng)
     if rng.random() < 0.3:  # a spurious blob elsewhere
         lo = min(8, pred.shape[0] // 4)
         c = rng.integers(lo, pred.shape[0] - lo, 3)
         rad = int(rng.integers(2, 5))
         sl = tuple(slice(int(x) - rad, int(x) + rad) for x in c)
         pred[sl] = True
+    return pred
+
+
+def _perturb_once(pred: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    kind = rng.integers(0, 5)
+    if kind == 0:
+        pred = ndimage.binary_erosion(pred, iterations=int(rng.integers(1, 5)))
+    elif kind == 1:
+        pred = ndimage.binary_dilation(pred, iterations=int(rng.integers(1, 5)))
+    elif kind == 2:
+        pred = np.roll(pred, tuple(rng.integers(-4, 5, 3)), axis=(0, 1, 2))
+    elif kind == 3:
+        ax = int(rng.integers(0, 3))
+        idx = np.argwhere(pred)
+        if len(idx):
+            cut = rng.uniform(idx[:, ax].min(), idx[:, ax].max())
+            grid = np.arange(pred.shape[ax]).reshape([-1 if a == ax else 1 for a in range(3)])
+            pred = pred & ((grid < cut) if rng.random() < 0.5 else (grid > cut))
+    else:
+        smooth = ndimage.gaussian_filter(pred.astype(np.float32), float(rng.uniform(1.0, 4.0)))
+        pred = smooth > rng.uniform(0.25, 0.6)
     return pred
