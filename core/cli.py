@@ -462,6 +462,59 @@ def _run_train(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# sam3d app
+
+
+def _add_app(sub):
+    p = sub.add_parser(
+        "app",
+        help="the Gradio web demo: upload a volume or use the sample, click an organ",
+        description="Serve the web demo (gradio_app): load a NIfTI volume or the synthetic "
+        "heart, click an organ on a slice, get its 3D surface, mask and metrics; also a "
+        "programmatic endpoint, api_name='reconstruct', for gradio_client. The model is "
+        "loaded once at start. Needs the gradio extra: pip install 'sam3d-napari[gradio]'.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    _add_weights_args(p)
+    p.add_argument("--max-file-size", default="512mb", help="upload size limit (default 512mb)")
+    p.add_argument(
+        "--concurrency", type=int, default=2, help="model requests processed at once (default 2)"
+    )
+    p.set_defaults(func=_run_app)
+
+
+def _run_app(args) -> int:
+    import importlib.util
+
+    # gradio is an optional extra: core must work (and this command fail clearly) without it.
+    if importlib.util.find_spec("gradio") is None:
+        print(
+            "sam3d app: error: gradio is not installed; install the extra with "
+            "pip install 'sam3d-napari[gradio]'",
+            file=sys.stderr,
+        )
+        return 1
+    from gradio_app.app import launch
+
+    try:
+        launch(
+            args.host,
+            args.port,
+            args.share,
+            checkpoint=args.checkpoint,
+            adapter=args.adapter,
+            max_file_size=args.max_file_size,
+            concurrency=args.concurrency,
+        )
+    except OSError as exc:  # port taken, address not available
+        print(f"sam3d app: error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -481,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_preprocess(sub)
     _add_train(sub)
+    _add_app(sub)
     return parser
 
 

@@ -1,0 +1,568 @@
+"""The Gradio page: components wired to :mod:`gradio_app.handlers`.
+
+    from gradio_app.app import build_app, launch
+    launch(host="127.0.0.1", port=7860)            # loads the model once, then serves
+
+:func:`build_app` takes an already loaded engine and builds the ``gr.Blocks``; nothing here
+loads weights at import time. Each browser tab has its own :class:`~gradio_app.session.Session`
+in a ``gr.State``; its files are removed when the tab closes (``demo.unload``) or when gradio
+drops the state. All model work goes through one queue group (``concurrency_id="model"``) with
+a concurrency limit, and the upload size is limited at launch.
+"""
+
+import functools
+import html
+import logging
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from pathlib import Path
+
+import gradio as gr
+from gradio import FileData
+
+from core.errors import InputError
+from gradio_app import handlers as H
+from gradio_app.api import reconstruct_file
+from gradio_app.render import AXIS_NAMES
+from gradio_app.service import SharedEngine
+from gradio_app.session import Session, Settings
+
+__all__ = ["build_app", "launch", "close_app", "DEFAULT_MAX_FILE_SIZE"]
+
+log = logging.getLogger("gradio_app")
+
+DEFAULT_MAX_FILE_SIZE = "512mb"
+#: API outputs older than this are deleted (gradio keeps its own copy once it has answered).
+API_FILES_TTL_S = 600
+
+CSS = """
+#slice-image img { cursor: crosshair; image-rendering: pixelated; }
+#status { min-height: 3em; }
+"""
+
+INTRO = """\
+# sam3d: click an organ on one slice, get it back in 3D
+Load a NIfTI volume (optionally with its ground-truth labels) or the synthetic heart sample,
+pick a slice, and **click the organ**. Each click reconstructs it: its surface in 3D, the mask
+on three orthogonal slices, and the time taken. More clicks refine it (negative points or a box
+with the *Click adds* choice); *New object* starts another structure. Downloads: the mask as
+`.nii.gz` on the input's grid, and the meshes as `.glb` (world mm).
+"""
+
+
+class _Files:
+    """The app's temporary folder: session folders and API outputs; removed at close."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="sam3d-gradio-"))
+        self.sessions: dict[str, Session] = {}
+        self.lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.root), True)
+
+    def register(self, session: Session, request: gr.Request | None) -> None:
+        h = getattr(request, "session_hash", None)
+        if h and session.session_hash is None:
+            session.session_hash = h
+            with self.lock:
+                self.sessions[h] = session
+
+    def end_session(self, session_hash: str | None) -> None:
+        with self.lock:
+            s = self.sessions.pop(session_hash, None) if session_hash else None
+        if s is not None:
+            s.close()
+
+    def api_dir(self) -> Path:
+        base = self.root / "api"
+        base.mkdir(exist_ok=True)
+        now = time.time()
+        for d in base.iterdir():
+            try:
+                if now - d.stat().st_mtime > API_FILES_TTL_S:
+                    shutil.rmtree(d, ignore_errors=True)
+            except FileNotFoundError:
+                pass
+        d = base / uuid.uuid4().hex
+        d.mkdir()
+        return d
+
+    def close(self) -> None:
+        with self.lock:
+            sessions, self.sessions = list(self.sessions.values()), {}
+        for s in sessions:
+            s.close()
+        self._finalizer()
+
+
+def _close_session(session) -> None:
+    """gr.State's delete_callback: the tab is gone (or the state expired)."""
+    if isinstance(session, Session):
+        session.close()
+
+
+def _guard(fn):
+    """Turn the handlers' one-line errors into gr.Error; never show a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (InputError, ValueError) as exc:
+            raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(
+                "Internal error while handling this request (details are in the server log).",
+                print_exception=False,
+            ) from None
+
+    return wrapper
+
+
+def build_app(
+    engine,
+    *,
+    concurrency: int = 2,
+    max_queue: int = 64,
+    sample_seed: int | None = None,
+) -> gr.Blocks:
+    """The page, over an already loaded engine.
+
+    Parameters
+    ----------
+    engine : core.engine.Reconstructor, or a :class:`~gradio_app.service.SharedEngine`
+    concurrency : model requests (clicks, API calls) processed at once; the model itself is
+        used by one at a time (see :mod:`gradio_app.service`), the rest overlap its I/O
+    max_queue : requests waiting at most; more are refused with "queue full"
+    sample_seed : the synthetic sample's default seed (None: the demo's)
+
+    Returns
+    -------
+    gr.Blocks, queued; ``close_app(demo)`` closes it and removes its temporary files.
+    """
+    from core.predict import DEMO_SEED
+
+    if not isinstance(engine, SharedEngine):
+        engine = SharedEngine(engine)
+    files = _Files()
+    seed0 = DEMO_SEED if sample_seed is None else int(sample_seed)
+
+    with gr.Blocks(
+        title="sam3d: organ in 3D from one click",
+        analytics_enabled=False,
+        delete_cache=(900, 3600),
+    ) as demo:
+        state = gr.State(None, delete_callback=_close_session)
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=True):
+            volume_file = gr.File(
+                label="Volume (.nii / .nii.gz)",
+                type="filepath",
+                height=120,
+                elem_id="volume-file",
+                scale=2,
+            )
+            label_file = gr.File(
+                label="Ground-truth labels (optional)",
+                type="filepath",
+                height=120,
+                elem_id="label-file",
+                scale=2,
+            )
+            with gr.Column(scale=1, min_width=220):
+                seed = gr.Number(seed0, precision=0, minimum=0, label="Sample seed")
+                sample_btn = gr.Button(
+                    "Load synthetic heart sample", variant="primary", elem_id="load-sample"
+                )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=260):
+                axis = gr.Radio(
+                    [(f"{n} ({i})", i) for i, n in enumerate(AXIS_NAMES)],
+                    value=2,
+                    label="Slice axis",
+                    elem_id="axis",
+                )
+                slider = gr.Slider(0, 1, value=0, step=1, label="Slice", elem_id="slice-slider")
+                tool = gr.Radio(
+                    [
+                        ("positive point", "positive"),
+                        ("negative point", "negative"),
+                        ("box (2 clicks)", "box"),
+                    ],
+                    value="positive",
+                    label="Click adds",
+                    elem_id="tool",
+                )
+                mode = gr.Radio(
+                    list(H.MODES),
+                    value="volume",
+                    label="Mode",
+                    info="volume: the model sees the 3D volume; slice: only the clicked slice",
+                    elem_id="mode",
+                )
+                weights = gr.Dropdown(
+                    list(engine.choices), value=engine.default, label="Weights", elem_id="weights"
+                )
+                modality = gr.Radio(
+                    list(H.MODALITIES), value="ct", label="Modality", elem_id="modality"
+                )
+                with gr.Row():
+                    undo_btn = gr.Button("Undo", size="sm", elem_id="undo")
+                    new_btn = gr.Button("New object", size="sm", elem_id="new-object")
+                    clear_btn = gr.Button("Clear", size="sm", elem_id="clear")
+            with gr.Column(scale=2, min_width=360):
+                slice_img = gr.Image(
+                    label="Slice: click the organ",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    buttons=["fullscreen"],
+                    elem_id="slice-image",
+                )
+                status = gr.Markdown(
+                    "Load a volume or the synthetic heart to start.", elem_id="status"
+                )
+            with gr.Column(scale=2, min_width=360):
+                view3d = gr.Model3D(
+                    label="3D surface (prediction)",
+                    clear_color=(0.08, 0.08, 0.1, 1.0),
+                    interactive=False,
+                    height=360,
+                    elem_id="view-3d",
+                )
+                views = gr.Image(
+                    label="Mask on three orthogonal slices",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    elem_id="ortho-views",
+                )
+        with gr.Column(visible=False, elem_id="gt-panel") as gt_panel:
+            metrics = gr.Dataframe(
+                headers=list(H.METRIC_COLUMNS),
+                interactive=False,
+                label="Ground truth vs prediction: metrics (distances in mm)",
+                elem_id="metrics",
+            )
+            with gr.Row(equal_height=True):
+                compare = gr.Image(
+                    label="2D: ground truth | prediction | errors",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=420,
+                    elem_id="compare-2d",
+                )
+                pred3d = gr.Model3D(
+                    label="3D: prediction",
+                    clear_color=(0.08, 0.08, 0.1, 1.0),
+                    interactive=False,
+                    height=420,
+                    elem_id="pred-3d",
+                )
+                gt3d = gr.Model3D(
+                    label="3D: ground truth",
+                    clear_color=(0.08, 0.08, 0.1, 1.0),
+                    interactive=False,
+                    height=420,
+                    elem_id="gt-3d",
+                )
+        downloads = gr.File(
+            label="Downloads: mask (.nii.gz on the input's grid) and meshes (.glb, world mm)",
+            file_count="multiple",
+            interactive=False,
+            elem_id="downloads",
+        )
+
+        full = [
+            state,
+            slice_img,
+            axis,
+            slider,
+            view3d,
+            views,
+            status,
+            gt_panel,
+            metrics,
+            compare,
+            pred3d,
+            gt3d,
+            downloads,
+        ]
+
+        def show(session, view):
+            if view is None:
+                return [session] + [gr.skip()] * (len(full) - 1)
+            return [
+                session,
+                view.slice_image,
+                view.axis,
+                gr.Slider(minimum=0, maximum=max(view.n_slices - 1, 1), value=view.slice_idx),
+                view.scene,
+                view.views,
+                view.status,
+                gr.Column(visible=view.has_gt),
+                _table(view.metrics),
+                view.compare,
+                _same_scale(view.scene if view.has_gt else None, view.camera_mm),
+                _same_scale(view.gt_scene, view.camera_mm),
+                view.downloads or None,
+            ]
+
+        def settings_of(m, w, mod):
+            return Settings(mode=m, weights=w, modality=mod)
+
+        @_guard
+        def on_sample(session, seed_value, request: gr.Request):
+            session, view = H.load_sample(session, seed_value, root=files.root)
+            files.register(session, request)
+            return show(session, view)
+
+        @_guard
+        def on_volume(session, volume_path, label_path, request: gr.Request):
+            if volume_path is None:
+                return show(session, None)
+            session, view = H.load_volume(session, volume_path, label_path, root=files.root)
+            files.register(session, request)
+            return show(session, view)
+
+        @_guard
+        def on_labels(session, label_path):
+            if session is None or session.volume is None:
+                if label_path is None:
+                    return show(session, None)
+            return show(*H.load_labels(session, label_path))
+
+        @_guard
+        def on_axis(session, axis_value):
+            session, view = H.set_axis(session, axis_value)
+            n = view.n_slices
+            return (
+                session,
+                view.slice_image,
+                gr.Slider(minimum=0, maximum=max(n - 1, 1), value=view.slice_idx),
+            )
+
+        @_guard
+        def on_slice(session, idx):
+            if session is None or session.volume is None:
+                return session, gr.skip()
+            session, view = H.show_slice(session, idx)
+            return session, view.slice_image
+
+        @_guard
+        def on_click(session, tool_value, m, w, mod, evt: gr.SelectData):
+            x, y = evt.index[0], evt.index[1]
+            session, view = H.click(
+                session, engine, x, y, tool=tool_value, settings=settings_of(m, w, mod)
+            )
+            return show(session, view)
+
+        @_guard
+        def on_settings(session, m, w, mod):
+            return show(*H.change_settings(session, engine, settings_of(m, w, mod)))
+
+        @_guard
+        def on_undo(session):
+            return show(*H.undo(session))
+
+        @_guard
+        def on_new(session):
+            return show(*H.new_object(session))
+
+        @_guard
+        def on_clear(session):
+            return show(*H.clear(session))
+
+        def on_unload(request: gr.Request):
+            files.end_session(getattr(request, "session_hash", None))
+
+        private = {"api_visibility": "private"}
+        model = {
+            **private,
+            "concurrency_id": "model",
+            "concurrency_limit": concurrency,
+            "show_progress": "minimal",
+        }
+        sample_btn.click(on_sample, [state, seed], full, **model)
+        volume_file.upload(on_volume, [state, volume_file, label_file], full, **model)
+        label_file.upload(on_labels, [state, label_file], full, **model)
+        label_file.clear(on_labels, [state, label_file], full, **model)
+        axis.input(
+            on_axis, [state, axis], [state, slice_img, slider], **private, show_progress="hidden"
+        )
+        slider.input(
+            on_slice,
+            [state, slider],
+            [state, slice_img],
+            **private,
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+        slice_img.select(on_click, [state, tool, mode, weights, modality], full, **model)
+        for comp in (mode, weights, modality):
+            comp.input(on_settings, [state, mode, weights, modality], full, **model)
+        undo_btn.click(on_undo, [state], full, **model)
+        new_btn.click(on_new, [state], full, **model)
+        clear_btn.click(on_clear, [state], full, **model)
+        demo.unload(on_unload)
+
+        @_guard
+        def reconstruct(
+            volume: FileData,
+            axis: int,
+            slice_index: int,
+            points: list[list[float]],
+            negative_points: list[list[float]] | None = None,
+            mode: str = "volume",
+            adapter: str = "base",
+            modality: str = "ct",
+        ) -> tuple[FileData, FileData | None, dict]:
+            """Reconstruct an organ from clicks on one slice of a NIfTI volume.
+
+            points / negative_points are [row, col] pixels of np.take(volume, slice_index, axis)
+            in canonical RAS orientation (axis 2 = axial). Returns the mask (.nii.gz on the
+            input's grid and affine), the mesh (.glb, world mm; None if nothing was found) and
+            a dict with the timings (ms) and details.
+            """
+            path, name = _upload_path(volume)
+            out = reconstruct_file(
+                engine,
+                path,
+                axis=axis,
+                slice_index=slice_index,
+                points=points,
+                negative_points=negative_points,
+                mode=mode,
+                weights=adapter,
+                modality=modality,
+                out_dir=files.api_dir(),
+                volume_name=name,
+            )
+            mesh = None if out["mesh"] is None else FileData(path=out["mesh"])
+            return FileData(path=out["mask"]), mesh, out["info"]
+
+        gr.api(
+            reconstruct,
+            api_name="reconstruct",
+            concurrency_id="model",
+            concurrency_limit=concurrency,
+        )
+
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    demo.sam3d_engine = engine
+    demo.sam3d_files = files
+    return demo
+
+
+def _upload_path(volume) -> tuple[str, str | None]:
+    """The server path of an uploaded file (only gradio's FileData: gradio has checked that
+    the file was uploaded, so a client cannot name an arbitrary server path)."""
+    if isinstance(volume, FileData):
+        volume = volume.model_dump()
+    if not (isinstance(volume, dict) and volume.get("path")):
+        raise InputError(None, "volume must be an uploaded file (gradio_client.handle_file)")
+    meta = volume.get("meta") or {}
+    if meta.get("_type") != "gradio.FileData":
+        raise InputError(None, "volume must be an uploaded file (gradio_client.handle_file)")
+    return volume["path"], volume.get("orig_name")
+
+
+def _same_scale(path, camera_mm):
+    """A Model3D value whose camera sits at a given distance, so two views share a scale."""
+    if path is None or camera_mm is None:
+        return path
+    return gr.Model3D(value=path, camera_position=(None, None, camera_mm))
+
+
+def _table(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=list(H.METRIC_COLUMNS))
+
+
+def close_app(demo: gr.Blocks) -> None:
+    """Stop the server (if running) and remove the app's temporary files."""
+    try:
+        demo.close()
+    finally:
+        files = getattr(demo, "sam3d_files", None)
+        if files is not None:
+            files.close()
+
+
+def launch(
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    share: bool = False,
+    *,
+    checkpoint=None,
+    adapter=None,
+    max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE,
+    concurrency: int = 2,
+    preload: bool = True,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+) -> gr.Blocks:
+    """Load the model once, build the page and serve it.
+
+    Parameters
+    ----------
+    host, port : where to listen (port None: the first free one from 7860)
+    share : also open a public gradio.live link (needs internet access)
+    checkpoint, adapter : base weights (None: shipped) and the adapter selected at start
+    max_file_size : upload limit, e.g. "512mb"
+    concurrency : model requests processed at once
+    preload : load every shipped adapter now (the first switch is then instant)
+    prevent_thread_lock : return once serving (tests); otherwise block until Ctrl-C
+    """
+    from core.engine import Reconstructor
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    t0 = time.perf_counter()
+    engine = SharedEngine(Reconstructor.from_pretrained(checkpoint, adapter))
+    if preload:
+        engine.preload()
+    if not quiet:
+        print(
+            f"sam3d app: model loaded in {time.perf_counter() - t0:.1f} s "
+            f"(weights: {', '.join(engine.choices)})",
+            flush=True,
+        )
+    demo = build_app(engine, concurrency=concurrency)
+    # `kill` (SIGTERM) stops the server like Ctrl-C does, so the temporary files are removed
+    blocking = not prevent_thread_lock and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if blocking else None
+    try:
+        demo.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            max_file_size=max_file_size,
+            prevent_thread_lock=prevent_thread_lock,
+            ssr_mode=False,
+            quiet=quiet,
+            css=CSS,
+            footer_links=["api"],
+        )
+    except BaseException:
+        close_app(demo)
+        raise
+    finally:
+        if blocking:
+            signal.signal(signal.SIGTERM, previous)
+    if not prevent_thread_lock:
+        close_app(demo)
+    return demo
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

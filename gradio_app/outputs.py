@@ -1,0 +1,84 @@
+"""Files handed back to the user: the mask on the input file's own grid, and meshes.
+
+``core.io.load_image`` reorients every volume to canonical RAS+ (the engine and the clicks work
+there). A user who uploads an LPS or otherwise oriented file expects the mask back on *that*
+file's grid: same shape, same array order, same affine. :class:`SourceGrid` remembers that grid
+and :func:`save_mask` undoes the reorientation (an exact axis permutation and flip, no
+resampling).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import InputError
+from core.io import LabelVolume, save_label
+
+__all__ = ["SourceGrid", "save_mask"]
+
+
+@dataclass(frozen=True)
+class SourceGrid:
+    """The grid of the file a volume came from.
+
+    Attributes
+    ----------
+    affine : (4, 4) the file's own affine
+    shape : (3,) the file's own array shape (a trailing 4th axis of 1 dropped)
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike) -> SourceGrid:
+        """Read a NIfTI header (no voxel data)."""
+        import nibabel as nib
+
+        try:
+            img = nib.load(os.fspath(path))
+        except Exception as exc:  # the volume itself was loaded already: unlikely
+            raise InputError(path, f"cannot read the header again ({exc})") from exc
+        return cls(np.asarray(img.affine, dtype=np.float64), tuple(int(n) for n in img.shape[:3]))
+
+
+def to_source_grid(data: np.ndarray, affine: np.ndarray, grid: SourceGrid) -> np.ndarray:
+    """Reorient ``data`` on the canonical ``affine`` back to the array order of ``grid``.
+
+    Raises
+    ------
+    ValueError
+        The two grids are not the same voxels in another axis order (should not happen for a
+        volume loaded from the grid's file).
+    """
+    import nibabel.orientations as nio
+
+    a = np.asarray(data)
+    transform = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(grid.affine))
+    out = nio.apply_orientation(a, transform)
+    new_affine = np.asarray(affine) @ nio.inv_ornt_aff(transform, a.shape)
+    if out.shape != tuple(grid.shape) or not np.allclose(new_affine, grid.affine, atol=1e-3):
+        raise ValueError("the mask's grid does not map back onto the input file's grid")
+    return np.ascontiguousarray(out)
+
+
+def save_mask(
+    mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike, grid: SourceGrid | None = None
+) -> Path:
+    """Write a mask (bool, or int labels) as ``.nii.gz``; on ``grid`` if given, else as is.
+
+    Parameters
+    ----------
+    mask : (I, J, K) on the canonical grid of ``affine``
+    affine : (4, 4) the canonical volume's affine
+    grid : the input file's grid; the written file then has exactly its affine and shape
+    """
+    data = np.asarray(mask)
+    data = data.astype(np.uint8) if data.dtype == np.bool_ or data.max(initial=0) < 256 else data
+    if grid is not None:
+        data, affine = to_source_grid(data, affine, grid), grid.affine
+    return save_label(LabelVolume(data, np.asarray(affine, dtype=np.float64)), path)

@@ -1,0 +1,302 @@
+"""What the page shows for a session: the :class:`View` every handler returns.
+
+:func:`render` draws the slice with its overlays, writes the 3D scenes and the downloads into
+a fresh folder of the session, and, with ground truth, computes the metrics table and the
+ground truth vs prediction pictures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.geometry import take_slice
+from gradio_app.outputs import save_mask
+from gradio_app.render import (
+    SliceView,
+    colour_of,
+    comparison_panels,
+    orthogonal_views,
+    render_slice,
+    save_scene_glb,
+)
+from gradio_app.session import Session
+
+__all__ = ["METRIC_COLUMNS", "View", "render", "slice_view", "slice_picture", "md_escape"]
+
+METRIC_COLUMNS = (
+    "object",
+    "structure",
+    "Dice",
+    "HD95 (mm)",
+    "ASSD (mm)",
+    "surface Dice (1 mm)",
+    "Chamfer (mm)",
+    "predicted (ml)",
+    "ground truth (ml)",
+)
+SURFACE_TOLERANCE_MM = 1.0  # as `sam3d eval`
+
+
+@dataclass
+class View:
+    """What the page shows after a handler ran.
+
+    Attributes
+    ----------
+    slice_image : (H, W, 3) uint8, the slice with masks, ground-truth outlines and clicks
+    axis, slice_idx, n_slices : the slice on screen and the slider's range
+    scene : .glb of every object's surface (coloured), for ``gr.Model3D``
+    views : (h, w, 3) uint8, sagittal/coronal/axial through the current object
+    status : markdown: what was done, the time taken, warnings
+    metrics : rows of :data:`METRIC_COLUMNS` (with ground truth)
+    compare : (h, w, 3) uint8, ground truth vs prediction on three axes (with ground truth)
+    gt_scene : .glb of the ground-truth structures the objects stand for
+    camera_mm : camera distance (mm) for showing the prediction and ground-truth scenes at
+        the same scale (each 3D view otherwise frames its own model)
+    downloads : the mask (.nii.gz on the input's grid) and one .glb per object
+    has_gt : ground truth is loaded
+    timings : the last reconstruction's engine timings (ms) and the handler's ``wall``
+    """
+
+    slice_image: np.ndarray | None = None
+    axis: int = 2
+    slice_idx: int = 0
+    n_slices: int = 1
+    scene: str | None = None
+    views: np.ndarray | None = None
+    status: str = ""
+    metrics: list = field(default_factory=list)
+    compare: np.ndarray | None = None
+    gt_scene: str | None = None
+    camera_mm: float | None = None
+    downloads: list = field(default_factory=list)
+    has_gt: bool = False
+    timings: dict = field(default_factory=dict)
+
+
+def md_escape(text: str) -> str:
+    """Text safe inside markdown/HTML (file names come from users)."""
+    import html
+
+    return html.escape(str(text)).replace("*", "\\*").replace("_", "\\_")
+
+
+def slice_view(session: Session) -> SliceView:
+    v = session.volume
+    return SliceView.for_volume(v.shape, v.spacing, session.axis)
+
+
+def slice_picture(s: Session, show_gt: bool = True) -> np.ndarray:
+    v, axis, idx = s.volume, s.axis, s.slice_idx
+    masks, points, boxes = [], [], []
+    for i, o in enumerate(s.objects):
+        if o.result is not None and o.result.mask.any():
+            masks.append((take_slice(o.result.mask, axis, idx), colour_of(i)))
+        if o.prompts is None:
+            continue
+        points += [
+            (c.row, c.col, c.positive)
+            for c in o.prompts.clicks
+            if (c.axis, c.slice_idx) == (axis, idx)
+        ]
+        b = o.prompts.box
+        if b is not None and (b.axis, b.slice_idx) == (axis, idx):
+            boxes.append(b.rc)
+    corner = None
+    if s.corner is not None and s.corner[:2] == (axis, idx):
+        corner = s.corner[2:]
+    gt2d = take_slice(s.gt.data, axis, idx) if (s.gt is not None and show_gt) else None
+    return render_slice(
+        slice_view(s),
+        take_slice(v.data, axis, idx),
+        s.window,
+        masks=masks,
+        gt2d=gt2d,
+        points=points,
+        boxes=boxes,
+        corner=corner,
+    )
+
+
+def render(
+    s: Session,
+    *,
+    status: str | None = None,
+    started: float | None = None,
+    redone: int = 0,
+    files: bool = True,
+) -> View:
+    """Everything the page shows for the session's current state.
+
+    ``files`` False skips the 3D scenes and downloads (slice changes only).
+    """
+    v = s.volume
+    view = View(
+        slice_image=slice_picture(s),
+        axis=s.axis,
+        slice_idx=s.slice_idx,
+        n_slices=v.shape[s.axis],
+        has_gt=s.gt is not None,
+    )
+    done = s.done
+    if files:
+        out = s.step_dir()
+        colours = {i: colour_of(i) for i, _ in done}
+        masks = [(o.result.mask, colours[i]) for i, o in done]
+        if done:
+            scene = save_scene_glb(
+                [(o.result.mesh, colours[i]) for i, o in done], out / "prediction.glb"
+            )
+            view.scene = None if scene is None else str(scene)
+            view.downloads = _write_downloads(s, done, out)
+        view.views = orthogonal_views(
+            v.data,
+            v.spacing,
+            s.window,
+            _focus(s),
+            masks=masks,
+            gt=None if s.gt is None else s.gt.data,
+        )
+        if s.gt is not None and done:
+            view.metrics, view.compare, view.gt_scene, gt_meshes = _ground_truth_outputs(
+                s, done, out
+            )
+            view.camera_mm = _camera_distance([o.result.mesh for _, o in done] + gt_meshes)
+    last = (
+        s.current.result if s.current.result is not None else (done[-1][1].result if done else None)
+    )
+    if last is not None:
+        view.timings = dict(last.timings)
+    if started is not None:
+        view.timings["wall"] = round((time.perf_counter() - started) * 1000.0, 1)
+    view.status = status if status is not None else _status(s, view, redone)
+    return view
+
+
+def _focus(s: Session) -> np.ndarray:
+    """The voxel the three views pass through: the current object's last click, else the
+    centre of the latest object, else the slice on screen."""
+    for o in reversed(s.objects):
+        if o.prompts is not None and o.prompts.clicks:
+            return o.prompts.clicks[-1].voxel()
+        if o.result is not None and o.result.mask.any():
+            return np.argwhere(o.result.mask).mean(0)
+    p = np.array(s.volume.shape, dtype=float) / 2
+    p[s.axis] = s.slice_idx
+    return p
+
+
+def _status(s: Session, view: View, redone: int) -> str:
+    obj, k = s.current, len(s.objects)
+    if obj.result is None:
+        return f"Object {k}: click the structure on the slice."
+    r, st = obj.result, obj.settings
+    pos = len(obj.prompts.positives)
+    neg = len(obj.prompts.negatives)
+    prompts = f"{pos} positive, {neg} negative" + (", box" if obj.prompts.box else "")
+    t = r.timings
+    parts = [
+        f"**Object {k}** ({prompts}) · {st.mode} mode · {st.weights} weights",
+        f"reconstruction **{t['total']:.0f} ms** (model {t.get('model', 0):.0f} ms in "
+        f"{r.passes} pass{'es' if r.passes > 1 else ''}, mesh {t.get('mesh', 0):.0f} ms)",
+    ]
+    if "wall" in view.timings:
+        parts.append(f"page updated in {view.timings['wall']:.0f} ms")
+    text = " · ".join(parts)
+    if redone:
+        text = f"Redone {redone} object(s) with the new settings. " + text
+    if not r.mask.any():
+        text += "\n\n**Nothing was found at this click**: try a click nearer the organ's centre."
+    else:
+        text += f" · {r.volume_ml:.1f} ml"
+    if r.touches_border:
+        text += (
+            "\n\n*The structure may continue beyond what the model could see (it touches its "
+            "field of view): check the edges.*"
+        )
+    return text
+
+
+def _write_downloads(s: Session, done, out: Path) -> list[str]:
+    from core.mesh import save_mesh
+
+    labels = np.zeros(s.volume.shape, dtype=np.uint8 if len(s.objects) < 256 else np.uint16)
+    for i, o in done:
+        labels[o.result.mask] = i + 1
+    stem = _safe_stem(s.name)
+    paths = [save_mask(labels, s.volume.affine, out / f"{stem}_mask.nii.gz", s.grid)]
+    for i, o in done:
+        if o.result.mesh is not None:
+            paths.append(save_mesh(o.result.mesh, out / f"{stem}_object{i + 1}.glb"))
+    return [str(p) for p in paths]
+
+
+def _safe_stem(name: str) -> str:
+    from core.io import strip_nifti_suffix
+
+    stem = strip_nifti_suffix(name) or name
+    keep = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem).strip("_")
+    return keep[:60] or "volume"
+
+
+def _ground_truth_outputs(s: Session, done, out: Path):
+    from core.mesh import mask_to_mesh
+    from core.metrics import binary_metrics
+
+    v, spacing = s.volume, s.volume.spacing
+    ml = float(np.prod(spacing)) / 1000.0
+    rows, gt_meshes, compare = [], [], None
+    matched = {i: s.gt_class_at(o) for i, o in done}
+    for i, o in done:
+        cls = matched[i]
+        if cls is None:
+            rows.append(
+                [i + 1, "(no ground truth here)", *[None] * 5, round(o.result.volume_ml, 2), None]
+            )
+            continue
+        gt = s.gt.data == cls
+        m = binary_metrics(o.result.mask, gt, spacing=spacing, tolerance_mm=SURFACE_TOLERANCE_MM)
+        rows.append(
+            [
+                i + 1,
+                s.class_name(cls),
+                round(m["dice"], 3),
+                _r(m["hd95"]),
+                _r(m["assd"]),
+                round(m["surface_dice"], 3),
+                _r(m["chamfer"]),
+                round(o.result.volume_ml, 2),
+                round(float(gt.sum()) * ml, 2),
+            ]
+        )
+        if cls not in [c for c, _ in gt_meshes]:
+            if cls not in s.gt_meshes:
+                s.gt_meshes[cls] = mask_to_mesh(gt, v.affine, smooth_iterations=10)
+            gt_meshes.append((cls, (s.gt_meshes[cls], colour_of(i))))
+    # the comparison shows the current object, else the latest one with a ground truth
+    for i, o in reversed(done):
+        if matched[i] is not None:
+            compare = comparison_panels(
+                v.data, spacing, s.window, s.gt.data == matched[i], o.result.mask, colour_of(i)
+            )
+            break
+    scene = save_scene_glb([m for _, m in gt_meshes], out / "ground_truth.glb")
+    return rows, compare, None if scene is None else str(scene), [m for (_, (m, _)) in gt_meshes]
+
+
+def _camera_distance(meshes) -> float | None:
+    """A camera distance (mm) that fits every mesh: 1.3 x the diagonal of their union."""
+    bounds = [m.bounds() for m in meshes if m is not None]
+    if not bounds:
+        return None
+    lo = np.min([b[0] for b in bounds], axis=0)
+    hi = np.max([b[1] for b in bounds], axis=0)
+    return round(1.3 * float(np.linalg.norm(hi - lo)), 1)
+
+
+def _r(x: float) -> float | None:
+    return round(float(x), 2) if np.isfinite(x) else None

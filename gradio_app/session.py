@@ -1,0 +1,178 @@
+"""Per-browser-session state of the web demo (kept in a ``gr.State``).
+
+A session holds the loaded volume (and its ground truth), the slice on screen, and the objects
+the user has reconstructed: each object is its prompts plus the latest result, with a short
+history so that "undo" restores the previous result exactly. Files written for the session live
+in its own temporary folder, removed by :meth:`Session.close` when gradio deletes the state
+(the tab closed) or when the app shuts down.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from core.clicks import PromptSet
+    from core.engine import Result
+    from core.io import LabelVolume, Volume
+    from gradio_app.outputs import SourceGrid
+
+__all__ = ["Settings", "ObjectState", "Session"]
+
+#: Undo steps kept per object (each holds a full-size mask).
+HISTORY = 20
+#: Output folders kept per session (older ones are deleted: gradio has its own copies).
+KEEP_STEPS = 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a reconstruction depends on besides the prompts."""
+
+    mode: str = "volume"
+    weights: str = "base"
+    modality: str = "ct"
+
+
+@dataclass
+class ObjectState:
+    """One structure: its prompts, its latest result and the settings that made it."""
+
+    prompts: PromptSet | None = None
+    result: Result | None = None
+    settings: Settings | None = None
+    history: list = field(default_factory=list)  # [(prompts, result, settings)] before each step
+
+    @property
+    def n_prompts(self) -> int:
+        if self.prompts is None:
+            return 0
+        return len(self.prompts.clicks) + (self.prompts.box is not None)
+
+    def push(self, prompts, result, settings) -> None:
+        self.history.append((self.prompts, self.result, self.settings))
+        del self.history[:-HISTORY]
+        self.prompts, self.result, self.settings = prompts, result, settings
+
+    def pop(self) -> bool:
+        """Undo the last step; False when there is nothing to undo."""
+        if not self.history:
+            return False
+        self.prompts, self.result, self.settings = self.history.pop()
+        return True
+
+
+class Session:
+    """Everything one browser tab works on.
+
+    Parameters
+    ----------
+    root : folder the session's temporary folder is created in
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.dir = Path(tempfile.mkdtemp(prefix="session-", dir=root))
+        self.session_hash: str | None = None
+        self.volume: Volume | None = None
+        self.name = ""
+        self.grid: SourceGrid | None = None  # the uploaded file's own grid (None for the sample)
+        self.gt: LabelVolume | None = None
+        self.class_names: dict[int, str] = {}
+        self.gt_meshes: dict = {}  # ground-truth class -> core.mesh.Mesh, made once
+        self.window = (0.0, 1.0)
+        self.axis = 2
+        self.slice_idx = 0
+        self.objects: list[ObjectState] = [ObjectState()]
+        self.corner: tuple[int, int, int, int] | None = None  # (axis, idx, row, col) of a box
+        self._steps = itertools.count(1)
+        self.closed = False
+
+    # ----------------------------------------------------------------------------------------
+
+    def set_volume(self, volume: Volume, name: str, grid=None) -> None:
+        from gradio_app.render import intensity_window
+
+        self.volume, self.name, self.grid = volume, name, grid
+        self.set_gt(None)
+        self.window = intensity_window(volume.data)
+        self.axis = 2
+        self.slice_idx = volume.shape[2] // 2
+        self.reset_objects()
+
+    def set_gt(self, gt, class_names=None) -> None:
+        self.gt, self.class_names, self.gt_meshes = gt, dict(class_names or {}), {}
+
+    def reset_objects(self) -> None:
+        self.objects = [ObjectState()]
+        self.corner = None
+
+    @property
+    def current(self) -> ObjectState:
+        return self.objects[-1]
+
+    @property
+    def done(self) -> list[tuple[int, ObjectState]]:
+        """``(index, object)`` of the objects that have a non-empty result."""
+        return [
+            (i, o)
+            for i, o in enumerate(self.objects)
+            if o.result is not None and o.result.mask.any()
+        ]
+
+    def gt_class_at(self, obj: ObjectState) -> int | None:
+        """The ground-truth class an object stands for: the label under its first positive
+        click (or its box's centre), else the class it overlaps most; None without one."""
+        if self.gt is None or obj.result is None:
+            return None
+        labels = self.gt.data
+        p = obj.prompts
+        if p.positives:
+            v = p.positives[0].voxel_index()
+            if all(0 <= a < n for a, n in zip(v, labels.shape, strict=True)) and labels[v]:
+                return int(labels[v])
+        elif p.box is not None:
+            from core.geometry import slice_voxel_index
+
+            b = p.box
+            v = slice_voxel_index(
+                b.axis, b.slice_idx, (b.r0 + b.r1 - 1) // 2, (b.c0 + b.c1 - 1) // 2
+            )
+            if labels[tuple(int(x) for x in v)]:
+                return int(labels[tuple(int(x) for x in v)])
+        hit = labels[obj.result.mask]
+        hit = hit[hit > 0]
+        if hit.size == 0:
+            return None
+        return int(np.bincount(hit).argmax())
+
+    def class_name(self, value: int) -> str:
+        return self.class_names.get(value, f"label {value}")
+
+    # ----------------------------------------------------------------------------------------
+    # files
+
+    def step_dir(self) -> Path:
+        """A fresh folder for this update's files; old ones are pruned."""
+        if self.closed:
+            raise RuntimeError("session is closed")
+        d = self.dir / f"step-{next(self._steps):05d}"
+        d.mkdir(parents=True)
+        steps = sorted(p for p in self.dir.iterdir() if p.name.startswith("step-"))
+        for old in steps[:-KEEP_STEPS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return d
+
+    def close(self) -> None:
+        """Remove the session's files (idempotent)."""
+        self.closed = True
+        self.volume = None
+        self.set_gt(None)
+        self.objects = [ObjectState()]
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,461 @@
+"""The web demo's handlers as plain functions (no server, no browser).
+
+The engine is the shipped model, loaded once for the module. Accuracy floors are modest on
+purpose: the shipped base may be retrained; on the demo heart's left ventricle it reached a
+Dice of 0.54 (volume mode) when these tests were written.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import REPO, save_nifti
+
+pytest.importorskip("gradio")
+
+from core.errors import InputError  # noqa: E402
+from core.geometry import take_slice  # noqa: E402
+from core.io import load_image, load_label  # noqa: E402
+from core.mesh import load_mesh  # noqa: E402
+from core.metrics import dice  # noqa: E402
+from core.prompts import interior_point  # noqa: E402
+from gradio_app import handlers as H  # noqa: E402
+from gradio_app.api import reconstruct_file  # noqa: E402
+from gradio_app.render import GT_OUTLINE, POSITIVE, SliceView, colour_of, render_slice  # noqa: E402
+from gradio_app.session import Session, Settings  # noqa: E402
+
+LV = 2
+DICE_FLOOR = 0.3  # measured 0.54 on the demo heart's LV with the first shipped base
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from core.engine import Reconstructor
+    from gradio_app.service import SharedEngine
+
+    return SharedEngine(Reconstructor.from_pretrained())
+
+
+class Spy:
+    """A SharedEngine stand-in that records the calls and forwards them."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+
+    def check_weights(self, name):
+        return self.engine.check_weights(name)
+
+    def predict(self, volume, prompts, **kw):
+        self.calls.append((prompts, kw))
+        return self.engine.predict(volume, prompts, **kw)
+
+
+@pytest.fixture
+def sample(tmp_path):
+    session, view = H.load_sample(None, root=tmp_path)
+    yield session, view
+    session.close()
+
+
+def pixel_of(session, row, col):
+    return H.slice_view(session).rc_to_pixel(row, col)
+
+
+def lv_pixel(session):
+    """A pixel deep inside the LV on the slice on screen."""
+    gt = session.gt.data == LV
+    r, c = interior_point(take_slice(gt, session.axis, session.slice_idx))
+    return (r, c), pixel_of(session, r, c)
+
+
+# --------------------------------------------------------------------------------------------
+# picture <-> slice mapping
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_picture_pixels_map_back_to_the_voxel_drawn_there(axis):
+    shape, spacing = (20, 13, 9), (1.0, 2.5, 1.5)
+    vol = np.arange(np.prod(shape)).reshape(shape)  # every voxel has its own value
+    idx = shape[axis] // 2
+    sl = take_slice(vol, axis, idx)
+    view = SliceView.for_volume(shape, spacing, axis, size=300)
+    pic = view.render(sl)
+    assert pic.shape == (view.height, view.width)
+    # upscaled to ~300 px, non-square voxels stretched to their size in mm
+    r_ax, c_ax = [a for a in range(3) if a != axis]
+    mm_w, mm_h = shape[r_ax] * spacing[r_ax], shape[c_ax] * spacing[c_ax]
+    assert max(view.width, view.height) == 300
+    assert view.width / view.height == pytest.approx(mm_w / mm_h, rel=0.02)
+    # every picture pixel maps to the slice pixel whose value is drawn there
+    for y in range(view.height):
+        for x in range(0, view.width, 7):
+            r, c = view.pixel_to_rc(x, y)
+            assert pic[y, x] == sl[r, c]
+    # sub-pixel positions inside a drawn pixel land on the same voxel
+    assert view.pixel_to_rc(10.9, 20.2) == view.pixel_to_rc(10, 20)
+    # every slice pixel's centre maps back to itself
+    for r in range(view.n_rows):
+        for c in range(view.n_cols):
+            assert view.pixel_to_rc(*view.rc_to_pixel(r, c)) == (r, c)
+    # orientation: rows run left to right, columns bottom to top (as core.viz)
+    assert view.pixel_to_rc(0, view.height - 1) == (0, 0)
+    assert view.pixel_to_rc(view.width - 1, 0) == (view.n_rows - 1, view.n_cols - 1)
+    for x, y in ((-1, 0), (0, view.height), (view.width, 5)):
+        with pytest.raises(ValueError, match="outside"):
+            view.pixel_to_rc(x, y)
+
+
+def test_a_click_anywhere_on_a_drawn_voxel_selects_that_voxel(sample, engine):
+    session, view = sample
+    assert view.slice_image.shape[:2] == (512, 512)  # 64 voxels drawn 8x larger
+    (r, c), (x, y) = lv_pixel(session)
+    x0, y0 = int(np.floor(x)) - 3, int(np.floor(y)) - 3  # corner of the 8x8 block
+    session, _ = H.click(session, engine, x0 + 7.9, y0 + 0.1)
+    clk = session.current.prompts.clicks[-1]
+    assert (clk.axis, clk.slice_idx, clk.row, clk.col) == (2, session.slice_idx, r, c)
+    assert session.gt.data[clk.voxel_index()] == LV
+
+
+# --------------------------------------------------------------------------------------------
+# a click on the sample
+
+
+def test_sample_loads_with_ground_truth(sample):
+    session, view = sample
+    assert session.volume.shape == (64, 64, 64) and session.gt is not None
+    assert (view.axis, view.slice_idx, view.n_slices) == (2, 32, 64)
+    assert view.has_gt and "LV" in view.status
+    assert view.views is not None and view.scene is None and view.downloads == []
+
+
+def test_click_on_the_lv_gives_surface_overlays_metrics_and_downloads(sample, engine):
+    session, _ = sample
+    (r, c), (x, y) = lv_pixel(session)
+    session, view = H.click(session, engine, x, y)
+    res = session.current.result
+    gt = session.gt.data == LV
+    assert res.mask.any()
+    assert dice(res.mask, gt) > DICE_FLOOR
+
+    # the 3D scene: a glb whose surface lies around the LV
+    scene = load_mesh(view.scene)
+    assert scene.n_faces > 100
+    lo, hi = scene.bounds()
+    click_mm = (
+        session.volume.affine[:3, :3] @ [r, c, session.slice_idx] + session.volume.affine[:3, 3]
+    )
+    assert np.all(lo <= click_mm) and np.all(click_mm <= hi)
+
+    # the slice picture: the click marker at the click, the mask tinted in the object's colour
+    pic = view.slice_image
+    assert tuple(pic[int(round(y)), int(round(x))]) == POSITIVE
+    plain = render_slice(
+        H.slice_view(session), take_slice(session.volume.data, 2, session.slice_idx), session.window
+    )
+    tinted = np.any(pic != plain, axis=-1)
+    drawn_mask = H.slice_view(session).render(take_slice(res.mask, 2, session.slice_idx))
+    assert tinted[drawn_mask].mean() > 0.95  # every mask pixel is coloured...
+    # ...towards the object's orange (outside the ground-truth outlines and the marker)
+    fill = drawn_mask & ~np.all(pic == GT_OUTLINE, axis=-1) & ~np.all(pic == POSITIVE, axis=-1)
+    shift = pic[fill].astype(int) - plain[fill].astype(int)
+    assert colour_of(0)[0] > colour_of(0)[2]
+    assert np.median(shift[:, 0] - shift[:, 2]) > 40
+
+    # metrics against the ground-truth class under the click
+    (row,) = view.metrics
+    assert row[0] == 1 and row[1] == "LV"
+    assert row[2] == pytest.approx(dice(res.mask, gt), abs=1e-3)
+    assert all(np.isfinite(v) for v in row[3:])
+    assert view.compare is not None and view.compare.ndim == 3
+    assert load_mesh(view.gt_scene).n_faces > 100
+    assert view.camera_mm > 0  # both 3D views at one scale
+
+    # downloads: the mask on the input's grid, and the object's mesh
+    mask_path, mesh_path = view.downloads
+    lab = load_label(mask_path)
+    np.testing.assert_array_equal(lab.data.astype(bool), res.mask)
+    np.testing.assert_allclose(lab.affine, session.volume.affine)
+    assert mesh_path.endswith(".glb")
+    assert load_mesh(mesh_path).n_vertices == res.mesh.n_vertices
+
+    # the time taken is reported
+    assert view.timings["total"] > 0 and view.timings["wall"] >= view.timings["total"]
+    assert "ms" in view.status and "Object 1" in view.status
+
+
+def test_more_clicks_refine_the_previous_result(sample, engine):
+    session, _ = sample
+    spy = Spy(engine)
+    _, (x, y) = lv_pixel(session)
+    session, _ = H.click(session, spy, x, y)
+    first = session.current.result
+    session, _ = H.click(session, spy, x + 60, y, tool="negative")
+    assert spy.calls[0][1]["previous"] is None
+    assert spy.calls[1][1]["previous"] is first
+    assert [c.positive for c in session.current.prompts.clicks] == [True, False]
+    # other settings: every object is redone from its prompts, not refined
+    session, view = H.change_settings(session, spy, Settings(mode="slice"))
+    assert spy.calls[2][1].get("previous") is None and spy.calls[2][1]["mode"] == "slice"
+    assert "Redone 1" in view.status and "slice mode" in view.status
+    assert len(spy.calls[2][0].clicks) == 2
+
+
+def test_box_takes_two_clicks(sample, engine):
+    session, _ = sample
+    (r, c), _ = lv_pixel(session)
+    spy = Spy(engine)
+    session, view = H.click(session, spy, *pixel_of(session, r - 4, c - 5), tool="box")
+    assert spy.calls == [] and "first corner" in view.status
+    session, view = H.click(session, spy, *pixel_of(session, r + 4, c + 3), tool="box")
+    assert session.current.prompts.box.rc == (r - 4, c - 5, r + 5, c + 4)
+    assert session.current.result.mask.any() and view.scene is not None
+
+
+def test_negative_point_first_is_refused(sample, engine):
+    session, _ = sample
+    with pytest.raises(InputError, match="negative point needs a positive point"):
+        H.click(session, engine, 100, 100, tool="negative")
+
+
+def test_undo_new_object_and_clear(sample, engine):
+    session, _ = sample
+    _, (x, y) = lv_pixel(session)
+    session, _ = H.click(session, engine, x, y)
+    first = session.current.result
+    session, _ = H.click(session, engine, x + 8, y + 8)
+    session, view = H.undo(session)
+    assert session.current.result is first and len(session.current.prompts.clicks) == 1
+    # a second object: the right ventricle
+    session, view = H.new_object(session)
+    assert len(session.objects) == 2 and session.current.result is None
+    rv = session.gt.data == 4
+    r, c = interior_point(take_slice(rv, 2, session.slice_idx))
+    session, view = H.click(session, engine, *pixel_of(session, r, c))
+    assert [row[1] for row in view.metrics] == ["LV", "RV"]
+    labels = load_label(view.downloads[0]).data
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert len(view.downloads) == 3  # the mask and one mesh per object
+    session, view = H.clear(session)
+    assert view.downloads == [] and view.scene is None and session.current.result is None
+
+
+def test_changing_axis_and_slice(sample):
+    session, _ = sample
+    session, view = H.set_axis(session, 0)
+    assert (view.axis, view.slice_idx, view.n_slices) == (0, 32, 64)
+    session, view = H.show_slice(session, 10)
+    assert view.slice_idx == 10 and view.slice_image.shape == (512, 512, 3)
+    with pytest.raises(ValueError, match="slice 64 is outside axis 0"):
+        H.show_slice(session, 64)
+    with pytest.raises(ValueError, match="axis must be 0, 1 or 2"):
+        H.set_axis(session, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# uploads and bad input
+
+
+@pytest.fixture
+def heart_files(tmp_path):
+    from core.io import save_image, save_label
+    from core.synthetic import make_heart_phantom
+
+    image, label = make_heart_phantom(5)
+    return (
+        save_image(image, tmp_path / "heart.nii.gz"),
+        save_label(label, tmp_path / "heart-label.nii.gz"),
+        image,
+        label,
+    )
+
+
+def test_upload_volume_and_labels(heart_files, tmp_path):
+    img_path, lab_path, image, label = heart_files
+    session, view = H.load_volume(None, img_path, lab_path, root=tmp_path)
+    assert session.name == "heart.nii.gz" and view.has_gt
+    np.testing.assert_array_equal(session.gt.data, label.data)
+    session, view = H.load_labels(session, None)
+    assert session.gt is None and not view.has_gt
+    session.close()
+
+
+def _bad(tmp_path, kind):
+    img = np.zeros((16, 16, 16), np.float32)
+    eye = np.eye(4)
+    if kind == "not nifti":
+        p = tmp_path / "scan.png"
+        p.write_bytes(b"\x89PNG not a volume")
+        return p, None, "scan.png: not a NIfTI file"
+    if kind == "garbage":
+        p = tmp_path / "scan.nii.gz"
+        p.write_bytes(b"definitely not gzip")
+        return p, None, "scan.nii.gz: not a valid NIfTI file"
+    if kind == "2d":
+        return (
+            save_nifti(img[:, :, 0], eye, tmp_path / "flat.nii.gz"),
+            None,
+            "flat.nii.gz: expected a 3D volume, got 2D",
+        )
+    if kind == "4d":
+        p = save_nifti(np.zeros((16, 16, 16, 3), np.float32), eye, tmp_path / "dyn.nii.gz")
+        return p, None, "dyn.nii.gz: expected a 3D volume, got 4D"
+    vol = save_nifti(img, eye, tmp_path / "ct.nii.gz")
+    if kind == "label shape":
+        lab = save_nifti(np.ones((16, 16, 15), np.uint8), eye, tmp_path / "seg.nii.gz")
+        return (
+            vol,
+            lab,
+            "seg.nii.gz: shape (16, 16, 15) does not match the image's (16, 16, 16) (ct.nii.gz)",
+        )
+    if kind == "label affine":
+        lab = save_nifti(
+            np.ones((16, 16, 16), np.uint8), np.diag([2, 1, 1, 1.0]), tmp_path / "seg.nii.gz"
+        )
+        return vol, lab, "seg.nii.gz: affine differs from the image's (ct.nii.gz)"
+    if kind == "label not integer":
+        lab = save_nifti(np.full((16, 16, 16), 0.5, np.float32), eye, tmp_path / "seg.nii.gz")
+        return vol, lab, "seg.nii.gz: label map has non-integer values"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["not nifti", "garbage", "2d", "4d", "label shape", "label affine", "label not integer"]
+)
+def test_bad_uploads_give_one_line_messages_naming_the_file(tmp_path, kind):
+    from gradio_app.app import _guard
+
+    vol, lab, expected = _bad(tmp_path, kind)
+    with pytest.raises(InputError) as info:
+        H.load_volume(None, vol, lab, root=tmp_path)
+    msg = str(info.value)
+    assert msg.startswith(expected), msg
+    assert "\n" not in msg and str(tmp_path) not in msg  # the user's file name, no temp path
+
+    import gradio as gr
+
+    with pytest.raises(gr.Error) as info:
+        _guard(H.load_volume)(None, vol, lab, root=tmp_path)
+    assert info.value.message.startswith(expected.split(":")[0])
+    assert "Traceback" not in info.value.message
+
+
+def test_clicks_outside_or_before_loading_are_refused(sample, engine):
+    session, _ = sample
+    with pytest.raises(ValueError, match=r"outside the 512x512 slice picture"):
+        H.click(session, engine, 600, 10)
+    with pytest.raises(InputError, match="load a NIfTI volume or the synthetic sample first"):
+        H.click(None, engine, 10, 10)
+    with pytest.raises(InputError, match="unknown weights 'nope'; choose one of base"):
+        H.click(session, engine, 200, 200, settings=Settings(weights="nope"))
+    with pytest.raises(ValueError, match="mode must be one of volume, slice"):
+        H.click(session, engine, 200, 200, settings=Settings(mode="3d"))
+
+
+def test_unexpected_errors_are_not_shown_as_tracebacks():
+    import gradio as gr
+
+    from gradio_app.app import _guard
+
+    def broken():
+        raise RuntimeError("secret internals")
+
+    with pytest.raises(gr.Error) as info:
+        _guard(broken)()
+    assert "Internal error" in info.value.message and "secret" not in info.value.message
+
+
+# --------------------------------------------------------------------------------------------
+# the API handler
+
+
+def test_reconstruct_file_writes_the_mask_on_the_input_files_own_grid(tmp_path, engine):
+    """An LPS file: points are in canonical RAS slices (as sam3d predict), the mask comes back
+    on the file's own grid and affine."""
+    from core.clicks import Click, PromptSet, first_click
+    from core.synthetic import make_heart_phantom
+
+    image, label = make_heart_phantom(11)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine  # same world, flipped i and j
+    data = image.data[::-1, ::-1, :]
+    path = save_nifti(np.ascontiguousarray(data), lps, tmp_path / "lps.nii.gz")
+    canonical = load_image(path)
+    np.testing.assert_allclose(canonical.affine, image.affine)
+    c = first_click(label.data == LV)
+    out = reconstruct_file(
+        engine,
+        path,
+        axis=2,
+        slice_index=c.slice_idx,
+        points=[(c.row, c.col)],
+        out_dir=tmp_path / "o",
+    )
+    mask = nib.load(out["mask"])
+    np.testing.assert_allclose(mask.affine, lps)
+    assert mask.shape == data.shape
+    direct = engine.predict(canonical, PromptSet((Click(2, c.slice_idx, c.row, c.col),)))
+    np.testing.assert_array_equal(np.asarray(mask.dataobj).astype(bool), direct.mask[::-1, ::-1, :])
+    assert load_mesh(out["mesh"]).n_faces > 0
+    info = out["info"]
+    assert info["timings_ms"]["total"] > 0 and info["voxels"] == int(direct.mask.sum())
+    assert info["shape"] == [64, 64, 64] and info["adapter"] == "base"
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"points": []}, "give at least one positive point"),
+        ({"points": [[1, 2, 3]]}, "points must be a list of [row, col] pairs"),
+        ({"axis": 5}, "axis must be 0, 1 or 2"),
+        ({"slice_index": 64}, "heart.nii.gz: slice 64 is outside axis 2 (0..63)"),
+        ({"points": [[70, 3]]}, "heart.nii.gz: click (70, 3) on axis 2 slice 30 is outside"),
+        ({"weights": "liver"}, "unknown weights 'liver'"),
+        ({"modality": "pet"}, "modality must be one of ct, mr, us"),
+    ],
+)
+def test_reconstruct_file_bad_requests(tmp_path, engine, heart_files, kw, message):
+    args = {"axis": 2, "slice_index": 30, "points": [[30, 30]], **kw}
+    with pytest.raises((InputError, ValueError)) as info:
+        reconstruct_file(engine, heart_files[0], out_dir=tmp_path, **args)
+    assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# sessions, files, imports
+
+
+def test_session_files_are_removed_when_the_session_ends(tmp_path, engine):
+    from gradio_app.app import _close_session
+
+    session, _ = H.load_sample(None, root=tmp_path)
+    _, (x, y) = lv_pixel(session)
+    session, view = H.click(session, engine, x, y)
+    assert session.dir.is_dir() and all(__import__("os").path.exists(p) for p in view.downloads)
+    _close_session(session)  # what gr.State's delete_callback does
+    assert not session.dir.exists() and list(tmp_path.iterdir()) == []
+    _close_session(session)  # idempotent
+
+
+def test_old_step_folders_are_pruned(tmp_path):
+    s = Session(tmp_path)
+    for _ in range(6):
+        s.step_dir()
+    assert len(list(s.dir.iterdir())) == 3
+    s.close()
+
+
+def test_importing_gradio_app_loads_no_model():
+    code = textwrap.dedent(
+        """
+        import sys
+        import gradio_app, gradio_app.app, gradio_app.handlers, gradio_app.api, gradio_app.page
+        heavy = [m for m in ("torch", "peft", "core.model", "core.engine") if m in sys.modules]
+        assert not heavy, heavy
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
