@@ -1,0 +1,193 @@
+"""Compare's computations, free of Qt: metrics per class, the error overlay, exports.
+
+Numbers come from ``core.metrics.evaluate_labels`` unchanged; this module only brings the
+prediction onto the ground truth's grid (a Surface is voxelised, a Labels layer on another
+grid is resampled nearest-neighbour through both affines) and formats the results.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "Comparison",
+    "prediction_on_grid",
+    "compare",
+    "error_overlay",
+    "to_csv",
+    "to_json_obj",
+    "OVERLAY_COLORS",
+]
+
+#: (key in core.metrics, column title)
+METRIC_COLUMNS = (
+    ("dice", "Dice"),
+    ("iou", "IoU"),
+    ("hd95", "HD95 mm"),
+    ("assd", "ASSD mm"),
+    ("surface_dice", "Surf. Dice"),
+    ("chamfer", "Chamfer mm"),
+)
+
+TP, FP, FN = 1, 2, 3
+#: overlay label -> (name, RGBA)
+OVERLAY_COLORS = {
+    TP: ("true positive", (0.1, 0.85, 0.2, 1.0)),
+    FP: ("false positive", (0.95, 0.15, 0.15, 1.0)),
+    FN: ("false negative", (0.15, 0.45, 1.0, 1.0)),
+}
+
+
+@dataclass
+class Comparison:
+    """Metrics of one prediction against one ground truth.
+
+    Attributes
+    ----------
+    per_class : {class id: {metric: value}} exactly as ``core.metrics.evaluate_labels``
+    mean : unweighted mean over classes (``core.metrics.mean_metrics``)
+    names : class id -> name, where known
+    spacing : (3,) mm, the ground truth's voxel size
+    tolerance_mm : surface Dice tolerance
+    notes : how the prediction was brought onto the ground truth's grid, if it had to be
+    """
+
+    per_class: dict
+    mean: dict
+    names: dict = field(default_factory=dict)
+    spacing: tuple = (1.0, 1.0, 1.0)
+    tolerance_mm: float = 1.0
+    notes: list = field(default_factory=list)
+
+    def rows(self) -> list[list[str]]:
+        """Table rows: class, name, then the metrics (formatted), and a mean row."""
+        out = []
+        for c, m in self.per_class.items():
+            out.append([str(c), self.names.get(c, "")] + [_fmt(m[k]) for k, _ in METRIC_COLUMNS])
+        if len(self.per_class) > 1:
+            out.append(["mean", ""] + [_fmt(self.mean[k]) for k, _ in METRIC_COLUMNS])
+        return out
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not math.isfinite(v) else f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+
+
+def prediction_on_grid(pred, gt_shape, gt_affine, *, surface_class: int = 1):
+    """The prediction as a label map on the ground truth's grid, and a note on what was done.
+
+    Parameters
+    ----------
+    pred : ``("labels", data (I', J', K') int, affine)`` or ``("surface", vertices world mm,
+        faces)``
+    gt_shape, gt_affine : the ground truth's grid
+    surface_class : label given to the inside of a surface
+
+    Returns
+    -------
+    labels : (I, J, K) integer array
+    note : str or None
+    """
+    from sam3d_napari._layers import same_grid
+
+    kind = pred[0]
+    if kind == "surface":
+        from sam3d_napari._voxelize import mesh_to_mask
+
+        inside = mesh_to_mask(pred[1], pred[2], gt_shape, gt_affine)
+        labels = inside.astype(np.uint16 if surface_class > 255 else np.uint8) * surface_class
+        return labels, f"surface voxelised on the ground truth's grid as class {surface_class}"
+    if kind != "labels":
+        raise ValueError(f"unknown prediction kind {kind!r}")
+    data, affine = np.asarray(pred[1]), np.asarray(pred[2], dtype=np.float64)
+    if data.ndim != 3:
+        raise ValueError(f"prediction must be a 3D label map, got shape {data.shape}")
+    if same_grid(data.shape, affine, gt_shape, gt_affine):
+        return data, None
+    from scipy import ndimage
+
+    # ground-truth voxel -> prediction voxel: inv(A_pred) @ A_gt; nearest neighbour, 0 outside
+    m = np.linalg.inv(affine) @ np.asarray(gt_affine, dtype=np.float64)
+    out = ndimage.affine_transform(
+        data, m[:3, :3], offset=m[:3, 3], output_shape=tuple(gt_shape), order=0, cval=0
+    )
+    return out, "prediction resampled (nearest neighbour) onto the ground truth's grid"
+
+
+def compare(
+    gt, pred_labels, *, spacing, classes=None, tolerance_mm: float = 1.0, names=None
+) -> Comparison:
+    """Per-class metrics, straight from ``core.metrics.evaluate_labels``.
+
+    ``classes`` default: those present in the ground truth or the prediction.
+    """
+    from core.metrics import evaluate_labels, mean_metrics
+
+    gt, pred_labels = np.asarray(gt), np.asarray(pred_labels)
+    if gt.shape != pred_labels.shape:
+        raise ValueError(f"shapes differ: ground truth {gt.shape}, prediction {pred_labels.shape}")
+    if classes is None:
+        classes = sorted({int(v) for v in np.unique(gt)} | {int(v) for v in np.unique(pred_labels)})
+        classes = [c for c in classes if c != 0]
+    if not classes:
+        raise ValueError("nothing to compare: both label maps are empty")
+    per_class = evaluate_labels(
+        pred_labels, gt, spacing=spacing, classes=classes, tolerance_mm=tolerance_mm
+    )
+    return Comparison(
+        per_class=per_class,
+        mean=mean_metrics(per_class),
+        names={int(k): str(v) for k, v in (names or {}).items()},
+        spacing=tuple(float(s) for s in spacing),
+        tolerance_mm=float(tolerance_mm),
+    )
+
+
+def error_overlay(gt, pred_labels, classes=None) -> np.ndarray:
+    """(I, J, K) uint8: 1 true positive, 2 false positive, 3 false negative, 0 elsewhere.
+
+    With ``classes``, only those classes count; a voxel given the wrong class is a false
+    positive (of the predicted class) and shows as such.
+    """
+    g, p = np.asarray(gt), np.asarray(pred_labels)
+    if classes is not None:
+        keep = np.asarray(sorted(classes))
+        g = np.where(np.isin(g, keep), g, 0)
+        p = np.where(np.isin(p, keep), p, 0)
+    out = np.zeros(g.shape, dtype=np.uint8)
+    out[(p != 0) & (p == g)] = TP
+    out[(p != 0) & (p != g)] = FP
+    out[(g != 0) & (p == 0)] = FN
+    return out
+
+
+def to_json_obj(comp: Comparison) -> dict:
+    return {
+        "metrics": {
+            str(c): {"name": comp.names.get(c), **{k: float(v) for k, v in m.items()}}
+            for c, m in comp.per_class.items()
+        },
+        "mean": {k: float(v) for k, v in comp.mean.items()},
+        "spacing_mm": list(comp.spacing),
+        "surface_dice_tolerance_mm": comp.tolerance_mm,
+        "notes": list(comp.notes),
+        "source": "core.metrics.evaluate_labels",
+    }
+
+
+def to_csv(comp: Comparison) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    keys = [k for k, _ in METRIC_COLUMNS]
+    w.writerow(["class", "name", *keys])
+    for c, m in comp.per_class.items():
+        w.writerow([c, comp.names.get(c, ""), *[repr(float(m[k])) for k in keys]])
+    if comp.mean:
+        w.writerow(["mean", "", *[repr(float(comp.mean[k])) for k in keys]])
+    return buf.getvalue()

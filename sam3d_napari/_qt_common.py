@@ -1,0 +1,121 @@
+"""Small pieces the three widgets share: layer lists, volumes from layers, messages, rows."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import Container, Label
+
+from sam3d_napari._layers import layer_transform, meta_affine
+
+__all__ = [
+    "layers_of",
+    "layer_choices",
+    "volume_of",
+    "labels_of",
+    "notify",
+    "one_line",
+    "row",
+    "form",
+    "StatusLabel",
+    "placed_like",
+]
+
+
+def layers_of(viewer, kind: str, *, ndim: int = 3) -> list:
+    """The viewer's layers of one kind (``"image"``, ``"labels"``, ``"surface"``...)."""
+    return [
+        lyr
+        for lyr in viewer.layers
+        if type(lyr).__name__.lower() == kind and getattr(lyr, "ndim", 0) == ndim
+    ]
+
+
+def layer_choices(viewer, *kinds: str, exclude=()):
+    """A magicgui ``choices`` callable listing the layers of ``kinds`` by name."""
+
+    def choices(_widget=None):
+        out = []
+        for kind in kinds:
+            out += [(lyr.name, lyr) for lyr in layers_of(viewer, kind) if lyr not in exclude]
+        return out
+
+    return choices
+
+
+def volume_of(layer):
+    """A ``core.io.Volume`` of an Image layer, in world mm (the layer's own transform)."""
+    from core.io import Volume
+
+    data = np.asarray(layer.data)
+    if data.ndim != 3:
+        raise ValueError(f"layer {layer.name!r} is {data.ndim}D; a 3D volume is needed")
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"layer {layer.name!r} is an RGB image; a grey-value volume is needed")
+    path = (layer.metadata or {}).get("source_path") or layer.name
+    return Volume(np.ascontiguousarray(data, dtype=np.float32), meta_affine(layer), path)
+
+
+def labels_of(layer):
+    """(data (I, J, K) integer array, (4, 4) affine) of a Labels layer."""
+    data = np.asarray(layer.data)
+    if data.ndim != 3:
+        raise ValueError(f"layer {layer.name!r} is {data.ndim}D; a 3D label map is needed")
+    return data, meta_affine(layer)
+
+
+def placed_like(layer) -> dict:
+    """Layer keyword arguments that put a new layer on ``layer``'s grid (same world place,
+    same metadata for the writers)."""
+    meta = dict(layer.metadata or {})
+    keep = {k: meta[k] for k in ("affine", "source_affine", "source_path") if k in meta}
+    return {**layer_transform(meta_affine(layer)), "metadata": keep}
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: the message of our errors, else ``Type: message``."""
+    from core.errors import InputError
+
+    text = str(exc).strip().replace("\n", " ")
+    if isinstance(exc, (InputError, ValueError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def notify(message: str, level: str = "info") -> None:
+    """A napari notification (one line, no traceback)."""
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
+
+
+def form(*widgets) -> Container:
+    """Labelled fields, one per line."""
+    c = Container(widgets=list(widgets), labels=True)
+    c.margins = (0, 0, 0, 0)
+    return c
+
+
+def row(*widgets, labels: bool = False) -> Container:
+    """Widgets side by side."""
+    c = Container(widgets=list(widgets), layout="horizontal", labels=labels)
+    c.margins = (0, 0, 0, 0)
+    return c
+
+
+class StatusLabel(Label):
+    """A wrapping, selectable label for status lines."""
+
+    def __init__(self, value: str = ""):
+        super().__init__(value=value)
+        self.native.setWordWrap(True)
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QSizePolicy
+
+        self.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # magicgui labels are fixed-size; a status line takes the dock's whole width
+        self.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+    def show_message(self, text: str, level: str = "info") -> None:
+        color = {"info": "", "warning": "#e0a030", "error": "#ff5050"}[level]
+        self.native.setStyleSheet(f"color: {color}" if color else "")
+        self.value = text

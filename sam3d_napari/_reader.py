@@ -1,0 +1,170 @@
+"""NIfTI reader: ``.nii`` / ``.nii.gz`` -> an Image or a Labels layer placed in world mm.
+
+Volumes are loaded by ``core.io`` (canonical RAS+, the affine kept exactly) and placed with
+the full affine (scale, translation, rotation, shear; see ``_layers.layer_transform``). An
+integer volume with few distinct values opens as Labels, anything else as an Image. The
+layer's metadata keeps the canonical ``affine`` and the file's own orientation
+(``source_affine``), so the Labels writer can save a mask exactly on the original grid.
+
+Bad files (corrupt, not NIfTI, 2D/4D, NaN voxels, ...) give one notification naming the file
+and the problem; napari gets the "read, nothing to add" sentinel instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sam3d_napari._layers import layer_transform
+
+__all__ = ["napari_get_reader", "read_nifti", "volume_layer_data", "label_layer_data"]
+
+#: At most this many distinct values for an integer volume to open as labels (more with a
+#: label-like file name, e.g. TotalSegmentator's 117 classes fit either way).
+MAX_LABEL_VALUES = 256
+_LABEL_HINTS = ("label", "seg", "mask", "gt")
+
+
+def napari_get_reader(path):
+    """The reader for NIfTI paths (a path or a list of paths), or None for anything else."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths or not all(_is_nifti_name(p) for p in paths):
+        return None
+    return read_nifti
+
+
+def _is_nifti_name(p) -> bool:
+    name = os.fspath(p).lower()
+    return name.endswith((".nii", ".nii.gz"))
+
+
+def read_nifti(path) -> list[tuple]:
+    """Read one or more NIfTI files into napari layer data tuples.
+
+    A file that cannot be used is reported as a one-line error notification (naming the
+    file) and skipped.
+    """
+    from core.errors import InputError
+
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    out = []
+    for p in paths:
+        try:
+            out.append(_read_one(p))
+        except InputError as exc:
+            _notify_error(str(exc))
+        except MemoryError:
+            _notify_error(f"{p}: not enough memory to load this volume")
+    return out or [(None,)]
+
+
+def _notify_error(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_error
+    except ImportError:  # pragma: no cover - reader used without napari
+        raise RuntimeError(message) from None
+    show_error(message)
+
+
+def _read_one(path) -> tuple:
+    from core.io import LabelVolume, load_image
+
+    volume = load_image(path)  # canonical RAS+, float32, with clear errors for bad files
+    source_affine = _source_affine(path, volume.affine)
+    if _looks_like_labels(volume.data, Path(path).name, _disk_dtype(path)):
+        data = volume.data
+        hi = int(data.max()) if data.size else 0
+        dtype = np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32
+        label = LabelVolume(data.astype(dtype), volume.affine, volume.path)
+        return label_layer_data(label, source_affine=source_affine)
+    return volume_layer_data(volume, source_affine=source_affine)
+
+
+def _disk_dtype(path) -> np.dtype | None:
+    try:
+        import nibabel as nib
+
+        return np.dtype(nib.load(os.fspath(path)).get_data_dtype())
+    except Exception:  # the volume itself already loaded; the header dtype is only a hint
+        return None
+
+
+def _source_affine(path, fallback) -> np.ndarray:
+    try:
+        import nibabel as nib
+
+        return np.asarray(nib.load(os.fspath(path)).affine, dtype=np.float64)
+    except Exception:
+        return np.asarray(fallback, dtype=np.float64)
+
+
+def _looks_like_labels(data: np.ndarray, name: str, disk_dtype) -> bool:
+    """An integer volume (on disk, or float holding integers under a label-like name) with
+    few distinct non-negative values."""
+    hinted = any(h in name.lower() for h in _LABEL_HINTS)
+    is_int = disk_dtype is not None and (
+        np.issubdtype(disk_dtype, np.integer) or disk_dtype == np.bool_
+    )
+    if not (is_int or hinted) or data.size == 0:
+        return False
+    limit = MAX_LABEL_VALUES * (4 if hinted else 1)
+    coarse = data[::4, ::4, ::4]  # cheap rejection of CT images stored as int16
+    if coarse.min() < 0 or np.unique(coarse).size > limit:
+        return False
+    if data.min() < 0 or data.max() >= 2**31 or not np.array_equal(data, np.rint(data)):
+        return False
+    return int(np.count_nonzero(np.bincount(data.astype(np.int64).ravel()))) <= limit
+
+
+def _display_window(data: np.ndarray) -> list[float]:
+    sample = data[::2, ::2, ::2]
+    lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    if hi <= lo:
+        lo, hi = float(data.min()), float(data.max()) + 1.0
+    return [lo, hi]
+
+
+def _metadata(vol, kind: str, source_affine, extra: dict) -> dict:
+    """Layer metadata: the affine (world mm), where the data came from, and the file's own
+    affine (for writing back on its grid); pops ``extra["metadata"]`` into it."""
+    return {
+        "affine": np.asarray(vol.affine, dtype=np.float64),
+        "source_path": vol.path,
+        "source_affine": None if source_affine is None else np.asarray(source_affine),
+        "sam3d_kind": kind,
+        **extra.pop("metadata", {}),
+    }
+
+
+def volume_layer_data(volume, *, name: str | None = None, source_affine=None, **extra) -> tuple:
+    """An Image layer data tuple for a ``core.io.Volume``, placed in world mm."""
+    name = name or _stem(volume.path) or "volume"
+    meta = _metadata(volume, "image", source_affine, extra)
+    kwargs = {
+        "name": name,
+        "colormap": "gray",
+        "contrast_limits": _display_window(volume.data),
+        "metadata": meta,
+        **layer_transform(volume.affine),
+        **extra,
+    }
+    return (volume.data, kwargs, "image")
+
+
+def label_layer_data(label, *, name: str | None = None, source_affine=None, **extra) -> tuple:
+    """A Labels layer data tuple for a ``core.io.LabelVolume``, placed in world mm."""
+    name = name or _stem(label.path) or "labels"
+    meta = _metadata(label, "labels", source_affine, extra)
+    kwargs = {"name": name, "metadata": meta, **layer_transform(label.affine), **extra}
+    return (label.data, kwargs, "labels")
+
+
+def _stem(path) -> str | None:
+    if not path:
+        return None
+    from core.io import strip_nifti_suffix
+
+    name = Path(path).name
+    return strip_nifti_suffix(name) or name

@@ -1,0 +1,682 @@
+"""Reconstruct: click an organ on any 2D slice, get its 3D mask and surface.
+
+Clicks are world points (napari's ``event.position``) mapped to voxel indices of the chosen
+image with the inverse of its affine (``core.io.world_to_voxel``); the slice they lie on is
+the one the 2D view shows (napari's non-displayed axis). The prompt Points layer, the box
+Shapes layer and the result Labels layer share the image's transform, so they sit on the
+image in 2D and 3D; the Surface layer holds the mesh in world mm directly.
+
+The model runs in a worker thread. Clicks made while it runs are kept and answered by one
+more run with all of them (refining the last result), so fast clicking never queues work.
+"""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    PushButton,
+    SpinBox,
+)
+
+from sam3d_napari._commit import commit_mask, next_free_class
+from sam3d_napari._layers import meta_affine, slice_axis
+from sam3d_napari._qt_common import (
+    StatusLabel,
+    form,
+    layer_choices,
+    layers_of,
+    notify,
+    one_line,
+    placed_like,
+    row,
+    volume_of,
+)
+from sam3d_napari._session import BASE_CHOICE, session_for
+
+__all__ = ["ReconstructWidget"]
+
+ADAPTER_FOLDER = "adapter folder..."
+NEW_LABEL_MAP = "new label map"
+KEEP, OVERWRITE = "keep existing labels", "overwrite existing labels"
+POSITIVE_COLOR, NEGATIVE_COLOR = "#30e030", "#ff3030"
+OBJECT_COLOR = (1.0, 0.85, 0.1, 1.0)
+_DRAG_PIXELS = 5  # a press and release further apart than this is a pan, not a click
+
+# 2D views (napari dims order: the last two are shown; canonical RAS world axes x, y, z)
+# shown the radiological way: patient's right on the screen's left, anterior/superior up.
+VIEWS = {"axial": (2, 1, 0), "coronal": (1, 2, 0), "sagittal": (0, 2, 1)}
+
+
+class ReconstructWidget(Container):
+    """Click to 3D. See the module docstring; the README has a user guide."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=False)
+        # napari hands plugins a proxy that hides private attributes; only public API is
+        # used here, and layer identity checks need the real objects.
+        viewer = getattr(viewer, "__wrapped__", viewer)
+        self.viewer = viewer
+        self.session = session_for(viewer)
+        self._alive = True
+        self._actions: list = []  # Click or Box, in the order made
+        self._results: dict = {}  # (settings, actions) -> core.engine.Result
+        self._shown = None  # the Result on screen
+        self._worker = None
+        self._pending = False
+        self._syncing = False
+        self._negative_mode = False
+        self._image = None
+        self._prompt_layer = None
+        self._box_layer = None
+        self._mask_layer = None
+        self._surface_layer = None
+        self._volume_cache = (None, None)
+        self._view_set = False
+
+        self.image = ComboBox(label="Image", choices=layer_choices(viewer, "image"))
+        self.mode = ComboBox(label="Mode", choices=["volume", "slice"], value="volume")
+        self.modality = ComboBox(label="Modality", choices=["ct", "mr", "us"], value="ct")
+        self.weights = ComboBox(label="Weights", choices=self._weight_choices)
+        self.adapter_dir = FileEdit(label="Adapter folder", mode="d", visible=False)
+        self.negative = CheckBox(text="Negative clicks (N; or Shift+click)", value=False)
+        self.auto_run = CheckBox(text="Run on every click", value=True)
+        self.run_button = PushButton(text="Run")
+        self.box_button = PushButton(text="Draw box")
+        self.undo_button = PushButton(text="Undo click")
+        self.clear_button = PushButton(text="Clear")
+        self.status = StatusLabel("Choose an image, then click an organ on a 2D slice.")
+        self.timing = StatusLabel("")
+        self.class_id = SpinBox(label="Class id", min=1, max=65535, value=1)
+        self.target = ComboBox(label="Label map", choices=self._target_choices)
+        self.overlap = ComboBox(label="Already labelled", choices=[KEEP, OVERWRITE], value=KEEP)
+        self.commit_button = PushButton(text="Commit object")
+        self.view_buttons = {name: PushButton(text=name) for name in (*VIEWS, "3D")}
+
+        self.extend(
+            [
+                form(self.image, self.mode, self.modality, self.weights, self.adapter_dir),
+                self.negative,
+                self.auto_run,
+                row(self.run_button, self.box_button, self.undo_button, self.clear_button),
+                self.status,
+                self.timing,
+                form(self.class_id, self.target, self.overlap),
+                self.commit_button,
+                row(*self.view_buttons.values()),
+            ]
+        )
+        self.image.changed.connect(self._on_image_changed)
+        for w in (self.mode, self.modality):
+            w.changed.connect(self._on_settings_changed)
+        self.weights.changed.connect(self._on_weights_changed)
+        self.adapter_dir.changed.connect(self._on_settings_changed)
+        self.run_button.changed.connect(self.run)
+        self.box_button.changed.connect(self.start_box)
+        self.undo_button.changed.connect(self.undo)
+        self.clear_button.changed.connect(self.clear)
+        self.commit_button.changed.connect(self.commit)
+        self.negative.changed.connect(self._on_negative_toggled)
+        for name, b in self.view_buttons.items():
+            b.changed.connect(lambda *_, n=name: self.set_view(n))
+        self.session.adapters_changed.connect(self._refresh_weights)
+        for ev in ("inserted", "removed", "reordered"):
+            getattr(viewer.layers.events, ev).connect(self._on_layers_changed)
+        viewer.mouse_drag_callbacks.append(self._on_mouse)
+        viewer.bind_key("n", self._toggle_negative, overwrite=True)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._on_image_changed(self.image.value)
+
+    # ------------------------------------------------------------------------------ choices
+
+    def _weight_choices(self, _w=None):
+        from core.weights import list_shipped_adapters
+
+        out = [(BASE_CHOICE, None)]
+        out += [(f"{name} (shipped)", name) for name in list_shipped_adapters()]
+        out += [(f"{name} (fine-tuned)", str(p)) for name, p in self.session.adapters.items()]
+        out.append((ADAPTER_FOLDER, ADAPTER_FOLDER))
+        return out
+
+    def _target_choices(self, _w=None):
+        out = [(NEW_LABEL_MAP, None)]
+        img = self._image
+        if img is not None:
+            for lyr in layers_of(self.viewer, "labels"):
+                if lyr is self._mask_layer or lyr.data.shape != img.data.shape:
+                    continue
+                if np.allclose(meta_affine(lyr), meta_affine(img), atol=1e-3):
+                    out.append((lyr.name, lyr))
+        return out
+
+    def _refresh_weights(self):
+        self.weights.reset_choices()
+
+    def _on_layers_changed(self, event=None):
+        if not self._alive:
+            return
+        self.image.reset_choices()
+        self.target.reset_choices()
+        for attr in ("_prompt_layer", "_box_layer", "_mask_layer", "_surface_layer"):
+            lyr = getattr(self, attr)
+            if lyr is not None and lyr not in self.viewer.layers:
+                setattr(self, attr, None)
+                if attr == "_prompt_layer" and self._actions:
+                    self._set_actions([])
+
+    # ------------------------------------------------------------------------------ settings
+
+    @property
+    def adapter(self):
+        """The adapter to use: None (base), a shipped name or a folder."""
+        v = self.weights.value
+        if v == ADAPTER_FOLDER:
+            path = self.adapter_dir.value
+            if not path or str(path) in ("", "."):
+                raise ValueError("choose the adapter folder (Weights: adapter folder...)")
+            p = path if path.is_dir() else path.parent  # a file inside the folder is fine
+            from core.lora import read_adapter_info
+
+            read_adapter_info(p)  # not an adapter: say so now, naming the folder
+            return str(p)
+        return v
+
+    def _settings(self):
+        return (self.mode.value, self.modality.value, str(self.weights.value),
+                str(self.adapter_dir.value) if self.weights.value == ADAPTER_FOLDER else "")  # fmt: skip
+
+    def _on_weights_changed(self, value=None):
+        self.adapter_dir.visible = self.weights.value == ADAPTER_FOLDER
+        self._on_settings_changed()
+
+    def _on_settings_changed(self, *_):
+        self._results.clear()
+        if self._actions and self.auto_run.value and self._has_positive():
+            self.run()
+
+    def _on_negative_toggled(self, value):
+        self._negative_mode = bool(value)
+
+    def _toggle_negative(self, viewer=None):
+        self.negative.value = not self.negative.value
+
+    # ------------------------------------------------------------------------------ image
+
+    @property
+    def image_layer(self):
+        return self._image
+
+    def _on_image_changed(self, layer):
+        if layer is self._image:
+            return
+        self._set_actions([])
+        self._shown = None
+        # the helper layers sit on the old image's grid: prompts and box go, results stay
+        for attr in ("_prompt_layer", "_box_layer"):
+            lyr = getattr(self, attr)
+            if lyr is not None and lyr in self.viewer.layers:
+                self.viewer.layers.remove(lyr)
+        self._prompt_layer = self._box_layer = self._mask_layer = self._surface_layer = None
+        self._image = layer
+        self._results.clear()
+        self._volume_cache = (None, None)
+        if layer is None:
+            return
+        if layer.metadata.get("modality") in ("ct", "mr", "us"):
+            self.modality.value = layer.metadata["modality"]
+        self._ensure_prompt_layer()
+        if not self._view_set and self.viewer.dims.ndisplay == 2:
+            self._view_set = True
+            if tuple(self.viewer.dims.order) == (0, 1, 2) and self.viewer.dims.ndim == 3:
+                self.set_view("axial")
+        self.status.show_message(
+            f"{layer.name}: click an organ (Shift+click or N: negative click)."
+        )
+        self.target.reset_choices()
+
+    def _volume(self):
+        img = self._image
+        if img is None:
+            raise ValueError("no image chosen")
+        key = (id(img.data), meta_affine(img).tobytes())
+        if self._volume_cache[0] != key:
+            self._volume_cache = (key, volume_of(img))
+        return self._volume_cache[1]
+
+    def _ensure_prompt_layer(self):
+        img = self._image
+        if self._prompt_layer is None or self._prompt_layer not in self.viewer.layers:
+            self._prompt_layer = self.viewer.add_points(
+                np.empty((0, 3)),
+                name=f"{img.name} prompts",
+                size=3,
+                border_color="white",
+                border_width=0.1,
+                **{k: v for k, v in placed_like(img).items() if k != "metadata"},
+            )
+            self._prompt_layer.events.data.connect(self._on_points_edited)
+            self._prompt_layer.mode = "pan_zoom"
+            self.viewer.layers.selection.active = self._prompt_layer
+        return self._prompt_layer
+
+    # ------------------------------------------------------------------------------ clicks
+
+    def _click_allowed(self) -> bool:
+        if self._image is None or self._prompt_layer is None:
+            return False
+        active = self.viewer.layers.selection.active
+        # a layer in a drawing mode (painting labels, drawing the box) owns the click
+        return str(getattr(active, "mode", "pan_zoom")) == "pan_zoom"
+
+    def _on_mouse(self, viewer, event):
+        if not self._alive or event.button != 1 or not self._click_allowed():
+            return
+        start = np.asarray(event.pos, dtype=float)
+        moved = False
+        yield
+        while event.type == "mouse_move":
+            if np.linalg.norm(np.asarray(event.pos, dtype=float) - start) > _DRAG_PIXELS:
+                moved = True
+            yield
+        if moved:
+            return
+        mods = {str(getattr(m, "name", m)).lower() for m in event.modifiers}
+        negative = self._negative_mode or bool(mods & {"shift", "control"})
+        self.add_click_world(event.position, positive=not negative)
+
+    def add_click_world(self, position, *, positive: bool = True):
+        """Add a click at a world position (napari world coordinates) on the current view.
+
+        Returns the ``core.clicks.Click`` added, or None (with a message) when the click is
+        outside the volume or not on a 2D slice.
+        """
+        from core.clicks import Click, check_click_in_volume
+        from core.errors import InputError
+        from core.io import world_to_voxel
+
+        if self._image is None:
+            self.status.show_message("Choose an image first.", "warning")
+            return None
+        if self.viewer.dims.ndisplay != 2:
+            self.status.show_message("Clicks go on a 2D slice: switch the viewer to 2D.", "warning")
+            return None
+        world = np.asarray(position, dtype=float)[-3:]
+        axis = slice_axis(tuple(self.viewer.dims.not_displayed), self.viewer.dims.ndim)
+        voxel = world_to_voxel(meta_affine(self._image), world)
+        click = Click.from_voxel(voxel, axis, positive=positive)
+        try:
+            check_click_in_volume(click, self._image.data.shape, path=self._image.name)
+        except InputError:
+            w = ", ".join(f"{x:.1f}" for x in world)
+            msg = f"Click at ({w}) mm is outside {self._image.name!r}: click inside the volume."
+            self.status.show_message(msg, "warning")
+            notify(msg, "warning")
+            return None
+        self.add_prompt(click)
+        return click
+
+    def add_prompt(self, prompt):
+        """Add a ``Click`` or a ``Box`` (a new box replaces the previous one)."""
+        self._set_actions([*self._actions, prompt])
+        if self.auto_run.value:
+            if self._has_positive():
+                self.run()
+            else:
+                self.status.show_message("Add a positive click (or a box) to start.")
+
+    def _has_positive(self) -> bool:
+        from core.clicks import Box
+
+        return any(isinstance(a, Box) or a.positive for a in self._actions)
+
+    def prompts(self):
+        """The current ``core.clicks.PromptSet`` (clicks in order, the last box)."""
+        from core.clicks import Box, PromptSet
+
+        clicks = tuple(a for a in self._actions if not isinstance(a, Box))
+        boxes = [a for a in self._actions if isinstance(a, Box)]
+        return PromptSet(clicks=clicks, box=boxes[-1] if boxes else None)
+
+    def _set_actions(self, actions):
+        from core.clicks import Box
+
+        self._actions = list(actions)
+        layer = self._prompt_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        clicks = [a for a in self._actions if not isinstance(a, Box)]
+        self._syncing = True
+        try:
+            layer.data = np.array([c.voxel() for c in clicks]).reshape(-1, 3)
+            if clicks:
+                layer.face_color = [
+                    POSITIVE_COLOR if c.positive else NEGATIVE_COLOR for c in clicks
+                ]
+                layer.symbol = ["disc" if c.positive else "cross" for c in clicks]
+            layer.selected_data = set()
+        finally:
+            self._syncing = False
+        if self._box_layer is not None and not any(isinstance(a, Box) for a in self._actions):
+            self._box_layer.data = []
+
+    def _on_points_edited(self, event):
+        # the user deleted prompt points by hand: drop those clicks too
+        from core.clicks import Box
+
+        if self._syncing or str(getattr(event, "action", "")) != "removing":
+            return
+        idx = {int(i) for i in getattr(event, "data_indices", ())}
+        clicks = [a for a in self._actions if not isinstance(a, Box)]
+        gone = {id(clicks[i]) for i in idx if 0 <= i < len(clicks)}
+        kept = [a for a in self._actions if id(a) not in gone]
+        self._actions = kept  # the layer is already being edited: do not rewrite it
+        self._after_edit()
+
+    def _after_edit(self):
+        if not self._actions:
+            self._show(None)
+        elif self._has_positive():
+            cached = self._results.get(self._key())
+            if cached is not None:
+                self._show(cached)
+            elif self.auto_run.value:
+                self.run()
+
+    def undo(self, *_):
+        """Remove the last click (or box); show the result of the clicks before it."""
+        if not self._actions:
+            self.status.show_message("Nothing to undo.")
+            return
+        self._set_actions(self._actions[:-1])
+        self._after_edit()
+        if not self._actions:
+            self.status.show_message("All clicks undone.")
+
+    def clear(self, *_):
+        """Remove every prompt and the current (uncommitted) object."""
+        self._set_actions([])
+        self._show(None)
+        self.status.show_message("Cleared: click the next object.")
+
+    # ------------------------------------------------------------------------------ box
+
+    def start_box(self, *_):
+        """Draw a rectangle on the current slice: it becomes the box prompt."""
+        img = self._image
+        if img is None:
+            self.status.show_message("Choose an image first.", "warning")
+            return
+        if self._box_layer is None or self._box_layer not in self.viewer.layers:
+            self._box_layer = self.viewer.add_shapes(
+                ndim=3,
+                name=f"{img.name} box",
+                edge_color="#30c0ff",
+                face_color="transparent",
+                edge_width=0.5,
+                **{k: v for k, v in placed_like(img).items() if k != "metadata"},
+            )
+            self._box_layer.events.data.connect(self._on_box_drawn)
+        self.viewer.layers.selection.active = self._box_layer
+        self._box_layer.mode = "add_rectangle"
+        self.status.show_message("Drag a rectangle around the organ on this slice.")
+
+    def _on_box_drawn(self, event):
+        from core.clicks import Box
+
+        if self._syncing or str(getattr(event, "action", "")) != "added":
+            return
+        layer = self._box_layer
+        if not len(layer.data):
+            return
+        corners = np.asarray(layer.data[-1])
+        self._syncing = True
+        try:  # one box per object: keep the newest rectangle, back to clicking
+            if len(layer.data) > 1:
+                layer.data = [layer.data[-1]]
+            layer.mode = "pan_zoom"
+        finally:
+            self._syncing = False
+        if self._prompt_layer is not None:
+            self.viewer.layers.selection.active = self._prompt_layer
+        try:
+            box = self.box_from_corners(corners)
+        except ValueError as exc:
+            self.status.show_message(one_line(exc), "warning")
+            return
+        self._actions = [a for a in self._actions if not isinstance(a, Box)]
+        self.add_prompt(box)
+
+    def box_from_corners(self, corners):
+        """A ``core.clicks.Box`` from rectangle corners in voxel indices (N, 3), on the slice
+        the view shows."""
+        from core.clicks import Box
+        from core.geometry import other_axes
+
+        axis = slice_axis(tuple(self.viewer.dims.not_displayed), self.viewer.dims.ndim)
+        shape = self._image.data.shape
+        r_ax, c_ax = other_axes(axis)
+        s = int(np.floor(corners[:, axis].mean() + 0.5))
+        if not 0 <= s < shape[axis]:
+            raise ValueError("the box is outside the volume")
+        r0 = max(int(np.floor(corners[:, r_ax].min() + 0.5)), 0)
+        r1 = min(int(np.floor(corners[:, r_ax].max() + 0.5)) + 1, shape[r_ax])
+        c0 = max(int(np.floor(corners[:, c_ax].min() + 0.5)), 0)
+        c1 = min(int(np.floor(corners[:, c_ax].max() + 0.5)) + 1, shape[c_ax])
+        if r1 <= r0 or c1 <= c0:
+            raise ValueError("the box is outside the volume or empty")
+        return Box(axis, s, r0, c0, r1, c1)
+
+    # ------------------------------------------------------------------------------ running
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _key(self):
+        return (self._settings(), tuple(self._actions))
+
+    def run(self, *_):
+        """Reconstruct from the current prompts (in a worker thread)."""
+        from napari.qt.threading import create_worker
+
+        if self._image is None:
+            self.status.show_message("Choose an image first.", "warning")
+            return
+        if not self._actions:
+            self.status.show_message("Click the organ first.")
+            return
+        if not self._has_positive():
+            self.status.show_message("Add a positive click (or a box): negative clicks only "
+                                     "say what the organ is not.", "warning")  # fmt: skip
+            return
+        if self._worker is not None:
+            self._pending = True
+            return
+        key = self._key()
+        if key in self._results:
+            self._show(self._results[key])
+            return
+        try:
+            volume = self._volume()
+            adapter = self.adapter
+            prompts = self.prompts()
+        except ValueError as exc:  # core's InputError is a ValueError
+            self.status.show_message(one_line(exc), "error")
+            return
+        previous = self._results.get((key[0], key[1][:-1]))
+        self.status.show_message(f"Reconstructing from {len(self._actions)} prompt(s)...")
+        self._worker = create_worker(
+            self.session.predict,
+            volume,
+            prompts,
+            adapter=adapter,
+            mode=self.mode.value,
+            modality=self.modality.value,
+            previous=previous,
+            _ignore_errors=True,
+        )
+        self._worker.returned.connect(lambda res, k=key: self._on_result(k, res))
+        self._worker.errored.connect(self._on_error)
+        self._worker.finished.connect(self._on_finished)
+        self._worker.start()
+
+    def _on_result(self, key, result):
+        self._results[key] = result
+        if key == self._key():
+            self._show(result)
+
+    def _on_error(self, exc):
+        msg = one_line(exc)
+        self.status.show_message(f"Reconstruction failed: {msg}", "error")
+        notify(msg, "error")
+
+    def _on_finished(self):
+        self._worker = None
+        if not self._alive:
+            return
+        if self._pending or (self._actions and self._key() not in self._results
+                             and self.auto_run.value and self._has_positive()):  # fmt: skip
+            self._pending = False
+            self.run()
+
+    # ------------------------------------------------------------------------------ display
+
+    @property
+    def result(self):
+        """The ``core.engine.Result`` on screen (None before the first run)."""
+        return self._shown
+
+    @property
+    def mask_layer(self):
+        return self._mask_layer
+
+    @property
+    def surface_layer(self):
+        return self._surface_layer
+
+    def _show(self, result):
+        from napari.utils.colormaps import DirectLabelColormap
+
+        self._shown = result
+        img = self._image
+        if result is None:
+            if self._mask_layer is not None:
+                self._mask_layer.data = np.zeros(self._mask_layer.data.shape, np.uint8)
+            if self._surface_layer is not None:
+                self._surface_layer.visible = False
+            self.timing.value = ""
+            return
+        mask = result.mask.astype(np.uint8)
+        if self._mask_layer is None or self._mask_layer not in self.viewer.layers:
+            self._mask_layer = self.viewer.add_labels(
+                mask,
+                name=f"{img.name} object",
+                opacity=0.55,
+                colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 1: OBJECT_COLOR}),
+                **placed_like(img),
+            )
+        else:
+            self._mask_layer.data = mask
+        if result.mesh is not None and result.mesh.n_faces:
+            data = (result.mesh.vertices, result.mesh.faces, np.ones(result.mesh.n_vertices))
+            if self._surface_layer is None or self._surface_layer not in self.viewer.layers:
+                self._surface_layer = self.viewer.add_surface(
+                    data,
+                    name=f"{img.name} surface",
+                    colormap="yellow",
+                    contrast_limits=(0, 1),
+                    shading="smooth",
+                    opacity=0.9,
+                )
+            else:
+                self._surface_layer.data = data
+                self._surface_layer.visible = True
+        elif self._surface_layer is not None:
+            self._surface_layer.visible = False
+        if self._prompt_layer is not None and self._prompt_layer in self.viewer.layers:
+            # keep the prompts on top and selected, so that the next click goes to them
+            layers = self.viewer.layers
+            layers.move(layers.index(self._prompt_layer), len(layers))
+            layers.selection.active = self._prompt_layer
+        t = result.timings
+        parts = [f"{t.get('total', 0) / 1000:.2f} s"]
+        parts.append(f"model {t.get('model', 0) / 1000:.2f} s")
+        if "mesh" in t:
+            parts.append(f"mesh {t['mesh']:.0f} ms")
+        text = (f"{result.volume_ml:.1f} mL from {len(result.prompts.clicks)} click(s)"
+                f"{' + box' if result.prompts.box is not None else ''} in " + ", ".join(parts))  # fmt: skip
+        if result.touches_border:
+            text += " - larger than the model's field of view: the edge may be cut"
+        self.timing.value = text
+        self.status.show_message("Add clicks to refine, or commit the object.")
+
+    # ------------------------------------------------------------------------------ commit
+
+    def commit(self, *_):
+        """Write the current object into the label map under the class id, then start the
+        next object. Voxels already labelled with another class are kept or overwritten as
+        chosen, and the message says how many."""
+        result, img = self._shown, self._image
+        if result is None or not result.mask.any():
+            self.status.show_message("Nothing to commit: reconstruct an object first.", "warning")
+            return None
+        cid = int(self.class_id.value)
+        target = self.target.value
+        if target is None or target not in self.viewer.layers:
+            dtype = np.uint8 if cid < 256 else np.uint16
+            target = self.viewer.add_labels(
+                np.zeros(img.data.shape, dtype), name=f"{img.name} labels", **placed_like(img)
+            )
+            self.target.reset_choices()
+            self.target.value = target
+        data, report = commit_mask(
+            target.data, result.mask, cid, overwrite=self.overlap.value == OVERWRITE
+        )
+        target.data = data
+        msg = report.message(target.name, self._class_name(target, cid))
+        notify(msg, "warning" if report.clashes else "info")
+        self._set_actions([])
+        self._show(None)
+        self.class_id.value = next_free_class(data, cid, maximum=self.class_id.max)
+        self.status.show_message(msg + ". Click the next object.")
+        return target
+
+    @staticmethod
+    def _class_name(layer, cid) -> str:
+        names = (layer.metadata or {}).get("label_names") or {}
+        return str(names.get(cid) or names.get(str(cid)) or "")
+
+    # ------------------------------------------------------------------------------ view
+
+    def set_view(self, name: str):
+        """``axial``, ``coronal``, ``sagittal`` (2D, radiological) or ``3D``."""
+        dims = self.viewer.dims
+        if name == "3D":
+            dims.ndisplay = 3 if dims.ndisplay == 2 else 2
+            return
+        if dims.ndim < 3:
+            return
+        dims.ndisplay = 2
+        lead = tuple(range(dims.ndim - 3))
+        dims.order = lead + tuple(a + len(lead) for a in VIEWS[name])
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+        camera = scene.camera if scene is not None else self.viewer.camera
+        if hasattr(camera, "orientation2d"):  # napari >= 0.6
+            camera.orientation2d = ("up", "left")
+
+    # ------------------------------------------------------------------------------ teardown
+
+    def _on_destroyed(self, *_):
+        self._alive = False
+        try:
+            self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+        except ValueError:
+            pass
+        try:
+            self.viewer.bind_key("n", None)
+        except (KeyError, ValueError):
+            pass

@@ -1,0 +1,154 @@
+"""Compare widget: numbers equal to core.metrics, exports, the TP/FP/FN overlay, and the
+side-by-side grid view (2D and 3D)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+PLUGIN = "sam3d-napari"
+
+
+def _prediction_from(gt):
+    """A plausible imperfect prediction: LV eroded, RA shifted, myocardium dropped, an
+    extra class 7 blob."""
+    pred = gt.copy()
+    lv = gt == 2
+    pred[lv & ~ndimage.binary_erosion(lv, iterations=1)] = 0
+    pred[gt == 3] = 0
+    pred[np.roll(gt == 3, 2, axis=0)] = 3
+    pred[gt == 5] = 0
+    pred[2:6, 2:6, 2:6] = 7
+    return pred
+
+
+def _setup(make_napari_viewer, **kw):
+    viewer = make_napari_viewer(**kw)
+    viewer.open_sample(PLUGIN, "heart")
+    gt_layer = viewer.layers["heart labels (ground truth)"]
+    gt = np.asarray(gt_layer.data)
+    from sam3d_napari._qt_common import placed_like
+
+    pred_layer = viewer.add_labels(_prediction_from(gt), name="prediction", **placed_like(gt_layer))
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare with ground truth")
+    widget.gt.value, widget.pred.value = gt_layer, pred_layer
+    return viewer, widget, gt, np.asarray(pred_layer.data)
+
+
+def _compute(widget, qtbot):
+    widget.compute()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.comparison is not None, widget.status.value
+    return widget.comparison
+
+
+def test_metrics_equal_core_metrics_and_export(make_napari_viewer, qtbot, tmp_path):
+    from core.io import spacing_of
+    from core.metrics import METRIC_NAMES, evaluate_labels
+    from sam3d_napari._layers import meta_affine
+
+    viewer, widget, gt, pred = _setup(make_napari_viewer)
+    comp = _compute(widget, qtbot)
+    spacing = spacing_of(meta_affine(widget.gt.value))
+    expected = evaluate_labels(pred, gt, spacing=spacing, classes=[1, 2, 3, 4, 5, 7])
+    assert comp.per_class == expected  # exactly core.metrics' numbers
+    assert comp.per_class[5]["dice"] == 0.0 and comp.per_class[7]["dice"] == 0.0
+    # the table shows them, one row per class and a mean
+    table = widget.table
+    assert table.rowCount() == len(expected) + 1
+    assert table.item(1, 0).text() == "2" and table.item(1, 1).text() == "LV"
+    assert float(table.item(1, 2).text()) == pytest.approx(expected[2]["dice"], abs=1e-4)
+    # exports keep full precision
+    widget.export(tmp_path / "m.json")
+    widget.export(tmp_path / "m.csv")
+    data = json.loads((tmp_path / "m.json").read_text())
+    for c, m in expected.items():
+        for k in METRIC_NAMES:
+            assert data["metrics"][str(c)][k] == m[k]
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["class", "name", *METRIC_NAMES]
+    lv = rows[2].split(",")
+    assert lv[:2] == ["2", "LV"] and float(lv[2]) == expected[2]["dice"]
+    with pytest.raises(ValueError, match="csv or .json"):
+        widget.export(tmp_path / "m.txt")
+
+
+def test_overlay_colours_true_and_false_positives_and_misses(make_napari_viewer, qtbot):
+    from sam3d_napari._compare import FN, FP, TP
+
+    viewer, widget, gt, pred = _setup(make_napari_viewer)
+    _compute(widget, qtbot)
+    layer = widget.show_overlay()
+    over = np.asarray(layer.data)
+    assert np.count_nonzero(over == TP) == np.count_nonzero((pred == gt) & (gt > 0))
+    assert np.count_nonzero(over == FP) == np.count_nonzero((pred > 0) & (pred != gt))
+    assert np.count_nonzero(over == FN) == np.count_nonzero((gt > 0) & (pred == 0))
+    colors = layer.colormap.color_dict
+    assert colors[TP][1] > 0.5 and colors[FP][0] > 0.5 and colors[FN][2] > 0.5
+    # one class only
+    widget.overlay_class.value = "2"
+    over2 = np.asarray(widget.show_overlay().data)
+    assert not over2[(gt != 2) & (pred != 2)].any()
+
+
+def test_a_surface_prediction_is_voxelised_on_the_ground_truth_grid(make_napari_viewer, qtbot):
+    from core.io import spacing_of
+    from core.mesh import mask_to_mesh
+    from core.metrics import evaluate_labels
+    from sam3d_napari._layers import meta_affine
+    from sam3d_napari._voxelize import mesh_to_mask
+
+    viewer, widget, gt, _ = _setup(make_napari_viewer)
+    a = meta_affine(widget.gt.value)
+    mesh = mask_to_mesh(gt == 2, a)
+    surf = viewer.add_surface((mesh.vertices, mesh.faces), name="LV surface")
+    widget.pred.value = surf
+    widget.surface_class.value = 2
+    comp = _compute(widget, qtbot)
+    pred = mesh_to_mask(mesh.vertices, mesh.faces, gt.shape, a).astype(np.uint8) * 2
+    assert comp.per_class == evaluate_labels(pred, gt, spacing=spacing_of(a), classes=[2])
+    assert comp.per_class[2]["dice"] > 0.97  # the organ's own surface gives back the organ
+    assert "voxelised" in comp.notes[0]
+
+
+def test_side_by_side_grid_in_2d_and_3d_and_back(make_napari_viewer, qtbot):
+    viewer, widget, gt, _ = _setup(make_napari_viewer, show=True)
+    _compute(widget, qtbot)
+    before = [lyr.name for lyr in viewer.layers]
+    widget.toggle_side_by_side()  # meshes the surfaces in a worker, then lays out the grid
+    qtbot.waitUntil(lambda: widget.side_by_side, timeout=60_000)
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    assert grid.enabled and widget.side_by_side
+
+    def viewboxes():
+        return {
+            pos: [viewer.layers[i].name for i in idx]
+            for pos, idx in grid.iter_viewboxes(viewer.layers)
+        }
+
+    boxes = viewboxes()  # 2D: the image and the labels on each side
+    assert sorted(boxes) == [(0, 0), (0, 1)]
+    assert boxes[(0, 0)] == ["heart CT (synthetic)", "heart labels (ground truth)"]
+    assert boxes[(0, 1)] == ["heart CT (synthetic) (prediction side)", "prediction"]
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    h, w = shot.shape[:2]
+    assert shot[:, : w // 2, :3].std() > 10 and shot[:, w // 2 :, :3].std() > 10
+    widget._toggle_ndisplay()
+    assert viewer.dims.ndisplay == 3
+    boxes = viewboxes()  # 3D: both surfaces
+    assert boxes == {
+        (0, 0): ["heart labels (ground truth) surface"],
+        (0, 1): ["prediction surface"],
+    }
+    shot3d = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot3d[:, : w // 2, :3].std() > 10 and shot3d[:, w // 2 :, :3].std() > 10
+    widget._toggle_ndisplay()
+    widget.toggle_side_by_side()
+    assert not grid.enabled and [lyr.name for lyr in viewer.layers] == before
+    assert all(lyr.visible for lyr in viewer.layers)

@@ -1,0 +1,154 @@
+"""Fine-tune widget: a LoRA run in the background with the viewer responsive, Stop, resume,
+training on layers, and the new adapter offered in Reconstruct at once."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import write_case
+
+pytest.importorskip("napari")
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+PLUGIN = "sam3d-napari"
+# The issue's target for the longest event-loop stall while training runs. On a machine
+# whose cores are all busy with other work the scheduler alone causes stalls of ~100 ms with
+# the viewer idle, so there the test only checks what training could make worse (see below).
+STALL_TARGET_MS = 100.0
+
+
+@pytest.fixture
+def tiny_session(tmp_path):
+    """A tiny random base for the viewer's session (a fine-tune step then takes ~0.1 s)."""
+    from sam3d_napari._testing import tiny_base
+
+    return tiny_base(tmp_path / "tiny_base.safetensors")
+
+
+@pytest.fixture
+def flat_dataset(tmp_path):
+    root = tmp_path / "flat"
+    for i in range(3):
+        write_case(
+            root / "volumes" / f"case{i}.nii.gz", root / "labels" / f"case{i}.nii.gz", seed=i
+        )
+    return root
+
+
+def _finetune(viewer, base):
+    from sam3d_napari._session import session_for
+    from sam3d_napari._testing import TINY_TRAINING
+
+    session_for(viewer).set_base_weights(base)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune (LoRA)")
+    widget.batch_size.value = 1
+    widget.extra.value = " ".join(TINY_TRAINING)
+    return widget
+
+
+def _machine_busy() -> bool:
+    return os.getloadavg()[0] > (os.cpu_count() or 1)
+
+
+def test_finetune_runs_in_the_background_stops_resumes_and_is_offered_at_once(
+    make_napari_viewer, qtbot, tmp_path, tiny_session, flat_dataset
+):
+    from core.adapters import AdapterManager
+    from core.weights import load_model
+    from sam3d_napari._testing import StallMonitor
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "heart")
+    _, recon = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct (click to 3D)")
+    widget = _finetune(viewer, tiny_session)
+    widget.folder.value = flat_dataset
+    assert "flat layout: 3 case(s)" in widget.folder_info.value
+    widget.output.value = tmp_path / "run"
+    widget.epochs.value, widget.steps_per_epoch.value = 200, 2
+    qtbot.wait(500)  # let the window settle before measuring
+
+    # a run in the background, with the event loop watched until it has stopped
+    monitor = StallMonitor(5).start()
+    widget.start()
+    assert widget.busy and not widget.start_button.enabled
+    qtbot.waitUntil(lambda: len(widget.plot.epoch_loss) >= 2, timeout=120_000)
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    stall = monitor.stop()
+    gaps = np.asarray(monitor.gaps_ms)
+    p99 = float(np.percentile(gaps, 99))
+    print(f"\nlongest Qt event-loop stall during fine-tune: {stall:.0f} ms (p99 gap {p99:.0f} ms, "
+          f"{monitor.ticks} ticks, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")  # fmt: skip
+    assert monitor.ticks > 100  # the loop kept running throughout
+    if _machine_busy():
+        # other processes own the cores: training must still not freeze the viewer (a run
+        # in the GUI process held it for ~1 s at a time)
+        assert stall < 5 * STALL_TARGET_MS and p99 < STALL_TARGET_MS
+    else:
+        assert stall < STALL_TARGET_MS
+
+    # Stop kept the last finished epoch, as a usable adapter
+    first = widget.result
+    assert first.stopped and 2 <= first.epochs_done < 200 and "Stopped" in widget.status.value
+    assert first.best_val_dice is not None  # 3 cases: one held out for validation
+    assert len(widget.plot.epoch_loss) == len(widget.plot.val_dice) == first.epochs_done
+    assert len(widget.plot.step_loss) >= 2 * first.epochs_done
+    manager = AdapterManager(load_model(tiny_session))
+    manager.activate(manager.load(first.adapter_last))
+
+    # offered in Reconstruct at once, and used there when chosen
+    assert str(first.adapter_best) in [str(v) for v in recon.weights.choices]
+    recon.weights.value = str(first.adapter_best)
+    recon.add_click_world(viewer.layers[0].data_to_world((32, 32, 32)))
+    qtbot.waitUntil(lambda: not recon.busy and recon.result is not None, timeout=60_000)
+    assert recon.session._rec.name == "adapter_best"
+
+    # resume: the finished epochs stay, the run goes on to the new total
+    assert widget.resume.value  # ticked: the folder holds a run
+    widget.epochs.value = first.epochs_done + 1
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    second = widget.result
+    assert not second.stopped and second.epochs_done == first.epochs_done + 1
+    assert [h["epoch"] for h in second.history] == list(range(1, second.epochs_done + 1))
+    assert widget.progress.value == widget.progress.max
+
+
+def test_finetune_on_the_image_and_labels_layers(make_napari_viewer, qtbot, tmp_path, tiny_session):
+    from sam3d_napari._finetune_widget import LAYERS
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "heart")
+    widget = _finetune(viewer, tiny_session)
+    widget.source.value = LAYERS
+    assert widget.image.value is viewer.layers[0] and widget.labels.value is viewer.layers[1]
+    widget.output.value = tmp_path / "layers-run"
+    widget.epochs.value, widget.steps_per_epoch.value = 1, 1
+    widget.extra.value += " data.spacing=8.0"
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert widget.result is not None and widget.result.epochs_done == 1, widget.status.value
+    assert (tmp_path / "layers-run" / "layers_dataset" / "labels").is_dir()
+    assert widget.plot.note  # one case: no validation split, and the plot says so
+
+
+def test_bad_settings_are_explained_before_anything_runs(
+    make_napari_viewer, tmp_path, tiny_session
+):
+    viewer = make_napari_viewer()
+    widget = _finetune(viewer, tiny_session)
+    widget.start()
+    assert not widget.busy and "dataset folder" in widget.status.value
+    widget.folder.value = tmp_path
+    widget.learning_rate.value = "fast"
+    widget.start()
+    assert not widget.busy and "learning rate" in widget.status.value
+    widget.learning_rate.value = "1e-3"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "last.pt").write_bytes(b"")
+    widget.output.value = tmp_path / "out"
+    widget.resume.value = False
+    widget.start()
+    assert not widget.busy and "Resume" in widget.status.value

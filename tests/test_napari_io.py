@@ -1,0 +1,209 @@
+"""napari plugin I/O: the NIfTI reader, the Labels and Surface writers, the sample data, and
+the manifest's contributions (every widget docks from it)."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import oblique_affine, save_nifti, two_organs
+
+pytest.importorskip("napari")
+pytestmark = [
+    pytest.mark.gui,
+    # napari's 2D view of an oblique volume ignores the out-of-plane tilt, and says so
+    pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning"),
+]
+
+PLUGIN = "sam3d-napari"
+WIDGETS = ("Reconstruct (click to 3D)", "Fine-tune (LoRA)", "Compare with ground truth")
+
+
+def _errors():
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records if n.severity == "error"]
+
+
+# --------------------------------------------------------------------------------------------
+# pure transform helpers (no viewer)
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        np.diag([2.0, 2.0, 3.0, 1.0]),
+        oblique_affine(),
+        oblique_affine(spacing=(0.7, 1.1, 5.0), angles=(0.6, 0.1, -0.4)),
+        oblique_affine() @ np.diag([-1.0, 1.0, 1.0, 1.0]),  # left-handed
+        oblique_affine() @ np.array([[1, 0.2, 0, 0], [0, 1, 0.1, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]),
+    ],
+    ids=["diagonal", "oblique", "oblique-2", "left-handed", "sheared"],
+)
+def test_napari_layer_placed_with_the_affine_maps_voxels_exactly_like_the_affine(affine):
+    from napari.layers import Image
+
+    from core.io import voxel_to_world, world_to_voxel
+    from sam3d_napari._layers import layer_affine, layer_transform
+
+    layer = Image(np.zeros((6, 7, 8), np.float32), **layer_transform(affine))
+    np.testing.assert_allclose(layer_affine(layer), affine, atol=1e-9)
+    ijk = np.array([[0, 0, 0], [5, 6, 7], [2.5, 1.25, 3.0]])
+    for p in ijk:  # napari's own data -> world agrees with the NIfTI affine
+        np.testing.assert_allclose(layer.data_to_world(p), voxel_to_world(affine, p), atol=1e-6)
+        np.testing.assert_allclose(world_to_voxel(affine, layer.data_to_world(p)), p, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# reader and writers through the viewer
+
+
+@pytest.fixture
+def oblique_pair(tmp_path):
+    img, lab = two_organs(shape=(24, 28, 20))
+    a = oblique_affine(spacing=(1.5, 2.0, 3.0))
+    img_path = save_nifti(img, a, tmp_path / "ct.nii.gz")
+    lab_path = save_nifti(lab, a, tmp_path / "ct-label.nii.gz")
+    # the header stores the affine in float32: that is the file's exact affine
+    return img_path, lab_path, img, lab, nib.load(str(img_path)).affine
+
+
+def test_reader_opens_image_and_labels_in_world_mm(make_napari_viewer, oblique_pair):
+    from core.io import voxel_to_world
+    from sam3d_napari._layers import layer_affine
+
+    img_path, lab_path, img, lab, a = oblique_pair
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(img_path, plugin=PLUGIN)
+    (labels,) = viewer.open(lab_path, plugin=PLUGIN)
+    assert type(image).__name__ == "Image" and type(labels).__name__ == "Labels"
+    np.testing.assert_allclose(np.asarray(image.data), img, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(labels.data), lab)
+    for layer in (image, labels):
+        np.testing.assert_allclose(layer_affine(layer), a, atol=1e-9)
+        np.testing.assert_array_equal(layer.metadata["affine"], a)
+    # the same world point shows the same voxel in both layers and in the file's own affine
+    v = np.array([10.0, 7.0, 4.0])
+    np.testing.assert_allclose(image.world_to_data(voxel_to_world(a, v)), v, atol=1e-6)
+    np.testing.assert_allclose(labels.world_to_data(voxel_to_world(a, v)), v, atol=1e-6)
+
+
+def test_labels_round_trip_keeps_data_and_affine_exactly(
+    make_napari_viewer, oblique_pair, tmp_path
+):
+    _, lab_path, _, lab, a = oblique_pair
+    viewer = make_napari_viewer()
+    (labels,) = viewer.open(lab_path, plugin=PLUGIN)
+    out = tmp_path / "saved.nii.gz"
+    viewer.layers.selection = {labels}
+    written = viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    assert [str(p) for p in written] == [str(out)]
+    img = nib.load(str(out))
+    np.testing.assert_array_equal(np.asarray(img.dataobj), lab)
+    np.testing.assert_array_equal(img.affine, nib.load(str(lab_path)).affine)
+    assert img.get_data_dtype() == np.uint8
+    (again,) = viewer.open(out, plugin=PLUGIN)
+    np.testing.assert_array_equal(np.asarray(again.data), lab)
+    np.testing.assert_array_equal(again.metadata["affine"], labels.metadata["affine"])
+    assert not list(tmp_path.glob(".tmp-*")), "atomic writes leave no temporary file"
+
+
+def test_labels_from_a_non_ras_file_go_back_in_its_own_orientation(make_napari_viewer, tmp_path):
+    _, lab = two_organs(shape=(24, 28, 20))
+    lps = np.diag([-2.0, -2.0, 3.0, 1.0])
+    lps[:3, 3] = [30.0, 40.0, -10.0]
+    src = save_nifti(lab, lps, tmp_path / "lps-label.nii.gz")
+    viewer = make_napari_viewer()
+    (labels,) = viewer.open(src, plugin=PLUGIN)
+    assert labels.metadata["affine"][0, 0] > 0  # shown in canonical RAS
+    out = tmp_path / "back.nii.gz"
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    img = nib.load(str(out))
+    np.testing.assert_array_equal(img.affine, lps)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), lab)
+
+
+def test_surface_writer_saves_world_mm_meshes(make_napari_viewer, tmp_path):
+    from core.mesh import load_mesh, mask_to_mesh
+
+    _, lab = two_organs(shape=(24, 28, 20))
+    mesh = mask_to_mesh(lab == 1, oblique_affine())
+    viewer = make_napari_viewer()
+    layer = viewer.add_surface((mesh.vertices, mesh.faces), name="organ")
+    viewer.layers.selection = {layer}
+    for suffix in (".glb", ".obj", ".ply", ".stl"):
+        out = tmp_path / f"organ{suffix}"
+        viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+        back = load_mesh(out)
+        assert back.n_faces == mesh.n_faces, suffix
+        np.testing.assert_allclose(back.bounds(), mesh.bounds(), atol=1e-3)
+        assert back.volume() == pytest.approx(mesh.volume(), rel=1e-4)
+
+
+def _bad_file(tmp_path, kind):
+    path = tmp_path / f"bad-{kind}.nii.gz"
+    if kind == "corrupt":
+        good = save_nifti(np.zeros((8, 8, 8), np.float32), np.eye(4), tmp_path / "g.nii.gz")
+        path.write_bytes(good.read_bytes()[:60])
+    elif kind == "not-nifti":
+        path = tmp_path / "notes.nii"
+        path.write_text("this is not an image\n")
+    elif kind == "2d":
+        save_nifti(np.zeros((8, 8), np.float32), np.eye(4), path)
+    elif kind == "4d":
+        save_nifti(np.zeros((8, 8, 8, 3), np.float32), np.eye(4), path)
+    return path  # "missing": never written
+
+
+def test_bad_files_give_one_line_naming_the_file_and_no_layer(make_napari_viewer, tmp_path):
+    from sam3d_napari._reader import napari_get_reader
+
+    viewer = make_napari_viewer()
+    for kind in ("corrupt", "not-nifti", "2d", "4d", "missing"):
+        path = _bad_file(tmp_path, kind)
+        reader = napari_get_reader(str(path))
+        assert reader is not None
+        before = len(_errors())
+        assert reader(str(path)) == [(None,)], kind  # napari's "read, nothing to add"
+        errors = _errors()[before:]
+        assert len(errors) == 1, kind
+        assert str(path) in errors[0] and "\n" not in errors[0], errors[0]
+    # through napari's own open: still no traceback, no layer
+    viewer.open(_bad_file(tmp_path, "corrupt"), plugin=PLUGIN)
+    assert len(viewer.layers) == 0
+
+
+def test_reader_declines_other_files():
+    from sam3d_napari._reader import napari_get_reader
+
+    assert napari_get_reader("image.png") is None
+    assert napari_get_reader(["a.nii.gz", "b.tif"]) is None
+    assert napari_get_reader(["a.nii.gz", "b.nii"]) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# manifest
+
+
+def test_sample_data_opens_ct_and_labels_on_one_grid(make_napari_viewer):
+    from core.synthetic import HEART_LABELS
+    from sam3d_napari._layers import layer_affine
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "heart")
+    image, labels = viewer.layers
+    assert type(image).__name__ == "Image" and type(labels).__name__ == "Labels"
+    assert image.data.shape == labels.data.shape == (64, 64, 64)
+    np.testing.assert_array_equal(layer_affine(image), layer_affine(labels))
+    assert set(np.unique(labels.data)) == {0, *HEART_LABELS}
+    assert labels.metadata["label_names"][2] == "LV"
+
+
+def test_every_widget_docks_from_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "heart")
+    for name in WIDGETS:
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        assert dock is not None and widget.viewer is viewer
+    assert any(lyr.name.endswith("prompts") for lyr in viewer.layers)  # Reconstruct made it
