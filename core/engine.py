@@ -161,24 +161,31 @@ class Reconstructor:
 
     def set_adapter(self, adapter) -> None:
         """Use an adapter (shipped name or folder), or the bare base with None. The base
-        stays loaded; switching never reloads it."""
+        stays loaded; switching never reloads it.
+
+        Each folder is loaded once under a key made of its full path and the time its weights
+        were written: two runs' ``adapter_best`` folders never shadow each other, and an
+        adapter retrained in place (a resumed run) is loaded again."""
         from core.adapters import AdapterManager
+        from core.lora import ADAPTER_WEIGHTS
         from core.weights import resolve_adapter
 
-        if self.adapters is None:
-            if adapter is None:
-                return
-            self.adapters = AdapterManager(self.model)
         if adapter is None:
-            self.adapters.deactivate()
+            if self.adapters is not None:
+                self.adapters.deactivate()
+                self.model = self.adapters.model.eval()
             self.name = "base"
-        else:
-            path = resolve_adapter(adapter)
-            name = Path(path).name
-            if name not in self.adapters.names:
-                self.adapters.load(path, name=name)
-            self.adapters.activate(name)
-            self.name = name
+            return
+        folder = Path(resolve_adapter(adapter)).resolve()
+        weights = folder / ADAPTER_WEIGHTS
+        stamp = weights.stat().st_mtime_ns if weights.exists() else 0
+        key = f"{folder}@{stamp}"
+        if self.adapters is None:
+            self.adapters = AdapterManager(self.model)
+        if key not in self.adapters.names:
+            self.adapters.load(folder, name=key)
+        self.adapters.activate(key)
+        self.name = folder.name
         self.model = self.adapters.model.eval()
 
     # ----------------------------------------------------------------------------------------

@@ -363,3 +363,41 @@ def test_peft_unload_alone_would_keep_the_trained_head(two_adapters, h0):
     assert weights_hash(pm.unload().state_dict()) != h0
     pm = load_adapter(make_model(BASE_SEED), two_adapters["liver"][0])
     assert weights_hash(unload_lora(pm).state_dict()) == h0
+
+
+def test_reconstructor_keys_adapters_by_path_and_write_time(tmp_path, two_adapters, batch):
+    """Two runs' ``adapter_best`` folders never shadow each other; an adapter retrained in
+    place (a resumed run) is loaded again, not served stale from memory."""
+    import os
+    import shutil
+
+    from core.engine import Reconstructor
+
+    a = tmp_path / "run_a" / "adapter_best"
+    b = tmp_path / "run_b" / "adapter_best"
+    shutil.copytree(two_adapters["liver"][0], a)
+    shutil.copytree(two_adapters["kidney"][0], b)
+    liver, kidney = two_adapters["liver"][1], two_adapters["kidney"][1]
+    rec = Reconstructor(make_model(BASE_SEED))
+
+    def check(expected):
+        torch.testing.assert_close(outputs(rec.model, batch), expected, rtol=0, atol=1e-6)
+
+    rec.set_adapter(a)
+    check(liver)
+    rec.set_adapter(b)
+    assert rec.name == "adapter_best"
+    check(kidney)  # b's weights, not a's under the same folder name
+    rec.set_adapter(a)
+    check(liver)
+    assert len(rec.adapters.names) == 2  # already loaded: not loaded twice
+
+    # retrain a in place: b's weights written over it, later
+    weights = next(a.glob("*.safetensors"))
+    shutil.copy(next(b.glob("*.safetensors")), weights)
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    rec.set_adapter(a)
+    check(kidney)
+    rec.set_adapter(None)
+    assert rec.name == "base"
