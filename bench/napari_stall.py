@@ -97,6 +97,7 @@ def main(argv=None) -> dict:
         "base": args.base,
         "slider_hz": args.slider_hz,
         "longest_stall_ms": round(stall, 1),
+        "longest_stall_at_s": monitor.longest_stall_at_s,
         "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1) if gaps.size else None,
         "ticks": monitor.ticks,
         "seconds": round(seconds, 1),

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.atomic import atomic_path, write_text
-from core.checkpoint import rng_state, save_checkpoint, save_weights_safetensors
 
 __all__ = ["TrainResult", "RunLog", "epoch_line", "save_epoch", "run_result"]
 
@@ -139,6 +138,10 @@ def save_epoch(
 ) -> None:
     """Every file of an epoch, each written atomically; ``last.pt`` last (the resume point:
     a kill before it redoes the epoch)."""
+    # imported here: TrainResult and RunLog must not pull in torch (the napari plugin reads
+    # results in its GUI process, where importing torch would freeze the viewer)
+    from core.checkpoint import rng_state, save_checkpoint, save_weights_safetensors
+
     ckpt = {
         "model_state": model.state_dict(),
         "optimizer_state": optimizer.state_dict(),

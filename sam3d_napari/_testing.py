@@ -110,18 +110,29 @@ class StallMonitor:
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self._tick)
         self._last = None
+        self._t0 = 0.0
         self.gaps_ms: list[float] = []
+        self.ends_s: list[float] = []  # when each gap ended, seconds after start()
 
     def _tick(self):
         now = time.perf_counter()
         if self._last is not None:
             self.gaps_ms.append((now - self._last) * 1000.0)
+            self.ends_s.append(now - self._t0)
         self._last = now
 
     def start(self):
-        self._last, self.gaps_ms = None, []
+        self._last, self.gaps_ms, self.ends_s = None, [], []
+        self._t0 = time.perf_counter()
         self._timer.start()
         return self
+
+    @property
+    def longest_stall_at_s(self) -> float | None:
+        """When the longest stall ended, seconds after :meth:`start`."""
+        if not self.gaps_ms:
+            return None
+        return round(self.ends_s[int(np.argmax(self.gaps_ms))], 2)
 
     def stop(self) -> float:
         self._timer.stop()

@@ -55,3 +55,12 @@ def test_importing_core_is_cheap():
     loaded = res.stdout
     for heavy in ("torch", "monai", "peft", "trimesh", "skimage"):
         assert f"'{heavy}'" not in loaded, f"{heavy} imported by `import core`"
+
+
+def test_reading_training_results_does_not_import_torch():
+    # The napari plugin reads TrainResult in its GUI process while a child process trains;
+    # importing torch there (about 0.4 s holding the GIL) froze the viewer at Start.
+    code = "import sys, core.train_outputs; print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
