@@ -32,6 +32,7 @@ __all__ = [
     "world_to_voxel",
     "spacing_of",
     "check_same_grid",
+    "to_file_orientation",
     "NIFTI_SUFFIXES",
     "strip_nifti_suffix",
 ]
@@ -254,6 +255,32 @@ def load_label(
         raise InputError(path, f"label value {hi} is above the number of classes ({max_label})")
     dtype = np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.int32
     return LabelVolume(np.ascontiguousarray(data.astype(dtype)), affine, os.fspath(path))
+
+
+def to_file_orientation(
+    data: np.ndarray, affine: np.ndarray, file_affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Undo the canonical (RAS+) reorientation of :func:`load_image` / :func:`load_label`.
+
+    ``data`` on the canonical ``affine`` goes back to the axis order and flips of the file
+    whose affine is ``file_affine`` (an exact permutation and flip, no resampling). Returns
+    the array and its affine, which is ``file_affine`` itself when they agree (the file's own
+    bits, not a recomputed approximation).
+    """
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+    a = np.asarray(data)
+    affine = np.asarray(affine, dtype=np.float64)
+    file_affine = np.asarray(file_affine, dtype=np.float64)
+    t = ornt_transform(io_orientation(affine), io_orientation(file_affine))
+    if np.array_equal(t, [[0, 1], [1, 1], [2, 1]]):
+        out, new_affine = a, affine
+    else:
+        out = apply_orientation(a, t)
+        new_affine = affine @ inv_ornt_aff(t, a.shape)
+    if np.allclose(new_affine, file_affine, atol=1e-4, rtol=0):
+        new_affine = file_affine
+    return np.ascontiguousarray(out), new_affine
 
 
 def check_same_grid(a, b, *, atol: float = 1e-3) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InputError
-from core.io import LabelVolume, save_label
+from core.io import LabelVolume, save_label, to_file_orientation
 
 __all__ = ["SourceGrid", "save_mask"]
 
@@ -55,12 +55,7 @@ def to_source_grid(data: np.ndarray, affine: np.ndarray, grid: SourceGrid) -> np
         The two grids are not the same voxels in another axis order (should not happen for a
         volume loaded from the grid's file).
     """
-    import nibabel.orientations as nio
-
-    a = np.asarray(data)
-    transform = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(grid.affine))
-    out = nio.apply_orientation(a, transform)
-    new_affine = np.asarray(affine) @ nio.inv_ornt_aff(transform, a.shape)
+    out, new_affine = to_file_orientation(data, affine, grid.affine)
     if out.shape != tuple(grid.shape) or not np.allclose(new_affine, grid.affine, atol=1e-3):
         raise ValueError("the mask's grid does not map back onto the input file's grid")
     return np.ascontiguousarray(out)

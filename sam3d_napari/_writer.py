@@ -26,7 +26,7 @@ def labels_to_volume(data, meta: dict, path=None):
     ValueError
         Not 3D, negative or non-integer values.
     """
-    from core.io import LabelVolume
+    from core.io import LabelVolume, to_file_orientation
 
     arr = np.asarray(data)
     if arr.ndim != 3:
@@ -43,22 +43,8 @@ def labels_to_volume(data, meta: dict, path=None):
     affine = meta_affine(meta)
     source = (meta.get("metadata") or {}).get("source_affine")
     if source is not None:
-        arr, affine = _to_source_orientation(arr, affine, np.asarray(source, dtype=np.float64))
+        arr, affine = to_file_orientation(arr, affine, np.asarray(source, dtype=np.float64))
     return LabelVolume(np.ascontiguousarray(arr), affine, None if path is None else str(path))
-
-
-def _to_source_orientation(arr, affine, source):
-    """Undo ``nibabel.as_closest_canonical``: flip/permute back to the source file's axes."""
-    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
-
-    t = ornt_transform(io_orientation(affine), io_orientation(source))
-    if np.array_equal(t, [[0, 1], [1, 1], [2, 1]]):
-        return arr, affine
-    out = apply_orientation(arr, t)
-    new_affine = affine @ inv_ornt_aff(t, arr.shape)
-    if np.allclose(new_affine, source, atol=1e-4, rtol=0):
-        new_affine = source  # the file's own bits, not a recomputed approximation
-    return out, new_affine
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:

@@ -206,3 +206,24 @@ def test_label_volume_rejects_float_data():
     with pytest.raises(InputError):
         LabelVolume(np.zeros((2, 2, 2), np.float32), np.eye(4))
     assert nib  # nibabel is the reader
+
+
+def test_to_file_orientation_undoes_the_canonical_reorientation(tmp_path):
+    """A label map computed on the canonical volume goes back onto an LPS file's own grid."""
+    import nibabel as nib
+
+    from core.io import load_label, to_file_orientation
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 4, (5, 6, 7)).astype(np.uint8)
+    lps = np.diag([-2.0, -1.5, 3.0, 1.0])
+    lps[:3, 3] = (10.0, -4.0, 2.5)
+    path = tmp_path / "lps.nii.gz"
+    nib.save(nib.Nifti1Image(data, lps), str(path))
+    canon = load_label(path)  # RAS+: axes flipped
+    assert not np.array_equal(canon.data, data)
+    back, affine = to_file_orientation(canon.data, canon.affine, lps)
+    assert np.array_equal(back, data) and np.array_equal(affine, lps)
+    # already in the file's orientation: unchanged
+    same, aff2 = to_file_orientation(canon.data, canon.affine, canon.affine)
+    assert np.array_equal(same, canon.data) and np.array_equal(aff2, canon.affine)
