@@ -37,6 +37,7 @@ from sam3d_napari._qt_common import (
     volume_of,
 )
 from sam3d_napari._session import BASE_CHOICE, session_for
+from sam3d_napari._views import VIEWS, box_from_corners, result_summary, set_view
 
 __all__ = ["ReconstructWidget"]
 
@@ -46,10 +47,6 @@ KEEP, OVERWRITE = "keep existing labels", "overwrite existing labels"
 POSITIVE_COLOR, NEGATIVE_COLOR = "#30e030", "#ff3030"
 OBJECT_COLOR = (1.0, 0.85, 0.1, 1.0)
 _DRAG_PIXELS = 5  # a press and release further apart than this is a pan, not a click
-
-# 2D views (napari dims order: the last two are shown; canonical RAS world axes x, y, z)
-# shown the radiological way: patient's right on the screen's left, anterior/superior up.
-VIEWS = {"axial": (2, 1, 0), "coronal": (1, 2, 0), "sagittal": (0, 2, 1)}
 
 
 class ReconstructWidget(Container):
@@ -453,22 +450,8 @@ class ReconstructWidget(Container):
     def box_from_corners(self, corners):
         """A ``core.clicks.Box`` from rectangle corners in voxel indices (N, 3), on the slice
         the view shows."""
-        from core.clicks import Box
-        from core.geometry import other_axes
-
         axis = slice_axis(tuple(self.viewer.dims.not_displayed), self.viewer.dims.ndim)
-        shape = self._image.data.shape
-        r_ax, c_ax = other_axes(axis)
-        s = int(np.floor(corners[:, axis].mean() + 0.5))
-        if not 0 <= s < shape[axis]:
-            raise ValueError("the box is outside the volume")
-        r0 = max(int(np.floor(corners[:, r_ax].min() + 0.5)), 0)
-        r1 = min(int(np.floor(corners[:, r_ax].max() + 0.5)) + 1, shape[r_ax])
-        c0 = max(int(np.floor(corners[:, c_ax].min() + 0.5)), 0)
-        c1 = min(int(np.floor(corners[:, c_ax].max() + 0.5)) + 1, shape[c_ax])
-        if r1 <= r0 or c1 <= c0:
-            raise ValueError("the box is outside the volume or empty")
-        return Box(axis, s, r0, c0, r1, c1)
+        return box_from_corners(corners, axis, self._image.data.shape)
 
     # ------------------------------------------------------------------------------ running
 
@@ -602,15 +585,7 @@ class ReconstructWidget(Container):
             layers = self.viewer.layers
             layers.move(layers.index(self._prompt_layer), len(layers))
             layers.selection.active = self._prompt_layer
-        t = result.timings
-        parts = [f"{t.get('total', 0) / 1000:.2f} s"]
-        parts.append(f"model {t.get('model', 0) / 1000:.2f} s")
-        if "mesh" in t:
-            parts.append(f"mesh {t['mesh']:.0f} ms")
-        text = (f"{result.volume_ml:.1f} mL from {len(result.prompts.clicks)} click(s)"
-                f"{' + box' if result.prompts.box is not None else ''} in " + ", ".join(parts))  # fmt: skip
-        if result.touches_border:
-            text += " - larger than the model's field of view: the edge may be cut"
+        text = result_summary(result)
         self.timing.value = text
         self.status.show_message("Add clicks to refine, or commit the object.")
 
@@ -654,19 +629,7 @@ class ReconstructWidget(Container):
 
     def set_view(self, name: str):
         """``axial``, ``coronal``, ``sagittal`` (2D, radiological) or ``3D``."""
-        dims = self.viewer.dims
-        if name == "3D":
-            dims.ndisplay = 3 if dims.ndisplay == 2 else 2
-            return
-        if dims.ndim < 3:
-            return
-        dims.ndisplay = 2
-        lead = tuple(range(dims.ndim - 3))
-        dims.order = lead + tuple(a + len(lead) for a in VIEWS[name])
-        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; viewer.camera before
-        camera = scene.camera if scene is not None else self.viewer.camera
-        if hasattr(camera, "orientation2d"):  # napari >= 0.6
-            camera.orientation2d = ("up", "left")
+        set_view(self.viewer, name)
 
     # ------------------------------------------------------------------------------ teardown
 
