@@ -218,32 +218,15 @@ def build_app(
                     new_btn = gr.Button("New object", size="sm", elem_id="new-object")
                     clear_btn = gr.Button("Clear", size="sm", elem_id="clear")
             with gr.Column(scale=2, min_width=360):
-                slice_img = gr.Image(
-                    label="Slice: click the organ",
-                    type="numpy",
-                    format="png",
-                    interactive=False,
-                    buttons=["fullscreen"],
-                    elem_id="slice-image",
+                slice_img = _picture(
+                    "Slice: click the organ", "slice-image", buttons=["fullscreen"]
                 )
                 status = gr.Markdown(
                     "Load a volume or the synthetic heart to start.", elem_id="status"
                 )
             with gr.Column(scale=2, min_width=360):
-                view3d = gr.Model3D(
-                    label="3D surface (prediction)",
-                    clear_color=(0.08, 0.08, 0.1, 1.0),
-                    interactive=False,
-                    height=360,
-                    elem_id="view-3d",
-                )
-                views = gr.Image(
-                    label="Mask on three orthogonal slices",
-                    type="numpy",
-                    format="png",
-                    interactive=False,
-                    elem_id="ortho-views",
-                )
+                view3d = _scene("3D surface (prediction)", "view-3d", height=360)
+                views = _picture("Mask on three orthogonal slices", "ortho-views")
         with gr.Column(visible=False, elem_id="gt-panel") as gt_panel:
             metrics = gr.Dataframe(
                 headers=list(H.METRIC_COLUMNS),
@@ -252,28 +235,11 @@ def build_app(
                 elem_id="metrics",
             )
             with gr.Row(equal_height=True):
-                compare = gr.Image(
-                    label="2D: ground truth | prediction | errors",
-                    type="numpy",
-                    format="png",
-                    interactive=False,
-                    height=420,
-                    elem_id="compare-2d",
+                compare = _picture(
+                    "2D: ground truth | prediction | errors", "compare-2d", height=420
                 )
-                pred3d = gr.Model3D(
-                    label="3D: prediction",
-                    clear_color=(0.08, 0.08, 0.1, 1.0),
-                    interactive=False,
-                    height=420,
-                    elem_id="pred-3d",
-                )
-                gt3d = gr.Model3D(
-                    label="3D: ground truth",
-                    clear_color=(0.08, 0.08, 0.1, 1.0),
-                    interactive=False,
-                    height=420,
-                    elem_id="gt-3d",
-                )
+                pred3d = _scene("3D: prediction", "pred-3d", height=420)
+                gt3d = _scene("3D: ground truth", "gt-3d", height=420)
         downloads = gr.File(
             label="Downloads: mask (.nii.gz on the input's grid) and meshes (.glb, world mm)",
             file_count="multiple",
@@ -480,6 +446,24 @@ def _same_scale(path, camera_mm):
     if path is None or camera_mm is None:
         return path
     return gr.Model3D(value=path, camera_position=(None, None, camera_mm))
+
+
+def _scene(label: str, elem_id: str, *, height: int):
+    """A read-only 3D view (.glb) on a dark background."""
+    return gr.Model3D(
+        label=label,
+        clear_color=(0.08, 0.08, 0.1, 1.0),
+        interactive=False,
+        height=height,
+        elem_id=elem_id,
+    )
+
+
+def _picture(label: str, elem_id: str, **kwargs):
+    """A read-only PNG picture of a numpy image."""
+    return gr.Image(
+        label=label, type="numpy", format="png", interactive=False, elem_id=elem_id, **kwargs
+    )
 
 
 def _table(rows):
