@@ -2,9 +2,11 @@
 
 One item per cached slice (``docs/cache-format.md``): a class present on that slice is the
 target, a click is simulated on it (the interior point of its largest component, jittered), a
-cube is placed around the click at a spacing that makes the organ fill a random fraction of
-it (as the engine's zoom does at inference), and the inputs come from ``core.samples`` — the
-same code the engine uses. Random parts, all seeded by ``(seed, epoch, index)``:
+cube is placed as the engine places one (``core.engine.CubePolicy``): either its first pass,
+centred on the prompt at the default spacing, or a zoomed cube around the organ sized from a
+deliberately noisy extent (the engine zooms on its own predicted extent, so the cube's scale
+must not give the organ's size away), and the inputs come from ``core.samples`` — the same
+code the engine uses. Random parts, all seeded by ``(seed, epoch, index)``:
 
 - mode: "volume" or "slice" (modality dropout: the same weights serve both);
 - prompt kind: point (most), box, mask, mask+point on the reference slice;
@@ -27,13 +29,12 @@ from torch.utils.data import Dataset
 from core.clicks import AXIAL_AXIS, Box, Click, PromptSet, next_click
 from core.cube import Cube, sample_into_cube
 from core.errors import InputError
-from core.geometry import slice_voxel_index
 from core.io import spacing_of, voxel_to_world, world_to_voxel
 from core.model import ModelConfig
 from core.prompts import box_from_mask, interior_point
-from core.samples import build_inputs, build_targets
+from core.samples import build_inputs, build_targets, prompt_center
 
-__all__ = ["CubeSampling", "CubeDataset", "organ_extent_mm"]
+__all__ = ["CubeSampling", "CubeDataset", "organ_extent_mm", "training_cube"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,16 @@ class CubeSampling:
     Attributes
     ----------
     p_volume : probability of "volume" mode (else "slice")
-    fill_range : organ extent / cube extent, drawn uniformly in this range
-    p_default_spacing : probability of the engine's first-pass spacing instead
-    center_jitter : cube centre shift as a fraction of the cube extent
+    p_default_spacing : probability of a first-pass cube, placed exactly as the engine's
+        first pass places it: centred on the prompt, at ``default_spacing_mm`` (never finer
+        than the volume's voxels), knowing nothing of the organ
+    default_spacing_mm : the engine's first-pass spacing (``CubePolicy.default_spacing_mm``)
+    fill_range : otherwise a zoomed cube (as after the engine's zoom): organ extent / cube
+        extent drawn uniformly in this range ...
+    scale_noise : ... from an extent off by a log-normal factor of this sigma, because the
+        engine zooms on a *predicted* extent: the cube's scale must not tell the model the
+        organ's size (it would learn to fill the cube instead of reading the image)
+    center_jitter : zoomed cube centre shift as a fraction of the cube extent
     prompt_kinds, prompt_probs : reference-slice prompt kinds and their probabilities
     point_jitter : interior-point jitter (``core.prompts.interior_point``)
     p_refine : probability of a simulated previous prediction + corrective clicks
@@ -55,8 +63,10 @@ class CubeSampling:
     """
 
     p_volume: float = 0.6
+    p_default_spacing: float = 0.5
+    default_spacing_mm: float = 3.0
     fill_range: tuple[float, float] = (0.35, 0.85)
-    p_default_spacing: float = 0.2
+    scale_noise: float = 0.3
     center_jitter: float = 0.1
     prompt_kinds: tuple[str, ...] = ("point", "box", "mask", "mask+point")
     prompt_probs: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1)
@@ -67,11 +77,13 @@ class CubeSampling:
     classes: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        if not 0 <= self.p_volume <= 1 or not 0 <= self.p_refine <= 1:
+        if not all(0 <= p <= 1 for p in (self.p_volume, self.p_refine, self.p_default_spacing)):
             raise ValueError("probabilities must be in [0, 1]")
         lo, hi = self.fill_range
         if not 0 < lo <= hi < 1:
             raise ValueError(f"fill_range must satisfy 0 < low <= high < 1, got {self.fill_range}")
+        if self.scale_noise < 0 or self.default_spacing_mm <= 0:
+            raise ValueError("scale_noise must be >= 0 and default_spacing_mm > 0")
         if (
             len(self.prompt_kinds) != len(self.prompt_probs)
             or abs(sum(self.prompt_probs) - 1) > 1e-6
@@ -85,6 +97,26 @@ def organ_extent_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     if len(idx) == 0:
         return 0.0
     return float(((idx.max(0) - idx.min(0) + 1) * np.array(spacing_of(affine))).max())
+
+
+def training_cube(gt: np.ndarray, affine, prompts: PromptSet, s: CubeSampling, n: int, rng) -> Cube:
+    """Where a training example's cube goes: the engine's first pass (with probability
+    ``s.p_default_spacing``: the prompt's centre at the default spacing, nothing taken from
+    the ground truth), else a zoomed cube near the organ sized from a noisy extent."""
+    vox_sp = spacing_of(affine)
+    directions = np.asarray(affine)[:3, :3] / np.array(vox_sp)
+    if rng.random() < s.p_default_spacing:
+        spacing = max(s.default_spacing_mm, min(vox_sp))
+        return Cube(prompt_center(prompts, affine), spacing, directions, n)
+    extent = organ_extent_mm(gt, affine) * float(np.exp(rng.normal(0.0, s.scale_noise)))
+    spacing = extent / (n * rng.uniform(*s.fill_range))
+    spacing = float(np.clip(spacing, 0.5 * min(vox_sp), 4.0 * max(vox_sp)))
+    idx = np.argwhere(gt)
+    mid = (idx.min(0) + idx.max(0)) / 2.0
+    t = rng.uniform(0, 1)
+    center = (1 - t) * prompt_center(prompts, affine) + t * voxel_to_world(affine, mid)
+    center = center + directions @ rng.uniform(-1, 1, 3) * s.center_jitter * n * spacing
+    return Cube(center, spacing, directions, n)
 
 
 class _CaseStore:
@@ -206,7 +238,7 @@ class CubeDataset(Dataset):
             mask = (axis, idx, m2)
         prompts = PromptSet(tuple(clicks), box, mask)
 
-        cube = self._cube(gt, affine, axis, idx, (r, c), rng)
+        cube = training_cube(gt, affine, prompts, s, self.model_cfg.cube_size, rng)
         mode = "volume" if rng.random() < s.p_volume else "slice"
         previous = None
         if rng.random() < s.p_refine:
@@ -245,26 +277,6 @@ class CubeDataset(Dataset):
         out["case_id"] = case_id
         out["mode_volume"] = mode == "volume"
         return out
-
-    def _cube(self, gt, affine, axis, idx, rc, rng) -> Cube:
-        s = self.sampling
-        n = self.model_cfg.cube_size
-        vox_sp = spacing_of(affine)
-        click_vox = slice_voxel_index(axis, idx, rc[0], rc[1]).astype(float)
-        directions = np.asarray(affine)[:3, :3] / np.array(vox_sp)
-        if rng.random() < s.p_default_spacing:
-            spacing = max(vox_sp)
-        else:
-            extent = organ_extent_mm(gt, affine)
-            spacing = extent / (n * rng.uniform(*s.fill_range))
-            spacing = float(np.clip(spacing, 0.5 * min(vox_sp), 4.0 * max(vox_sp)))
-        # Centre between the click and the organ's centre, plus jitter: as after a zoom/shift.
-        centroid = np.argwhere(gt).mean(0)
-        t = rng.uniform(0, 1)
-        center_vox = (1 - t) * click_vox + t * centroid
-        center = voxel_to_world(affine, center_vox)
-        center = center + directions @ rng.uniform(-1, 1, 3) * s.center_jitter * n * spacing
-        return Cube(center, spacing, directions, n)
 
     def _corrective_clicks(self, prompts, previous, occ, cube, affine, shape, rng):
         n_clicks = int(rng.integers(1, self.sampling.max_refine_clicks + 1))

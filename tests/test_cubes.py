@@ -1,8 +1,10 @@
-"""Simulated previous masks for refinement training (core.cubes._perturb)."""
+"""Training examples (core.cubes): simulated previous masks for refinement, and where the
+training cube goes (it must not give the organ's size or centre away)."""
 
 import numpy as np
 
-from core.cubes import _perturb
+from core.clicks import Click, PromptSet
+from core.cubes import CubeSampling, _perturb, organ_extent_mm, training_cube
 from core.metrics import dice
 
 
@@ -31,3 +33,45 @@ def test_perturbation_is_deterministic_for_a_seed():
     a = _perturb(occ, np.random.default_rng(7))
     b = _perturb(occ, np.random.default_rng(7))
     assert np.array_equal(a, b)
+
+
+def _organ(r, n=64, sp=3.0):
+    """A ball of radius r voxels off the volume's centre, its affine, and a click inside it."""
+    g = np.indices((n, n, n)) - np.array([30, 34, 32])[:, None, None, None]
+    aff = np.diag([sp, sp, sp, 1.0])
+    return (g**2).sum(0) <= r * r, aff, PromptSet((Click(2, 32, 30 + r // 2, 34),))
+
+
+def test_first_pass_cube_is_the_engines_and_knows_nothing_of_the_organ():
+    s = CubeSampling(p_default_spacing=1.0)
+    cubes = []
+    for r in (4, 12):
+        gt, aff, prompts = _organ(r)
+        # the click differs by organ; put it at one place to compare the cubes
+        prompts = PromptSet((Click(2, 32, 31, 34),))
+        cube = training_cube(gt, aff, prompts, s, 64, np.random.default_rng(0))
+        assert cube.spacing == 3.0  # the engine's default (CubePolicy.default_spacing_mm)
+        np.testing.assert_allclose(cube.center, [31 * 3.0, 34 * 3.0, 32 * 3.0])
+        cubes.append(cube)
+    # a small and a large organ under the same click get the same cube
+    np.testing.assert_allclose(cubes[0].affine, cubes[1].affine)
+
+
+def _fills(scale_noise, r=20, n_draws=300):
+    gt, aff, prompts = _organ(r)
+    s = CubeSampling(p_default_spacing=0.0, scale_noise=scale_noise, fill_range=(0.4, 0.7))
+    rng = np.random.default_rng(1)
+    ext = organ_extent_mm(gt, aff)
+    return np.array(
+        [ext / (64 * training_cube(gt, aff, prompts, s, 64, rng).spacing) for _ in range(n_draws)]
+    )
+
+
+def test_zoomed_cube_scale_is_only_a_noisy_hint_of_the_organ_size():
+    exact = _fills(0.0)
+    assert exact.min() >= 0.4 - 1e-9 and exact.max() <= 0.7 + 1e-9
+    noisy = _fills(0.3)
+    # the organ's fill of the cube strays well outside the nominal range
+    outside = (noisy < 0.4) | (noisy > 0.7)
+    assert outside.mean() > 0.25
+    assert noisy.min() < 0.3 and noisy.max() > 0.85
