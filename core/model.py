@@ -236,13 +236,18 @@ class PointPatchEmbed(nn.Module):
         win = win.reshape(b, (h // p) * (w // p), p * p, 3)
         vwin = valid.view(b, h // p, p, w // p, p).permute(0, 1, 3, 2, 4)
         vwin = vwin.reshape(b, (h // p) * (w // p), p * p)
-        feat = self.point_mlp(win)  # (B, N, P, D)
-        logits = (feat * self.query).sum(-1) / math.sqrt(feat.shape[-1])
+        # feat = fc_b(gelu(fc_a(xyz))) per pixel; the query's logits and the attention-weighted
+        # sum are linear in feat, so fc_b runs once per window on the pooled hidden features
+        # instead of once per pixel (the same result, 64x fewer products).
+        fc_a, fc_b = self.point_mlp[0], self.point_mlp[2]
+        hidden = F.gelu(fc_a(win))  # (B, N, P, D)
+        qb = fc_b.weight.t() @ self.query  # (D,): feat . query = hidden . qb + bias . query
+        logits = (hidden @ qb.to(hidden.dtype) + fc_b.bias @ self.query) / math.sqrt(len(qb))
         logits = logits.masked_fill(~vwin, float("-inf"))
         any_valid = vwin.any(-1, keepdim=True)
         attn = torch.softmax(torch.where(any_valid, logits, torch.zeros_like(logits)), -1)
-        tok = (attn.unsqueeze(-1) * feat).sum(2)
-        return torch.where(any_valid, tok, self.invalid.expand_as(tok))
+        tok = fc_b((attn.unsqueeze(-1).to(hidden.dtype) * hidden).sum(2))  # attn sums to 1
+        return torch.where(any_valid, tok, self.invalid.expand_as(tok).to(tok.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ class PointPatchEmbed(nn.Module):
 def space_to_depth(x, r: int = 2):
     """(B, C, D, H, W) -> (B, C*r^3, D/r, H/r, W/r): a lossless stride-r patchify."""
     b, c, d, h, w = x.shape
-    x = x.view(b, c, d // r, r, h // r, r, w // r, r)
+    x = x.reshape(b, c, d // r, r, h // r, r, w // r, r)
     return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * r**3, d // r, h // r, w // r)
 
 
@@ -260,7 +265,7 @@ def depth_to_space(x, r: int = 2):
     """Inverse of :func:`space_to_depth`."""
     b, c, d, h, w = x.shape
     co = c // r**3
-    x = x.view(b, co, r, r, r, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    x = x.reshape(b, co, r, r, r, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
     return x.reshape(b, co, d * r, h * r, w * r)
 
 
@@ -270,6 +275,24 @@ class _Conv3(nn.Sequential):
 
     def __init__(self, cin, cout):
         super().__init__(nn.Conv3d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.GELU())
+
+    def forward(self, x):
+        if x.shape[-1] >= 32:  # channels-last halves oneDNN's time at 32^3 (not at 16^3)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return super().forward(x)
+
+
+def patchify_conv(x, proj: nn.Conv3d):
+    """``proj(space_to_depth(x))`` for a 1x1x1 ``proj``, computed as the equal 2^3 stride-2
+    conv (the weight viewed as (out, in, 2, 2, 2)): no reordering copy, half the time on CPU."""
+    w = proj.weight
+    return F.conv3d(x, w.view(w.shape[0], w.shape[1] // 8, 2, 2, 2), proj.bias, stride=2)
+
+
+def pointwise(x, proj: nn.Conv3d):
+    """A 1x1x1 conv as one matrix product (oneDNN's 1x1x1 conv3d is several times slower)."""
+    y = torch.einsum("oc,bcdhw->bodhw", proj.weight[:, :, 0, 0, 0].to(x.dtype), x)
+    return y + proj.bias.to(y.dtype)[:, None, None, None]
 
 
 class _Down(nn.Module):
@@ -281,11 +304,15 @@ class _Down(nn.Module):
         self.conv = _Conv3(cout, cout)
 
     def forward(self, x):
-        return self.conv(self.proj(space_to_depth(x)))
+        return self.conv(patchify_conv(x, self.proj))
 
 
 class CubeEncoder(nn.Module):
-    """Cube channels (64^3) -> features at 32^3, 16^3 and 8^3."""
+    """Cube channels (64^3) -> features at 32^3, 16^3 and 8^3.
+
+    ``side`` (weight (O, C, 2, 2, 2), bias (O,)) is another stride-2 patchify of the same
+    cube, computed in the same conv as ``e1``'s (the decoder's raw-cube skip): one pass over
+    the 64^3 input, channels-last (3x faster than channels-first on CPU)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -294,10 +321,17 @@ class CubeEncoder(nn.Module):
         self.e2 = _Down(c1, c2)
         self.e3 = _Down(c2, c3)
 
-    def forward(self, x):
-        f1 = self.e1(x)
+    def forward(self, x, side=None):
+        p = self.e1.proj
+        w = p.weight.view(p.weight.shape[0], x.shape[1], 2, 2, 2)
+        b = p.bias
+        if side is not None:
+            w, b = torch.cat([w, side[0]]), torch.cat([b, side[1]])
+        y = F.conv3d(x.contiguous(memory_format=torch.channels_last_3d), w, b, stride=2)
+        c1 = p.weight.shape[0]
+        f1 = self.e1.conv(y[:, :c1])
         f2 = self.e2(f1)
-        return f1, f2, self.e3(f2)
+        return f1, f2, self.e3(f2), (y[:, c1:] if side is not None else None)
 
 
 class _Up(nn.Module):
@@ -308,7 +342,7 @@ class _Up(nn.Module):
         self.proj = nn.Conv3d(cin, cout * 8, 1)
 
     def forward(self, x):
-        return depth_to_space(self.proj(x))
+        return depth_to_space(pointwise(x, self.proj))
 
 
 class CubeDecoder(nn.Module):
@@ -328,12 +362,26 @@ class CubeDecoder(nn.Module):
         self.fuse2 = _Conv3(d2, d2)
         self.head = nn.Conv3d(d2, 8 * self.n_out, 1)
 
-    def forward(self, z, skips, cube_in):
+    def cube_skip(self, n_cube_channels: int):
+        """The raw-cube part of ``mix2`` as a stride-2 2^3 conv (weight, bias): the encoder
+        computes it (``CubeEncoder.forward(side=...)``) in its first conv."""
+        w = self.mix2.weight
+        n_feat = w.shape[1] - 8 * n_cube_channels
+        return w[:, n_feat:].reshape(w.shape[0], n_cube_channels, 2, 2, 2), self.mix2.bias
+
+    def forward(self, z, skips, cube_skip):
+        """``cube_skip``: the encoder's output for :meth:`cube_skip` (mix2 applied to the
+        space-to-depth of the raw cube, bias included)."""
         f1, f2 = skips
         x = self.fuse1(torch.cat([self.up1(z), f2], 1))
-        x = self.mix2(torch.cat([self.up2(x), f1, space_to_depth(cube_in)], 1))
-        x = self.fuse2(F.gelu(x))
-        return depth_to_space(self.head(x))
+        # mix2 (1x1x1) over [up2(x), f1, space_to_depth(cube)]: the cube's part comes in as
+        # cube_skip; the rest is one matrix product
+        w = self.mix2.weight
+        n_feat = self.up2.proj.weight.shape[0] // 8 + f1.shape[1]
+        feats = torch.cat([self.up2(x), f1], 1)
+        x = torch.einsum("oc,bcdhw->bodhw", w[:, :n_feat, 0, 0, 0].to(feats.dtype), feats)
+        x = self.fuse2(F.gelu(x + cube_skip))
+        return depth_to_space(pointwise(x, self.head))
 
 
 class MaskHead2D(nn.Module):
@@ -419,7 +467,7 @@ class Sam3DMed(nn.Module):
             1,
         )
         cube = batch["cube"]
-        f1, f2, f3 = self.cube_encoder(cube)
+        f1, f2, f3, cube_skip = self.cube_encoder(cube, side=self.decoder.cube_skip(cube.shape[1]))
         b = cube.shape[0]
         z = self.to_latent(f3.flatten(2).transpose(1, 2)) + self.latent_pos
         for blk in self.blocks:
@@ -427,7 +475,7 @@ class Sam3DMed(nn.Module):
         z = self.norm(z)
         n = cfg.latent_size
         zmap = z.transpose(1, 2).reshape(b, cfg.dim, n, n, n)
-        out = self.decoder(zmap, (f1, f2), cube)
+        out = self.decoder(zmap, (f1, f2), cube_skip)
         s = cfg.view_size // cfg.patch
         crop_map = (crop_tok + self.view_pos).transpose(1, 2).reshape(b, cfg.dim, s, s)
         result = {

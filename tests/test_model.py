@@ -1,0 +1,95 @@
+"""core.model's fast CPU paths compute exactly what the plain layers they replace compute
+(so the shipped weights mean the same thing): stride-2 patchify conv, 1x1x1 matrix products,
+the pointmap branch's pooled second layer, the decoder's split raw-cube skip."""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.model import (
+    CUBE_CHANNELS,
+    ModelConfig,
+    PointPatchEmbed,
+    Sam3DMed,
+    depth_to_space,
+    patchify_conv,
+    pointwise,
+    space_to_depth,
+)
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_patchify_conv_equals_space_to_depth_then_1x1():
+    torch.manual_seed(0)
+    proj = nn.Conv3d(7 * 8, 12, 1)
+    x = _rand(2, 7, 8, 12, 16)
+    ref = proj(space_to_depth(x))
+    torch.testing.assert_close(patchify_conv(x, proj), ref, atol=1e-5, rtol=1e-5)
+    # and space_to_depth is lossless
+    torch.testing.assert_close(depth_to_space(space_to_depth(x)), x)
+
+
+def test_pointwise_equals_1x1_conv_in_any_memory_layout():
+    torch.manual_seed(0)
+    proj = nn.Conv3d(10, 6, 1)
+    x = _rand(1, 10, 6, 6, 6)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+        torch.testing.assert_close(pointwise(inp, proj), proj(x), atol=1e-5, rtol=1e-5)
+
+
+def _naive_point_embed(pe: PointPatchEmbed, pointmap, center):
+    """The branch as specified: MLP per pixel, attention pooling per patch, invalid token."""
+    b, _, h, w = pointmap.shape
+    p = pe.patch
+    valid = torch.isfinite(pointmap).all(1)
+    pts = (torch.nan_to_num(pointmap) - center[:, :, None, None]) / pe.scale * valid[:, None]
+    win = pts.view(b, 3, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p, 3)
+    vwin = valid.view(b, h // p, p, w // p, p).permute(0, 1, 3, 2, 4).reshape(b, -1, p * p)
+    feat = pe.point_mlp(win)
+    logits = (feat * pe.query).sum(-1) / math.sqrt(feat.shape[-1])
+    logits = logits.masked_fill(~vwin, float("-inf"))
+    anyv = vwin.any(-1, keepdim=True)
+    attn = torch.softmax(torch.where(anyv, logits, torch.zeros_like(logits)), -1)
+    tok = (attn.unsqueeze(-1) * feat).sum(2)
+    return torch.where(anyv, tok, pe.invalid.expand_as(tok))
+
+
+def test_point_embed_equals_the_per_pixel_formulation_with_invalid_windows():
+    torch.manual_seed(0)
+    cfg = ModelConfig(view_size=16, patch=8, dim=32, heads=4)
+    pe = PointPatchEmbed(cfg)
+    nn.init.normal_(pe.query)  # the shipped query is not zero
+    pm = _rand(2, 3, 16, 16) * 40
+    pm[0, :, :8, :8] = float("nan")  # a window with no valid pixel
+    pm[1, :, 3:11, 2] = float("nan")  # partly invalid windows
+    center = _rand(2, 3, seed=1)
+    with torch.no_grad():
+        got, ref = pe(pm, center), _naive_point_embed(pe, pm, center)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[0, 0], pe.invalid.detach())
+
+
+def test_decoder_mix_equals_the_concatenated_1x1_conv():
+    torch.manual_seed(0)
+    cfg = ModelConfig(cube_size=32, view_size=16, patch=8, dim=32, heads=4)
+    model = Sam3DMed(cfg).eval()
+    dec, enc = model.decoder, model.cube_encoder
+    cube = _rand(1, len(CUBE_CHANNELS), 32, 32, 32)
+    z = _rand(1, cfg.dim, 4, 4, 4, seed=2)
+    with torch.no_grad():
+        f1, f2, _, skip = enc(cube, side=dec.cube_skip(cube.shape[1]))
+        got = dec(z, (f1, f2), skip)
+        # reference: the layers as declared (mix2 over the concatenation, 1x1 convs)
+        x = dec.fuse1(torch.cat([depth_to_space(dec.up1.proj(z)), f2], 1))
+        x = dec.mix2(torch.cat([depth_to_space(dec.up2.proj(x)), f1, space_to_depth(cube)], 1))
+        ref = depth_to_space(dec.head(dec.fuse2(F.gelu(x))))
+        ref_f1 = enc.e1.conv(enc.e1.proj(space_to_depth(cube)))
+    torch.testing.assert_close(f1, ref_f1, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert np.isfinite(got.numpy()).all()
