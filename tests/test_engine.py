@@ -88,10 +88,19 @@ def test_no_zoom_out_where_the_volume_ends():
     assert res.passes == 1  # the cube already covers the volume: nothing is cut off
 
 
+def test_no_zoom_in_by_default():
+    vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    model = BallModel(radius_mm=12.0)
+    res = Reconstructor(model).predict(vol, PromptSet((Click(2, 32, 32, 32),)))
+    assert res.passes == 1 and res.cube.spacing == 3.0
+
+
 def test_zoom_in_for_small_organs():
     vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
     model = BallModel(radius_mm=12.0)  # 24 mm in a 192 mm cube: fill 0.13
-    rec = Reconstructor(model, policy=CubePolicy(default_spacing_mm=3.0, min_spacing_mm=0.5))
+    rec = Reconstructor(
+        model, policy=CubePolicy(default_spacing_mm=3.0, min_spacing_mm=0.5, zoom_in=True)
+    )
     res = rec.predict(vol, PromptSet((Click(2, 32, 32, 32),)))
     assert res.passes == 2
     assert model.spacings[1] < 1.0  # ~27 mm / (0.6 * 64)
