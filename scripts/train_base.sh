@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the shipped base weights (core/assets/base.safetensors) from nothing:
-# synthetic data only (no download), CPU is enough (about 3.5 hours on 2 cores).
+# synthetic data only (no download), CPU is enough (about three hours on 2 cores).
 # Stage 1 trains from random weights (configs/base_synthetic.yaml); stage 2 continues it with
 # a warm restart and harder refinement examples (configs/base_synthetic_stage2.yaml); stage 3
 # continues with training cubes placed as the engine places them (configs/base_synthetic_stage3.yaml).
