@@ -340,8 +340,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
         if tc.amp is True and not use_amp:
             log("training.amp ignored: this CPU has no native bf16")
     fp16 = cuda and (
-        tc.amp_dtype == "fp16"
-        or (tc.amp_dtype == "auto" and not torch.cuda.is_bf16_supported())
+        tc.amp_dtype == "fp16" or (tc.amp_dtype == "auto" and not torch.cuda.is_bf16_supported())
     )
     if not cuda and tc.amp_dtype == "fp16" and use_amp:
         log("training.amp_dtype=fp16 is CUDA only: bf16 on CPU")

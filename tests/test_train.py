@@ -347,7 +347,9 @@ def test_cpu_amp_is_bf16_where_native_else_ignored(hearts_cache, tmp_path):
         assert "precision: bf16 autocast" in log
     else:
         assert "precision: fp32" in log and "no native bf16" in log
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert np.isfinite(rows[0]["train_loss"])
 
 
