@@ -92,8 +92,12 @@ def evaluate(
     *,
     progress: Callable[[int, int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    policy=None,
 ) -> dict:
-    """Run the protocol; write ``metrics.json`` (and pictures with ``save_viz``)."""
+    """Run the protocol; write ``metrics.json`` (and pictures with ``save_viz``).
+
+    ``policy``: the engine's ``core.engine.CubePolicy`` (default: the engine's default).
+    """
     from core.engine import Reconstructor
     from core.intensity import normalize_intensity
 
@@ -101,7 +105,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     index = discover(cfg.data_root, layout=cfg.layout)
     cases = list(index.cases)[: cfg.max_cases or None]
-    rec = Reconstructor.from_pretrained(cfg.checkpoint, cfg.adapter)
+    rec = Reconstructor.from_pretrained(cfg.checkpoint, cfg.adapter, policy=policy)
     methods = METHODS if cfg.baselines else ("model",)
     results = {m: {} for m in methods}
     failed: dict[str, str] = {}
@@ -149,6 +153,7 @@ def evaluate(
     report = {
         "config": asdict(cfg),
         "weights": rec.name,
+        "cube_policy": asdict(rec.policy),
         "label_names": names,
         "cases": results["model"],
         "aggregate": _aggregate(results["model"], cfg.clicks),
