@@ -15,7 +15,14 @@ from scipy import ndimage
 
 from core.io import spacing_of, voxel_to_world, world_to_voxel
 
-__all__ = ["Cube", "cube_for_click", "sample_into_cube", "paste_from_cube", "touching_faces"]
+__all__ = [
+    "Cube",
+    "axis_directions",
+    "cube_for_click",
+    "sample_into_cube",
+    "paste_from_cube",
+    "touching_faces",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +71,8 @@ class Cube:
         return Cube(center, self.spacing, self.directions, self.size)
 
 
-def _directions(affine: np.ndarray) -> np.ndarray:
+def axis_directions(affine: np.ndarray) -> np.ndarray:
+    """Unit world directions (columns) of the volume's array axes."""
     a = np.asarray(affine, dtype=np.float64)[:3, :3]
     return a / np.linalg.norm(a, axis=0, keepdims=True)
 
@@ -78,7 +86,7 @@ def cube_for_click(
     """
     sp = float(max(spacing_of(volume_affine))) if spacing is None else float(spacing)
     center = voxel_to_world(volume_affine, np.asarray(click_voxel, dtype=np.float64))
-    return Cube(center, sp, _directions(volume_affine), size)
+    return Cube(center, sp, axis_directions(volume_affine), size)
 
 
 def _cube_to_volume_matrix(cube: Cube, volume_affine: np.ndarray):

@@ -27,12 +27,13 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from core.clicks import AXIAL_AXIS, Box, Click, PromptSet, next_click
-from core.cube import Cube, sample_into_cube
+from core.cube import Cube, axis_directions, sample_into_cube
+from core.engine import CubePolicy
 from core.errors import InputError
 from core.io import spacing_of, voxel_to_world, world_to_voxel
 from core.model import ModelConfig
 from core.prompts import box_from_mask, interior_point
-from core.samples import build_inputs, build_targets, prompt_center
+from core.samples import build_inputs, build_targets, first_pass_cube, prompt_center
 
 __all__ = ["CubeSampling", "CubeDataset", "organ_extent_mm", "training_cube"]
 
@@ -47,7 +48,8 @@ class CubeSampling:
     p_default_spacing : probability of a first-pass cube, placed exactly as the engine's
         first pass places it: centred on the prompt, at ``default_spacing_mm`` (never finer
         than the volume's voxels), knowing nothing of the organ
-    default_spacing_mm : the engine's first-pass spacing (``CubePolicy.default_spacing_mm``)
+    default_spacing_mm : the first-pass spacing (defaults to the engine's
+        ``CubePolicy.default_spacing_mm``)
     fill_range : otherwise a zoomed cube (as after the engine's zoom): organ extent / cube
         extent drawn uniformly in this range ...
     scale_noise : ... from an extent off by a log-normal factor of this sigma, because the
@@ -64,7 +66,7 @@ class CubeSampling:
 
     p_volume: float = 0.6
     p_default_spacing: float = 0.5
-    default_spacing_mm: float = 3.0
+    default_spacing_mm: float = CubePolicy.default_spacing_mm
     fill_range: tuple[float, float] = (0.35, 0.85)
     scale_noise: float = 0.3
     center_jitter: float = 0.1
@@ -103,11 +105,10 @@ def training_cube(gt: np.ndarray, affine, prompts: PromptSet, s: CubeSampling, n
     """Where a training example's cube goes: the engine's first pass (with probability
     ``s.p_default_spacing``: the prompt's centre at the default spacing, nothing taken from
     the ground truth), else a zoomed cube near the organ sized from a noisy extent."""
-    vox_sp = spacing_of(affine)
-    directions = np.asarray(affine)[:3, :3] / np.array(vox_sp)
     if rng.random() < s.p_default_spacing:
-        spacing = max(s.default_spacing_mm, min(vox_sp))
-        return Cube(prompt_center(prompts, affine), spacing, directions, n)
+        return first_pass_cube(prompts, affine, s.default_spacing_mm, n)
+    vox_sp = spacing_of(affine)
+    directions = axis_directions(affine)
     extent = organ_extent_mm(gt, affine) * float(np.exp(rng.normal(0.0, s.scale_noise)))
     spacing = extent / (n * rng.uniform(*s.fill_range))
     spacing = float(np.clip(spacing, 0.5 * min(vox_sp), 4.0 * max(vox_sp)))

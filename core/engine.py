@@ -39,13 +39,13 @@ import torch
 from scipy import ndimage
 
 from core.clicks import PromptSet, check_click_in_volume
-from core.cube import Cube, paste_from_cube, sample_into_cube
+from core.cube import Cube, axis_directions, paste_from_cube, sample_into_cube
 from core.errors import InputError
 from core.geometry import take_slice
 from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
 from core.io import Volume, spacing_of, voxel_to_world, world_to_voxel
 from core.model import Sam3DMed
-from core.samples import MODES, build_inputs, prompt_center
+from core.samples import MODES, build_inputs, first_pass_cube
 from core.transforms import warp
 
 __all__ = ["CubePolicy", "Result", "Reconstructor"]
@@ -279,10 +279,7 @@ class Reconstructor:
                     previous.mask.astype(np.uint8), affine, cube, order=0
                 ).astype(np.float32)
         else:
-            spacing = max(pol.default_spacing_mm, min(spacing_of(affine)))
-            cube = Cube(
-                prompt_center(prompts, affine), spacing, _directions(affine), self.cfg.cube_size
-            )
+            cube = first_pass_cube(prompts, affine, pol.default_spacing_mm, self.cfg.cube_size)
             prev_prob = None
 
         t = time.perf_counter()
@@ -356,7 +353,7 @@ class Reconstructor:
         center = voxel_to_world(affine, (pts.min(0) + pts.max(0)) / 2)
         ext = float(((pts.max(0) - pts.min(0) + 1) * spacing_of(affine)).max())
         sp = max(spacing, ext / (self.policy.target_fill * self.cfg.cube_size))
-        return Cube(center, sp, _directions(affine), self.cfg.cube_size)
+        return Cube(center, sp, axis_directions(affine), self.cfg.cube_size)
 
 
 def _native_bf16(device: torch.device) -> bool:
@@ -370,11 +367,6 @@ def _native_bf16(device: torch.device) -> bool:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 2)
-
-
-def _directions(affine) -> np.ndarray:
-    a = np.asarray(affine, dtype=np.float64)[:3, :3]
-    return a / np.linalg.norm(a, axis=0, keepdims=True)
 
 
 def _inside_cube(cube: Cube, affine, voxel) -> bool:

@@ -282,16 +282,27 @@ class _Conv3(nn.Sequential):
         return super().forward(x)
 
 
+def patchify_weight(w: torch.Tensor) -> torch.Tensor:
+    """A 1x1x1 weight over ``space_to_depth`` channels (out, in * 8, 1, 1, 1) as the equal
+    2^3 stride-2 conv weight (out, in, 2, 2, 2): the channel order of space_to_depth."""
+    return w.reshape(w.shape[0], w.shape[1] // 8, 2, 2, 2)
+
+
 def patchify_conv(x, proj: nn.Conv3d):
     """``proj(space_to_depth(x))`` for a 1x1x1 ``proj``, computed as the equal 2^3 stride-2
-    conv (the weight viewed as (out, in, 2, 2, 2)): no reordering copy, half the time on CPU."""
-    w = proj.weight
-    return F.conv3d(x, w.view(w.shape[0], w.shape[1] // 8, 2, 2, 2), proj.bias, stride=2)
+    conv: no reordering copy, half the time on CPU."""
+    return F.conv3d(x, patchify_weight(proj.weight), proj.bias, stride=2)
+
+
+def channel_matmul(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1x1 conv without bias, ``w`` (out, in, 1, 1, 1), as one matrix product over the
+    channels (oneDNN's 1x1x1 conv3d is several times slower)."""
+    return torch.einsum("oc,bcdhw->bodhw", w[:, :, 0, 0, 0].to(x.dtype), x)
 
 
 def pointwise(x, proj: nn.Conv3d):
-    """A 1x1x1 conv as one matrix product (oneDNN's 1x1x1 conv3d is several times slower)."""
-    y = torch.einsum("oc,bcdhw->bodhw", proj.weight[:, :, 0, 0, 0].to(x.dtype), x)
+    """``proj(x)`` for a 1x1x1 conv, as :func:`channel_matmul` plus the bias."""
+    y = channel_matmul(proj.weight, x)
     return y + proj.bias.to(y.dtype)[:, None, None, None]
 
 
@@ -323,8 +334,7 @@ class CubeEncoder(nn.Module):
 
     def forward(self, x, side=None):
         p = self.e1.proj
-        w = p.weight.view(p.weight.shape[0], x.shape[1], 2, 2, 2)
-        b = p.bias
+        w, b = patchify_weight(p.weight), p.bias
         if side is not None:
             w, b = torch.cat([w, side[0]]), torch.cat([b, side[1]])
         y = F.conv3d(x.contiguous(memory_format=torch.channels_last_3d), w, b, stride=2)
@@ -358,16 +368,15 @@ class CubeDecoder(nn.Module):
         self.up1 = _Up(cfg.dim, d1)
         self.fuse1 = _Conv3(d1 + c2, d1)
         self.up2 = _Up(d1, d2)
+        self.n_mix_features = d2 + c1  # mix2's inputs before the raw cube's channels
         self.mix2 = nn.Conv3d(d2 + c1 + 8 * len(CUBE_CHANNELS), d2, 1)
         self.fuse2 = _Conv3(d2, d2)
         self.head = nn.Conv3d(d2, 8 * self.n_out, 1)
 
-    def cube_skip(self, n_cube_channels: int):
+    def cube_skip(self):
         """The raw-cube part of ``mix2`` as a stride-2 2^3 conv (weight, bias): the encoder
         computes it (``CubeEncoder.forward(side=...)``) in its first conv."""
-        w = self.mix2.weight
-        n_feat = w.shape[1] - 8 * n_cube_channels
-        return w[:, n_feat:].reshape(w.shape[0], n_cube_channels, 2, 2, 2), self.mix2.bias
+        return patchify_weight(self.mix2.weight[:, self.n_mix_features :]), self.mix2.bias
 
     def forward(self, z, skips, cube_skip):
         """``cube_skip``: the encoder's output for :meth:`cube_skip` (mix2 applied to the
@@ -376,10 +385,8 @@ class CubeDecoder(nn.Module):
         x = self.fuse1(torch.cat([self.up1(z), f2], 1))
         # mix2 (1x1x1) over [up2(x), f1, space_to_depth(cube)]: the cube's part comes in as
         # cube_skip; the rest is one matrix product
-        w = self.mix2.weight
-        n_feat = self.up2.proj.weight.shape[0] // 8 + f1.shape[1]
         feats = torch.cat([self.up2(x), f1], 1)
-        x = torch.einsum("oc,bcdhw->bodhw", w[:, :n_feat, 0, 0, 0].to(feats.dtype), feats)
+        x = channel_matmul(self.mix2.weight[:, : self.n_mix_features], feats)
         x = self.fuse2(F.gelu(x + cube_skip))
         return depth_to_space(pointwise(x, self.head))
 
@@ -467,7 +474,7 @@ class Sam3DMed(nn.Module):
             1,
         )
         cube = batch["cube"]
-        f1, f2, f3, cube_skip = self.cube_encoder(cube, side=self.decoder.cube_skip(cube.shape[1]))
+        f1, f2, f3, cube_skip = self.cube_encoder(cube, side=self.decoder.cube_skip())
         b = cube.shape[0]
         z = self.to_latent(f3.flatten(2).transpose(1, 2)) + self.latent_pos
         for blk in self.blocks:

@@ -17,13 +17,21 @@ import numpy as np
 from scipy import ndimage
 
 from core.clicks import PromptSet
-from core.cube import Cube, sample_into_cube
+from core.cube import Cube, axis_directions, sample_into_cube
 from core.geometry import other_axes, slice_pointmap, slice_voxel_index, take_slice
-from core.io import voxel_to_world, world_to_voxel
+from core.io import spacing_of, voxel_to_world, world_to_voxel
 from core.model import CUBE_CHANNELS, ModelConfig
 from core.transforms import letterbox_matrix, resize_pointmap, warp
 
-__all__ = ["MODES", "body_mask_2d", "build_inputs", "build_targets", "plane_index", "prompt_center"]
+__all__ = [
+    "MODES",
+    "body_mask_2d",
+    "build_inputs",
+    "build_targets",
+    "first_pass_cube",
+    "plane_index",
+    "prompt_center",
+]
 
 MODES = ("volume", "slice")
 CLICK_SIGMA_VOXELS = 1.5
@@ -75,6 +83,16 @@ def prompt_center(prompts: PromptSet, affine: np.ndarray) -> np.ndarray:
     axis, idx, m = prompts.mask
     rc = np.argwhere(m).mean(0)
     return voxel_to_world(affine, slice_voxel_index(axis, idx, rc[0], rc[1]))
+
+
+def first_pass_cube(
+    prompts: PromptSet, affine: np.ndarray, default_spacing_mm: float, size: int
+) -> Cube:
+    """The engine's first cube for a prompt: centred on it, aligned with the volume's axes, at
+    ``default_spacing_mm`` (never finer than the volume's voxels). Training draws the same
+    cube (``core.cubes.training_cube``), knowing nothing of the organ either."""
+    spacing = max(float(default_spacing_mm), min(spacing_of(affine)))
+    return Cube(prompt_center(prompts, affine), spacing, axis_directions(affine), size)
 
 
 def _view_prompt(prompts: PromptSet, axis: int, idx: int, M: np.ndarray, shape) -> np.ndarray:

@@ -83,7 +83,7 @@ def test_decoder_mix_equals_the_concatenated_1x1_conv():
     cube = _rand(1, len(CUBE_CHANNELS), 32, 32, 32)
     z = _rand(1, cfg.dim, 4, 4, 4, seed=2)
     with torch.no_grad():
-        f1, f2, _, skip = enc(cube, side=dec.cube_skip(cube.shape[1]))
+        f1, f2, _, skip = enc(cube, side=dec.cube_skip())
         got = dec(z, (f1, f2), skip)
         # reference: the layers as declared (mix2 over the concatenation, 1x1 convs)
         x = dec.fuse1(torch.cat([depth_to_space(dec.up1.proj(z)), f2], 1))
