@@ -137,6 +137,9 @@ class DataSection:
         are held out (never slices of a training case: no leakage).
     val_fraction : share of training cases held out when ``val_data`` is absent (0 disables
         validation; ``best.pt`` then follows the training loss)
+    split_seed : seed of the train/validation case split and of the fixed validation items;
+        ``None``: ``training.seed``. Set it to continue a run on fresh training samples
+        (another ``training.seed``) with the same split and validation items.
     classes : K, the number of label classes (needed to preprocess a raw folder; checked
         against a cache's own when given)
     spacing : isotropic preprocessing spacing, mm (raw folders only)
@@ -150,6 +153,7 @@ class DataSection:
     train_data: str = ""
     val_data: str | None = None
     val_fraction: float = 0.2
+    split_seed: int | None = None
     classes: int | None = None
     spacing: float = 3.0
     modality: str = "ct"
@@ -162,6 +166,7 @@ class DataSection:
         self.train_data = _opt_path("data.train_data", self.train_data) or ""
         self.val_data = _opt_path("data.val_data", self.val_data)
         self.val_fraction = _float("data.val_fraction", self.val_fraction, lo=0.0, hi=0.9)
+        self.split_seed = _int("data.split_seed", self.split_seed, lo=0, optional=True)
         self.classes = _int("data.classes", self.classes, lo=1, optional=True)
         self.spacing = _float("data.spacing", self.spacing, lo=0.0, lo_open=True)
         self.modality = _choice("data.modality", self.modality, MODALITIES)

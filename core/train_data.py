@@ -88,6 +88,13 @@ def _as_cache(path: str, cache_dir: Path, cfg: TrainConfig, d: Dist, log, progre
     return None if cancelled else cache_dir
 
 
+def split_seed(cfg: TrainConfig) -> int:
+    """The seed of the case split and validation items: ``data.split_seed``, else
+    ``training.seed``."""
+    s = cfg.data.split_seed
+    return cfg.training.seed if s is None else s
+
+
 def _fixed_val_loaders(cache, case_ids, cfg: TrainConfig, pin: bool) -> dict:
     """Validation items that never change during a run: the first ``val_cases`` held-out
     cases, ``val_items`` items evenly spread over their slices, drawn once with a fixed seed
@@ -100,7 +107,7 @@ def _fixed_val_loaders(cache, case_ids, cfg: TrainConfig, pin: bool) -> dict:
             model_cfg=cfg.model,
             sampling=sampling,
             case_ids=case_ids,
-            seed=cfg.training.seed + 1,
+            seed=split_seed(cfg) + 1,
         )
         idx = np.unique(np.linspace(0, len(ds) - 1, min(cfg.training.val_items, len(ds))).round())
         loaders[mode] = DataLoader(
@@ -145,7 +152,9 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
             )
     else:
         val_cache = train_cache
-        train_ids, val_ids = split_cases(all_ids, val_fraction=cfg.data.val_fraction, seed=tc.seed)
+        train_ids, val_ids = split_cases(
+            all_ids, val_fraction=cfg.data.val_fraction, seed=split_seed(cfg)
+        )
     val_ids = val_ids[: tc.val_cases]
     train_ds = CubeDataset(
         train_cache, model_cfg=cfg.model, sampling=cfg.sampling, case_ids=train_ids, seed=tc.seed

@@ -403,6 +403,16 @@ def test_validation_is_split_by_case_without_leakage(hearts_cache, tmp_path):
     summary = json.loads((tmp_path / "s" / "data_summary.json").read_text())
     assert summary["n_val_cases"] == 1 and summary["n_train_cases"] == 3
     assert not set(summary["train_cases"]) & set(summary["val_cases"])
+    # another training.seed draws another split, unless data.split_seed pins it
+    ids4 = sorted(summary["train_cases"] + summary["val_cases"])
+    seed = next(s for s in range(1, 20) if split_cases(ids4, val_fraction=0.2, seed=s)[1]
+                != summary["val_cases"])  # fmt: skip
+    for name, pin in (("u", []), ("v", ["data.split_seed=0"])):
+        train(make_cfg(hearts_cache, tmp_path / name, "training.epochs=1",
+                       "training.steps_per_epoch=1", f"training.seed={seed}", *pin))  # fmt: skip
+    val_of = {n: json.loads((tmp_path / n / "data_summary.json").read_text())["val_cases"]
+              for n in "uv"}  # fmt: skip
+    assert val_of["u"] != summary["val_cases"] and val_of["v"] == summary["val_cases"]
     # the same folder as separate validation data would leak: refused
     leaky = make_cfg(hearts_cache, tmp_path / "t", f"data.val_data={json.dumps(str(hearts_cache))}")
     with pytest.raises(ValueError, match="leak"):
