@@ -2,7 +2,7 @@
 *validation* cases (never the test sets), with the click protocol of ``sam3d eval``.
 
     # the base's held-out hearts (the val split of a base training run)
-    .venv/bin/python bench/engine_val.py --checkpoint runs/base_synthetic_stage3/best.safetensors
+    .venv/bin/python bench/engine_val.py --checkpoint runs/base_synthetic_stage4/best.safetensors
     # the adapter's held-out openkbp_train cases (never openkbp_val)
     .venv/bin/python bench/engine_val.py --which headneck [--adapter headneck-ct]
 
@@ -52,35 +52,47 @@ def headneck_cases(run: Path, data: Path, out: Path) -> Path:
     return root
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_validation_args(ap: argparse.ArgumentParser) -> None:
+    """The options that pick the weights and the validation cases (shared with diagnose.py)."""
     ap.add_argument("--which", choices=("heart", "headneck"), default="heart")
     ap.add_argument("--checkpoint", default=None, help="base weights (default: the shipped)")
     ap.add_argument("--adapter", default=None)
     ap.add_argument("--run", type=Path, default=None, help="training run with data_summary.json")
     ap.add_argument("--data", type=Path, default=None, help="the run's raw dataset folder")
+
+
+def prepare(a: argparse.Namespace, out: Path) -> Path | None:
+    """Torch threads from ``OMP_NUM_THREADS`` (default 2), then the validation cases of
+    ``a.run`` linked under ``out``; None (after saying so) when the head-and-neck data is
+    absent."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    if a.which == "heart":
+        run = a.run or REPO / "runs" / "base_synthetic_stage4"
+        return heart_cases(run, a.data or REPO / "runs" / "data" / "pretrain", out)
+    data = a.data or REPO.parent / "shared" / "data" / "openkbp_train"
+    if not data.is_dir():
+        print(f"{data}: not found; skipping the head-and-neck cases")
+        return None
+    return headneck_cases(a.run or REPO / "runs" / "lora_headneck", data, out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_validation_args(ap)
     ap.add_argument("--clicks", type=int, default=3)
     ap.add_argument("--modes", default="volume,slice")
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "engine_val")
     a = ap.parse_args(argv)
 
-    import torch
-
     from core.engine import CubePolicy
     from core.evaluate import EvalConfig, evaluate
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    if a.which == "heart":
-        run = a.run or REPO / "runs" / "base_synthetic_stage3"
-        root = heart_cases(run, a.data or REPO / "runs" / "data" / "pretrain", a.out)
-    else:
-        run = a.run or REPO / "runs" / "lora_headneck"
-        data = a.data or REPO.parent / "shared" / "data" / "openkbp_train"
-        if not data.is_dir():
-            print(f"{data}: not found; skipping the head-and-neck validation")
-            return 0
-        root = headneck_cases(run, data, a.out)
+    root = prepare(a, a.out)
+    if root is None:
+        return 0
     tag = Path(a.checkpoint).parent.name if a.checkpoint else "shipped"
     print(f"| weights | cube policy | mode | Dice@1 | Dice@{a.clicks} | median model ms |")
     print("| --- | --- | --- | --- | --- | --- |")

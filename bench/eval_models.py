@@ -4,6 +4,9 @@
     .venv/bin/python bench/eval_models.py heart --out runs/eval
     # head-and-neck CT validation set (../shared/data/openkbp_val), base vs adapter, both modes
     .venv/bin/python bench/eval_models.py headneck --out runs/eval [--max_cases N]
+    # only the adapter (when the base did not change), one mode per process
+    .venv/bin/python bench/eval_models.py headneck --out runs/eval --weights headneck-ct --modes volume
+    .venv/bin/python bench/eval_models.py headneck --out runs/eval --weights headneck-ct --modes slice --no_baselines
 
 Prints Markdown tables (per structure, Dice after 1 and N clicks, HD95, baselines) for
 BENCHMARKS.md; the full metrics.json files stay under --out.
@@ -48,6 +51,12 @@ def main(argv=None):
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--max_cases", type=int, default=None)
     ap.add_argument("--modes", default="volume,slice")
+    ap.add_argument(
+        "--weights",
+        default="headneck-ct,base",
+        help="headneck: adapters to run, 'base' for the bare base (baselines run with the first)",
+    )
+    ap.add_argument("--no_baselines", action="store_true", help="skip the two baselines")
     a = ap.parse_args(argv)
     modes = a.modes.split(",")
     if a.which == "heart":
@@ -64,14 +73,15 @@ def main(argv=None):
                 mode=mode,
                 clicks=a.clicks,
                 max_cases=a.max_cases,
-                baselines=mode == modes[0],
+                baselines=mode == modes[0] and not a.no_baselines,
             )
     else:
         data = REPO.parent / "shared" / "data" / "openkbp_val"
         if not data.is_dir():
             print(f"skipping: {data} is absent")
             return 0
-        for adapter in ("headneck-ct", None):
+        adapters = [None if w == "base" else w for w in a.weights.split(",")]
+        for adapter in adapters:
             for mode in modes:
                 run(
                     f"headneck_{adapter or 'base'}_{mode}",
@@ -81,7 +91,7 @@ def main(argv=None):
                     mode=mode,
                     clicks=a.clicks,
                     max_cases=a.max_cases,
-                    baselines=adapter is not None and mode == modes[0],
+                    baselines=adapter is adapters[0] and mode == modes[0] and not a.no_baselines,
                 )
     return 0
 
