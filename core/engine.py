@@ -15,10 +15,11 @@ world frame (``core.cube``). The first prediction uses a cube centred on the pro
 - zoom in (off by default, ``CubePolicy(zoom_in=True)``): if the organ fills less than
   ``min_fill`` of the cube's width, the cube is re-centred on it with a spacing that makes it
   fill ``target_fill``, never finer than ``min_spacing_mm``, and the model runs once more.
-  On the shipped base's validation cases (held-out synthetic hearts and held-out
-  openkbp_train cases; first click, without -> with zoom-in) it helped only hearts in volume
-  mode (0.614 -> 0.637) and hurt elsewhere (hearts, slice mode 0.618 -> 0.490; head and neck
-  0.322 -> 0.281 volume, 0.436 -> 0.315 slice), so the default is the one pass.
+  On validation cases (first click, without -> with zoom-in) it helped only hearts in volume
+  mode and hurt elsewhere: with the shipped (stage 4) base on the 16 held-out synthetic
+  hearts, volume 0.667 -> 0.694, slice 0.614 -> 0.575, and 3 clicks 0.721 -> 0.708 (volume);
+  with the stage 3 base on held-out openkbp_train cases, 0.322 -> 0.281 (volume) and
+  0.436 -> 0.315 (slice). So the default is the one pass.
 
 Refinement: passing the previous :class:`Result` keeps its cube (unless a new click falls
 outside it) and feeds its probabilities back to the model with all clicks so far.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -401,3 +402,53 @@ def test_reconstructor_keys_adapters_by_path_and_write_time(tmp_path, two_adapte
     check(kidney)
     rec.set_adapter(None)
     assert rec.name == "base"
+
+
+# --------------------------------------------------------------------------------------------
+# the shipped recipe: GroupNorm copies next to the head
+
+
+def _norm_names() -> tuple[str, ...]:
+    """The GroupNorms the head-and-neck recipe trains (configs/lora_headneck.yaml)."""
+    from core.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "lora_headneck.yaml", [])
+    names = tuple(n for n in cfg.lora.modules_to_save if n != "decoder.head")
+    modules = dict(make_model(BASE_SEED).named_modules())
+    assert names and all(isinstance(modules[n], torch.nn.GroupNorm) for n in names)
+    return names
+
+
+def test_adapters_with_norm_copies_switch_merge_and_unload(tmp_path, two_adapters, batch,
+                                                           base_ref, h0):  # fmt: skip
+    norms = _norm_names()
+    pm = apply_lora(make_model(BASE_SEED), rank=4, adapter_name="hn",
+                    modules_to_save=("decoder.head", *norms))  # fmt: skip
+    torch.manual_seed(3)
+    pm = train(pm, make_batch(seed=3))
+    trained = dict(pm.named_parameters())
+    for n in norms:  # the copies trained, the originals did not
+        assert not torch.equal(trained[f"base_model.model.{n}.modules_to_save.hn.weight"],
+                               trained[f"base_model.model.{n}.original_module.weight"])  # fmt: skip
+    expected = outputs(pm, batch)
+    folder = save(pm, tmp_path / "hn", h0, adapter_name="hn")
+    assert json.loads((folder / ADAPTER_INFO).read_text())["lora"]["modules_to_save"] == [
+        "decoder.head",
+        *norms,
+    ]
+
+    base = make_model(BASE_SEED)
+    mgr = AdapterManager(base)
+    mgr.load(folder)
+    mgr.load(two_adapters["liver"][0])  # head only: its norms are the base's
+    for name in ("hn", "liver", "hn"):
+        mgr.activate(name)
+        want = expected if name == "hn" else two_adapters["liver"][1]
+        torch.testing.assert_close(outputs(mgr, batch), want, rtol=0, atol=1e-6)
+    mgr.deactivate()
+    assert_same_outputs(outputs(mgr, batch), base_ref)
+    torch.testing.assert_close(outputs(mgr.merge("hn"), batch), expected, rtol=0, atol=1e-5)
+    mgr.activate("hn")
+    clean = mgr.unload()
+    assert clean is base and weights_hash(clean.state_dict()) == h0
+    assert all(type(m) is torch.nn.GroupNorm for n, m in clean.named_modules() if n in norms)
