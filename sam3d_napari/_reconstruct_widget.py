@@ -6,6 +6,7 @@ the one the 2D view shows (napari's non-displayed axis). The prompt Points layer
 Shapes layer and the result Labels layer share the image's transform, so they sit on the
 image in 2D and 3D; the Surface layer holds the mesh in world mm directly.
 
+The clicks and the box, and their helper layers, are kept by ``_prompt_editor.PromptEditor``.
 The model runs in a worker thread. Clicks made while it runs are kept and answered by one
 more run with all of them (refining the last result), so fast clicking never queues work.
 """
@@ -25,6 +26,7 @@ from magicgui.widgets import (
 
 from sam3d_napari._commit import commit_mask, next_free_class
 from sam3d_napari._layers import meta_affine, slice_axis
+from sam3d_napari._prompt_editor import PromptEditor
 from sam3d_napari._qt_common import (
     StatusLabel,
     form,
@@ -37,14 +39,13 @@ from sam3d_napari._qt_common import (
     volume_of,
 )
 from sam3d_napari._session import BASE_CHOICE, session_for
-from sam3d_napari._views import VIEWS, box_from_corners, result_summary, set_view
+from sam3d_napari._views import VIEWS, result_summary, set_view
 
 __all__ = ["ReconstructWidget"]
 
 ADAPTER_FOLDER = "adapter folder..."
 NEW_LABEL_MAP = "new label map"
 KEEP, OVERWRITE = "keep existing labels", "overwrite existing labels"
-POSITIVE_COLOR, NEGATIVE_COLOR = "#30e030", "#ff3030"
 OBJECT_COLOR = (1.0, 0.85, 0.1, 1.0)
 _DRAG_PIXELS = 5  # a press and release further apart than this is a pan, not a click
 
@@ -60,16 +61,13 @@ class ReconstructWidget(Container):
         self.viewer = viewer
         self.session = session_for(viewer)
         self._alive = True
-        self._actions: list = []  # Click or Box, in the order made
+        self.editor = PromptEditor(viewer, on_edit=self._after_edit, on_box=self._on_box_drawn)
         self._results: dict = {}  # (settings, actions) -> core.engine.Result
         self._shown = None  # the Result on screen
         self._worker = None
         self._pending = False
-        self._syncing = False
         self._negative_mode = False
         self._image = None
-        self._prompt_layer = None
-        self._box_layer = None
         self._mask_layer = None
         self._surface_layer = None
         self._volume_cache = (None, None)
@@ -158,12 +156,11 @@ class ReconstructWidget(Container):
             return
         self.image.reset_choices()
         self.target.reset_choices()
-        for attr in ("_prompt_layer", "_box_layer", "_mask_layer", "_surface_layer"):
+        self.editor.forget_removed_layers()
+        for attr in ("_mask_layer", "_surface_layer"):
             lyr = getattr(self, attr)
             if lyr is not None and lyr not in self.viewer.layers:
                 setattr(self, attr, None)
-                if attr == "_prompt_layer" and self._actions:
-                    self._set_actions([])
 
     # ------------------------------------------------------------------------------ settings
 
@@ -192,7 +189,7 @@ class ReconstructWidget(Container):
 
     def _on_settings_changed(self, *_):
         self._results.clear()
-        if self._actions and self.auto_run.value and self._has_positive():
+        if self.editor.actions and self.auto_run.value and self.editor.has_positive():
             self.run()
 
     def _on_negative_toggled(self, value):
@@ -207,17 +204,23 @@ class ReconstructWidget(Container):
     def image_layer(self):
         return self._image
 
+    @property
+    def prompt_layer(self):
+        """The Points layer of the clicks (None before an image is chosen)."""
+        return self.editor.points
+
+    @property
+    def box_layer(self):
+        """The Shapes layer of the box (None before the first box)."""
+        return self.editor.box_layer
+
     def _on_image_changed(self, layer):
         if layer is self._image:
             return
-        self._set_actions([])
         self._shown = None
         # the helper layers sit on the old image's grid: prompts and box go, results stay
-        for attr in ("_prompt_layer", "_box_layer"):
-            lyr = getattr(self, attr)
-            if lyr is not None and lyr in self.viewer.layers:
-                self.viewer.layers.remove(lyr)
-        self._prompt_layer = self._box_layer = self._mask_layer = self._surface_layer = None
+        self.editor.attach(layer)
+        self._mask_layer = self._surface_layer = None
         self._image = layer
         self._results.clear()
         self._volume_cache = (None, None)
@@ -225,7 +228,6 @@ class ReconstructWidget(Container):
             return
         if layer.metadata.get("modality") in ("ct", "mr", "us"):
             self.modality.value = layer.metadata["modality"]
-        self._ensure_prompt_layer()
         if not self._view_set and self.viewer.dims.ndisplay == 2:
             self._view_set = True
             if tuple(self.viewer.dims.order) == (0, 1, 2) and self.viewer.dims.ndim == 3:
@@ -244,26 +246,10 @@ class ReconstructWidget(Container):
             self._volume_cache = (key, volume_of(img))
         return self._volume_cache[1]
 
-    def _ensure_prompt_layer(self):
-        img = self._image
-        if self._prompt_layer is None or self._prompt_layer not in self.viewer.layers:
-            self._prompt_layer = self.viewer.add_points(
-                np.empty((0, 3)),
-                name=f"{img.name} prompts",
-                size=3,
-                border_color="white",
-                border_width=0.1,
-                **{k: v for k, v in placed_like(img).items() if k != "metadata"},
-            )
-            self._prompt_layer.events.data.connect(self._on_points_edited)
-            self._prompt_layer.mode = "pan_zoom"
-            self.viewer.layers.selection.active = self._prompt_layer
-        return self._prompt_layer
-
     # ------------------------------------------------------------------------------ clicks
 
     def _click_allowed(self) -> bool:
-        if self._image is None or self._prompt_layer is None:
+        if self._image is None or self.editor.points is None:
             return False
         active = self.viewer.layers.selection.active
         # a layer in a drawing mode (painting labels, drawing the box) owns the click
@@ -318,65 +304,21 @@ class ReconstructWidget(Container):
 
     def add_prompt(self, prompt):
         """Add a ``Click`` or a ``Box`` (a new box replaces the previous one)."""
-        self._set_actions([*self._actions, prompt])
+        self.editor.add(prompt)
         if self.auto_run.value:
-            if self._has_positive():
+            if self.editor.has_positive():
                 self.run()
             else:
                 self.status.show_message("Add a positive click (or a box) to start.")
 
-    def _has_positive(self) -> bool:
-        from core.clicks import Box
-
-        return any(isinstance(a, Box) or a.positive for a in self._actions)
-
     def prompts(self):
         """The current ``core.clicks.PromptSet`` (clicks in order, the last box)."""
-        from core.clicks import Box, PromptSet
-
-        clicks = tuple(a for a in self._actions if not isinstance(a, Box))
-        boxes = [a for a in self._actions if isinstance(a, Box)]
-        return PromptSet(clicks=clicks, box=boxes[-1] if boxes else None)
-
-    def _set_actions(self, actions):
-        from core.clicks import Box
-
-        self._actions = list(actions)
-        layer = self._prompt_layer
-        if layer is None or layer not in self.viewer.layers:
-            return
-        clicks = [a for a in self._actions if not isinstance(a, Box)]
-        self._syncing = True
-        try:
-            layer.data = np.array([c.voxel() for c in clicks]).reshape(-1, 3)
-            if clicks:
-                layer.face_color = [
-                    POSITIVE_COLOR if c.positive else NEGATIVE_COLOR for c in clicks
-                ]
-                layer.symbol = ["disc" if c.positive else "cross" for c in clicks]
-            layer.selected_data = set()
-        finally:
-            self._syncing = False
-        if self._box_layer is not None and not any(isinstance(a, Box) for a in self._actions):
-            self._box_layer.data = []
-
-    def _on_points_edited(self, event):
-        # the user deleted prompt points by hand: drop those clicks too
-        from core.clicks import Box
-
-        if self._syncing or str(getattr(event, "action", "")) != "removing":
-            return
-        idx = {int(i) for i in getattr(event, "data_indices", ())}
-        clicks = [a for a in self._actions if not isinstance(a, Box)]
-        gone = {id(clicks[i]) for i in idx if 0 <= i < len(clicks)}
-        kept = [a for a in self._actions if id(a) not in gone]
-        self._actions = kept  # the layer is already being edited: do not rewrite it
-        self._after_edit()
+        return self.editor.prompts()
 
     def _after_edit(self):
-        if not self._actions:
+        if not self.editor.actions:
             self._show(None)
-        elif self._has_positive():
+        elif self.editor.has_positive():
             cached = self._results.get(self._key())
             if cached is not None:
                 self._show(cached)
@@ -385,17 +327,17 @@ class ReconstructWidget(Container):
 
     def undo(self, *_):
         """Remove the last click (or box); show the result of the clicks before it."""
-        if not self._actions:
+        if not self.editor.actions:
             self.status.show_message("Nothing to undo.")
             return
-        self._set_actions(self._actions[:-1])
+        self.editor.set(self.editor.actions[:-1])
         self._after_edit()
-        if not self._actions:
+        if not self.editor.actions:
             self.status.show_message("All clicks undone.")
 
     def clear(self, *_):
         """Remove every prompt and the current (uncommitted) object."""
-        self._set_actions([])
+        self.editor.set([])
         self._show(None)
         self.status.show_message("Cleared: click the next object.")
 
@@ -403,55 +345,24 @@ class ReconstructWidget(Container):
 
     def start_box(self, *_):
         """Draw a rectangle on the current slice: it becomes the box prompt."""
-        img = self._image
-        if img is None:
+        if self._image is None:
             self.status.show_message("Choose an image first.", "warning")
             return
-        if self._box_layer is None or self._box_layer not in self.viewer.layers:
-            self._box_layer = self.viewer.add_shapes(
-                ndim=3,
-                name=f"{img.name} box",
-                edge_color="#30c0ff",
-                face_color="transparent",
-                edge_width=0.5,
-                **{k: v for k, v in placed_like(img).items() if k != "metadata"},
-            )
-            self._box_layer.events.data.connect(self._on_box_drawn)
-        self.viewer.layers.selection.active = self._box_layer
-        self._box_layer.mode = "add_rectangle"
+        self.editor.start_box()
         self.status.show_message("Drag a rectangle around the organ on this slice.")
 
-    def _on_box_drawn(self, event):
-        from core.clicks import Box
-
-        if self._syncing or str(getattr(event, "action", "")) != "added":
-            return
-        layer = self._box_layer
-        if not len(layer.data):
-            return
-        corners = np.asarray(layer.data[-1])
-        self._syncing = True
-        try:  # one box per object: keep the newest rectangle, back to clicking
-            if len(layer.data) > 1:
-                layer.data = [layer.data[-1]]
-            layer.mode = "pan_zoom"
-        finally:
-            self._syncing = False
-        if self._prompt_layer is not None:
-            self.viewer.layers.selection.active = self._prompt_layer
+    def _on_box_drawn(self, corners):
         try:
             box = self.box_from_corners(corners)
         except ValueError as exc:
             self.status.show_message(one_line(exc), "warning")
             return
-        self._actions = [a for a in self._actions if not isinstance(a, Box)]
         self.add_prompt(box)
 
     def box_from_corners(self, corners):
         """A ``core.clicks.Box`` from rectangle corners in voxel indices (N, 3), on the slice
         the view shows."""
-        axis = slice_axis(tuple(self.viewer.dims.not_displayed), self.viewer.dims.ndim)
-        return box_from_corners(corners, axis, self._image.data.shape)
+        return self.editor.box_from_corners(corners)
 
     # ------------------------------------------------------------------------------ running
 
@@ -460,7 +371,7 @@ class ReconstructWidget(Container):
         return self._worker is not None
 
     def _key(self):
-        return (self._settings(), tuple(self._actions))
+        return (self._settings(), tuple(self.editor.actions))
 
     def run(self, *_):
         """Reconstruct from the current prompts (in a worker thread)."""
@@ -469,10 +380,10 @@ class ReconstructWidget(Container):
         if self._image is None:
             self.status.show_message("Choose an image first.", "warning")
             return
-        if not self._actions:
+        if not self.editor.actions:
             self.status.show_message("Click the organ first.")
             return
-        if not self._has_positive():
+        if not self.editor.has_positive():
             self.status.show_message("Add a positive click (or a box): negative clicks only "
                                      "say what the organ is not.", "warning")  # fmt: skip
             return
@@ -491,7 +402,7 @@ class ReconstructWidget(Container):
             self.status.show_message(one_line(exc), "error")
             return
         previous = self._results.get((key[0], key[1][:-1]))
-        self.status.show_message(f"Reconstructing from {len(self._actions)} prompt(s)...")
+        self.status.show_message(f"Reconstructing from {len(self.editor.actions)} prompt(s)...")
         self._worker = create_worker(
             self.session.predict,
             volume,
@@ -521,8 +432,8 @@ class ReconstructWidget(Container):
         self._worker = None
         if not self._alive:
             return
-        if self._pending or (self._actions and self._key() not in self._results
-                             and self.auto_run.value and self._has_positive()):  # fmt: skip
+        if self._pending or (self.editor.actions and self._key() not in self._results
+                             and self.auto_run.value and self.editor.has_positive()):  # fmt: skip
             self._pending = False
             self.run()
 
@@ -580,11 +491,7 @@ class ReconstructWidget(Container):
                 self._surface_layer.visible = True
         elif self._surface_layer is not None:
             self._surface_layer.visible = False
-        if self._prompt_layer is not None and self._prompt_layer in self.viewer.layers:
-            # keep the prompts on top and selected, so that the next click goes to them
-            layers = self.viewer.layers
-            layers.move(layers.index(self._prompt_layer), len(layers))
-            layers.selection.active = self._prompt_layer
+        self.editor.select_points()
         text = result_summary(result)
         self.timing.value = text
         self.status.show_message("Add clicks to refine, or commit the object.")
@@ -614,7 +521,7 @@ class ReconstructWidget(Container):
         target.data = data
         msg = report.message(target.name, self._class_name(target, cid))
         notify(msg, "warning" if report.clashes else "info")
-        self._set_actions([])
+        self.editor.set([])
         self._show(None)
         self.class_id.value = next_free_class(data, cid, maximum=self.class_id.max)
         self.status.show_message(msg + ". Click the next object.")

@@ -90,21 +90,21 @@ def main(argv=None) -> None:
     dock_r, recon = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct (click to 3D)")
     recon.class_id.value = 2
     _click_organ(viewer, recon, gt, 2)
-    viewer.layers.selection.active = recon._prompt_layer
+    viewer.layers.selection.active = recon.prompt_layer
     _save(viewer, out / "napari_reconstruct.png")
     # 3D: the surface over the clicked axial slice (the image drawn as a plane there);
     # napari's plane coordinates follow the displayed axes' order (k, j, i on this view)
     k = recon.result.reference_slice[1]
     recon.set_view("3D")
     recon.mask_layer.visible = False
-    recon._prompt_layer.visible = False
+    recon.prompt_layer.visible = False
     image.depiction = "plane"
     image.plane.normal = (1, 0, 0)
     image.plane.position = (k, 32, 32)
     _camera(viewer).angles = (-45, -35, 150)
     _save(viewer, out / "napari_reconstruct_3d.png", canvas_only=True)
     image.depiction = "volume"
-    recon.mask_layer.visible = recon._prompt_layer.visible = True
+    recon.mask_layer.visible = recon.prompt_layer.visible = True
     recon.set_view("axial")
 
     # commit four chambers: the prediction Compare will look at

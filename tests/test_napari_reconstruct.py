@@ -89,7 +89,7 @@ def test_clicks_on_an_oblique_volume_land_on_the_voxel_under_the_cursor(make_nap
     widget = ReconstructWidget(viewer)
     widget.auto_run.value = False
     assert tuple(viewer.dims.order) == (2, 1, 0)  # opened on an axial view
-    points = widget._prompt_layer
+    points = widget.prompt_layer
     for view, axis in (("axial", 2), ("coronal", 1), ("sagittal", 0)):
         widget.set_view(view)
         v = np.array([11.0, 9.0, 6.0])
@@ -125,10 +125,10 @@ def test_negative_clicks_by_modifier_or_toggle_and_a_drag_is_not_a_click(make_na
     widget._toggle_negative()
     _click_voxel(viewer, widget, (33, 30, 31), drag_pixels=20)  # a pan
     assert [c.positive for c in widget.prompts().clicks] == [True, False, False]
-    colors = widget._prompt_layer.face_color
+    colors = widget.prompt_layer.face_color
     assert colors[0][1] > colors[0][0] and colors[1][0] > colors[1][1]  # green, then red
     # deleting a prompt point by hand drops that click
-    points = widget._prompt_layer
+    points = widget.prompt_layer
     points.selected_data = {1}
     points.remove_selected()
     assert [c.positive for c in widget.prompts().clicks] == [True, False]
@@ -234,9 +234,9 @@ def test_undo_shows_the_previous_result_and_clear_empties(make_napari_viewer, qt
     qtbot.waitUntil(lambda: not widget.busy and widget.result is not first, timeout=60_000)
     assert len(widget.result.prompts.clicks) == 2
     widget.undo()
-    assert widget.result is first and len(widget._prompt_layer.data) == 1  # no rerun
+    assert widget.result is first and len(widget.prompt_layer.data) == 1  # no rerun
     widget.clear()
-    assert widget.result is None and len(widget._prompt_layer.data) == 0
+    assert widget.result is None and len(widget.prompt_layer.data) == 0
     assert not np.asarray(widget.mask_layer.data).any()
 
 
@@ -249,7 +249,7 @@ def test_box_prompt_drawn_on_the_slice_reconstructs(make_napari_viewer, qtbot, f
     k = _organ_click(gt, LV).slice_idx
     viewer.dims.set_point(2, widget.image_layer.data_to_world((0, 0, k))[2])
     widget.start_box()
-    box_layer = widget._box_layer
+    box_layer = widget.box_layer
     assert box_layer.mode == "add_rectangle"
     rows, cols = np.nonzero(gt[:, :, k] == LV)
     corners = np.array(
