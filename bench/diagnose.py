@@ -30,11 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from core.metrics import dice  # noqa: E402  (after the path insert above)
+
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
 
 
 def trim_by_intensity(smooth, mask, slice_mask, slice_img, prompts, sep: float):

@@ -13,8 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sam3d_napari._layers import slice_axis
-from sam3d_napari._qt_common import placed_like
+from sam3d_napari._layers import layer_transform, meta_affine, slice_axis
 from sam3d_napari._views import box_from_corners
 
 POSITIVE_COLOR, NEGATIVE_COLOR = "#30e030", "#ff3030"
@@ -22,7 +21,8 @@ BOX_COLOR = "#30c0ff"
 
 
 def _placement(image) -> dict:
-    return {k: v for k, v in placed_like(image).items() if k != "metadata"}
+    """Keyword arguments that put a helper layer on ``image``'s grid (no writer metadata)."""
+    return layer_transform(meta_affine(image))
 
 
 class PromptEditor:
