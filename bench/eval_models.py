@@ -7,6 +7,10 @@
     # only the adapter (when the base did not change), one mode per process
     .venv/bin/python bench/eval_models.py headneck --out runs/eval --weights headneck-ct --modes volume
     .venv/bin/python bench/eval_models.py headneck --out runs/eval --weights headneck-ct --modes slice --no_baselines
+    # a candidate base (and an adapter trained on it) before shipping them
+    .venv/bin/python bench/eval_models.py heart --out runs/eval --checkpoint runs/s5/weights.safetensors
+    .venv/bin/python bench/eval_models.py headneck --out runs/eval --checkpoint runs/s5/weights.safetensors \
+        --weights runs/lora_s5/adapter_best,base
 
 Prints Markdown tables (per structure, Dice after 1 and N clicks, HD95, baselines) for
 BENCHMARKS.md; the full metrics.json files stay under --out.
@@ -22,12 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def run(name, data_root, out, *, adapter, mode, clicks, max_cases, baselines):
+def run(name, data_root, out, *, checkpoint, adapter, mode, clicks, max_cases, baselines):
     from core.evaluate import EvalConfig, evaluate, summary_table
 
     cfg = EvalConfig(
         data_root=str(data_root),
         output_dir=str(out / name),
+        checkpoint=checkpoint,
         adapter=adapter,
         clicks=clicks,
         mode=mode,
@@ -57,6 +62,11 @@ def main(argv=None):
         help="headneck: adapters to run, 'base' for the bare base (baselines run with the first)",
     )
     ap.add_argument("--no_baselines", action="store_true", help="skip the two baselines")
+    ap.add_argument(
+        "--checkpoint",
+        default=None,
+        help="base weights to evaluate (a candidate before shipping it); default: the shipped base",
+    )
     a = ap.parse_args(argv)
     modes = a.modes.split(",")
     if a.which == "heart":
@@ -69,6 +79,7 @@ def main(argv=None):
                 f"heart_{mode}",
                 data,
                 a.out,
+                checkpoint=a.checkpoint,
                 adapter=None,
                 mode=mode,
                 clicks=a.clicks,
@@ -84,9 +95,10 @@ def main(argv=None):
         for adapter in adapters:
             for mode in modes:
                 run(
-                    f"headneck_{adapter or 'base'}_{mode}",
+                    f"headneck_{Path(adapter).name if adapter else 'base'}_{mode}",
                     data,
                     a.out,
+                    checkpoint=a.checkpoint,
                     adapter=adapter,
                     mode=mode,
                     clicks=a.clicks,
