@@ -392,7 +392,8 @@ class CubeDecoder(nn.Module):
 
 
 class MaskHead2D(nn.Module):
-    """Mask logits of the clicked slice from the crop view's features and the latent's plane."""
+    """Mask logits of the clicked slice from the crop view's own encoder (its tokens and skip
+    features): a 2D path that does not see the 3D latent."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
