@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 the job could not process anything (bad input, every ca
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -68,9 +69,10 @@ def _add_synth(sub):
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--kind",
-        choices=("heart", "organs"),
+        choices=("heart", "organs", "tubes"),
         default="heart",
-        help="cardiac phantoms (default) or varied organ-like shapes (organ_NNN)",
+        help="cardiac phantoms (default), varied organ-like shapes (organ_NNN), or such shapes "
+        "with a thin tube through the whole volume as object 1 (tube_NNN)",
     )
     p.set_defaults(func=_run_synth)
 
@@ -80,7 +82,10 @@ def _run_synth(args) -> int:
 
     if args.cases < 1:
         raise ValueError(f"--cases must be at least 1, got {args.cases}")
-    write = write_heart_dataset if args.kind == "heart" else write_organ_dataset
+    if args.kind == "heart":
+        write = write_heart_dataset
+    else:
+        write = functools.partial(write_organ_dataset, crossing_tube=args.kind == "tubes")
     bar = _Tqdm("synth")
     try:
         ids = write(args.out, args.cases, seed=args.seed, progress=bar)

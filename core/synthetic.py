@@ -335,6 +335,18 @@ def _write_cases(out_dir, n_cases, prefix, seed_key, make, meta, progress) -> li
 _ORGAN_KINDS = ("ellipsoid", "bean", "tube", "shell", "lobulated")
 
 
+def _dist2_to_polyline(q, pts) -> np.ndarray:
+    """Squared distance (mm^2) from points ``q`` (3 broadcastable arrays) to the polyline
+    through ``pts`` ``(N, 3)``."""
+    pts = np.asarray(pts, dtype=np.float32)
+    d2 = np.float32(np.inf)
+    for a, b in zip(pts[:-1], pts[1:], strict=True):  # squared distance to each segment
+        ab = b - a
+        h = np.clip(sum((q[i] - a[i]) * ab[i] for i in range(3)) / (ab @ ab), 0, 1)
+        d2 = np.minimum(d2, sum((q[i] - a[i] - h * ab[i]) ** 2 for i in range(3)))
+    return d2
+
+
 def _organ_mask(rng, kind: str, q, half: float, thin: float) -> np.ndarray:
     """Inside mask of one organ-like shape.
 
@@ -349,12 +361,7 @@ def _organ_mask(rng, kind: str, q, half: float, thin: float) -> np.ndarray:
         ctrl = np.c_[[-1, -1 / 3, 1 / 3, 1], bend] * half
         s = np.linspace(0, 1, 13)[:, None]
         pts = np.hstack([(1 - s) ** 3, 3 * (1 - s) ** 2 * s, 3 * (1 - s) * s**2, s**3]) @ ctrl
-        pts = pts.astype(np.float32)
-        d2 = np.float32(np.inf)
-        for a, b in zip(pts[:-1], pts[1:], strict=True):  # squared distance to each segment
-            ab = b - a
-            h = np.clip(sum((q[i] - a[i]) * ab[i] for i in range(3)) / (ab @ ab), 0, 1)
-            d2 = np.minimum(d2, sum((q[i] - a[i] - h * ab[i]) ** 2 for i in range(3)))
+        d2 = _dist2_to_polyline(q, pts)
         rad = r * (1 + _wobble(rng, [qi / half for qi in q], 0.12))  # calibre changes
         return d2 < rad**2
     lo = (0.6, 0.5) if kind == "shell" else (0.45, 0.3)  # shells: rounder, for even thickness
@@ -379,6 +386,39 @@ def _organ_mask(rng, kind: str, q, half: float, thin: float) -> np.ndarray:
     return inside
 
 
+def _crossing_tube(rng, shape, affine) -> np.ndarray:
+    """``(I, J, K)`` bool: a thin tube of 2.5-9 mm radius that crosses the whole volume.
+
+    Its centre line runs along the superior axis (70 %) or a random direction, tilted by up to
+    about 15 degrees, through a point within the middle half of the field of view, and sways
+    sideways (0-12 mm, wavelength 80-250 mm); its calibre changes by up to 15 %. It leaves the
+    volume on two sides, as a spinal cord or an oesophagus leaves a head-and-neck scan.
+    """
+    u = rng.uniform
+    sp = np.diag(affine)[:3]
+    fov = np.asarray(shape) * sp
+    d = np.array([0.0, 0.0, 1.0]) if u() < 0.7 else rng.normal(size=3)
+    d = d / np.linalg.norm(d) + rng.normal(0, 0.15, 3)
+    d /= np.linalg.norm(d)
+    e1 = np.cross(d, [1.0, 0.0, 0.0] if abs(d[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(d, e1)
+    p0 = u(-fov / 4, fov / 4)
+    half_len = float(np.linalg.norm(fov) / 2 + np.linalg.norm(p0)) + 10.0  # beyond every face
+    t = np.arange(-half_len, half_len + 1e-6, max(4.0, 2 * float(sp.min())))
+    amp, lam, phase = u(0, 12, 2), u(80, 250, 2), u(0, 2 * np.pi, 2)
+    sway = [a * np.sin(2 * np.pi * t / w + f) for a, w, f in zip(amp, lam, phase, strict=True)]
+    pts = p0 + t[:, None] * d + sway[0][:, None] * e1 + sway[1][:, None] * e2
+    near = np.all(np.abs(pts) <= fov / 2 + 25.0, axis=1)  # the part that can reach the grid
+    near = np.convolve(near, np.ones(3), mode="same") > 0  # and the segments leaving it
+    xyz = _axes(shape, affine)
+    d2 = _dist2_to_polyline(xyz, pts[near])
+    r = max(u(2.5, 9.0), 0.6 * float(sp.max()))
+    q = [xyz[i] / np.float32(half_len) for i in range(3)]
+    rad = r * (1 + _wobble(rng, q, 0.15))
+    return d2 < rad**2
+
+
 def _organ_spacing(rng, spacing) -> np.ndarray:
     if spacing is not None:
         return np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)).copy()
@@ -394,6 +434,7 @@ def make_organ_sample(
     shape: Sequence[int] = (64, 64, 64),
     spacing: float | Sequence[float] | None = None,
     n_objects: int | None = None,
+    crossing_tube: bool = False,
 ) -> tuple[Volume, LabelVolume]:
     """A CT-like volume with 1-4 non-overlapping organ-like objects, for shape pretraining.
 
@@ -408,6 +449,10 @@ def make_organ_sample(
     shape : ``(I, J, K)`` voxels, each at least 16.
     spacing : mm per voxel (float or 3 floats); random in 1-5 mm (sometimes anisotropic) if None.
     n_objects : 1-4; random if None. Fewer are returned only if they cannot be placed.
+    crossing_tube : make object 1 a long thin tube that runs through the whole field of view
+        and leaves it on two sides (a spinal cord, oesophagus or vessel in a scan; see
+        :func:`_crossing_tube`); the other objects stay fully inside. Without it a sample is
+        the same as before the option existed (same random draws).
 
     Returns
     -------
@@ -420,7 +465,11 @@ def make_organ_sample(
     if not 1 <= n <= 4:
         raise ValueError(f"n_objects must be 1..4, got {n_objects}")
     affine = _affine(shape, sp)
-    lab = _place_organs(rng, shape, affine, n)
+    if crossing_tube:
+        tube = _crossing_tube(rng, shape, affine)
+        lab = _place_organs(rng, shape, affine, n - 1, lab=tube.astype(np.uint8))
+    else:
+        lab = _place_organs(rng, shape, affine, n)
     u = rng.uniform
     # background: textured soft tissue with a second tissue class (fat or muscle) in patches
     tex = _smooth_field(rng, shape, 6, n=2)
@@ -447,16 +496,17 @@ def make_organ_sample(
     return Volume(image, affine), LabelVolume(lab, affine)
 
 
-def _place_organs(rng, shape, affine, n: int) -> np.ndarray:
-    """``(I, J, K)`` uint8 map of up to ``n`` non-overlapping shapes fully inside the volume."""
+def _place_organs(rng, shape, affine, n: int, lab: np.ndarray | None = None) -> np.ndarray:
+    """``(I, J, K)`` uint8 map of up to ``n`` non-overlapping shapes fully inside the volume,
+    added (as the next labels) to ``lab`` when given, without touching its objects."""
     u = rng.uniform
     sp = np.diag(affine)[:3]
     xyz = _axes(shape, affine)
     fov = np.asarray(shape) * sp
     thin = 0.6 * float(sp.max())
     lo_ext, hi_ext = max(5.0, 3 * sp.max()), max(min(100.0, 0.6 * fov.min()), 3 * sp.max())
-    lab = np.zeros(shape, np.uint8)
-    value = 1
+    lab = np.zeros(shape, np.uint8) if lab is None else lab
+    value = int(lab.max()) + 1
     for _ in range(n):
         ext = lo_ext * (hi_ext / lo_ext) ** np.sqrt(u())  # log scale, leaning to large
         for attempt in range(24):
@@ -488,23 +538,29 @@ def write_organ_dataset(
     *,
     seed: int = 0,
     shape: Sequence[int] = (64, 64, 64),
+    crossing_tube: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[str]:
     """Write ``n_cases`` organ-shape samples (:func:`make_organ_sample`) as TotalSegmentator
-    case folders ``organ_000``, ... (labels 1..n objects per case), for pretraining.
+    case folders ``organ_000``, ... (labels 1..n objects per case), for pretraining; with
+    ``crossing_tube``, samples whose object 1 is a tube through the whole field of view, as
+    ``tube_000``, ... (other case seeds than the organ cases').
 
     Same conventions as :func:`write_heart_dataset`: per-case seeds from ``(seed, i)``,
     existing cases skipped, ``dataset.json`` written.
     """
     labels = {"0": "background", **{str(k): f"object {k}" for k in range(1, 5)}}
-    meta = {"name": "synthetic-organs", "labels": labels, "layout": "totalseg", "modality": "CT"}
+    if crossing_tube:
+        labels["1"] = "crossing tube"
+    name = "synthetic-tubes" if crossing_tube else "synthetic-organs"
+    meta = {"name": name, "labels": labels, "layout": "totalseg", "modality": "CT"}
     meta |= {"seed": seed, "shape": list(shape)}
     return _write_cases(
         out_dir,
         n_cases,
-        "organ",
-        lambda i: [seed, i, 7],
-        lambda s: make_organ_sample(s, shape=shape),
+        "tube" if crossing_tube else "organ",
+        lambda i: [seed, i, 8 if crossing_tube else 7],
+        lambda s: make_organ_sample(s, shape=shape, crossing_tube=crossing_tube),
         meta,
         progress,
     )

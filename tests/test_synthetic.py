@@ -271,3 +271,59 @@ def test_organ_samples_vary_in_spacing_size_and_contrast(organs):
     contrasts = contrasts[np.isfinite(contrasts)]
     assert np.mean(contrasts > 40) > 0.5  # most objects stand out
     assert np.any(contrasts < 40)  # and some must be found by their shape
+
+
+def test_crossing_tube_runs_through_the_volume_and_the_rest_stays_inside():
+    faces_seen, radii = set(), []
+    for seed in range(8):
+        image, label = make_organ_sample(seed, crossing_tube=True)
+        tube = label.data == 1
+        assert ndi.label(tube)[1] == 1  # one piece
+        touched = [(a, i) for a in range(3) for i in (0, -1) if tube.take(i, axis=a).any()]
+        assert len(touched) >= 2  # it enters and leaves the field of view
+        faces_seen.update(a for a, _ in touched)
+        # thin and long: its length through the volume far exceeds its calibre
+        pts = np.argwhere(tube) * image.spacing
+        length = np.ptp(pts, axis=0).max()
+        radius = np.sqrt(tube.sum() * np.prod(image.spacing) / length / np.pi)
+        radii.append(radius)
+        assert length > 4 * 2 * radius
+        others = label.data > 1
+        assert not _on_border(others)  # the other objects stay fully inside
+        assert label.present_labels() == list(range(1, label.data.max() + 1))
+        assert abs(image.data[tube].mean() - image.data[ndi.binary_dilation(tube, iterations=3) & ~ndi.binary_dilation(tube)].mean()) > 5  # fmt: skip
+    assert 2 in faces_seen  # mostly along the superior axis, as a spinal cord
+    assert 1.5 < min(radii) and max(radii) < 12 and np.ptp(radii) > 1.5
+
+
+def test_crossing_tube_samples_are_deterministic_and_leave_plain_samples_alone():
+    a, la = make_organ_sample(2, crossing_tube=True)
+    b, lb = make_organ_sample(2, crossing_tube=True)
+    np.testing.assert_array_equal(a.data, b.data)
+    np.testing.assert_array_equal(la.data, lb.data)
+    plain, plain_lab = make_organ_sample(2)
+    again, again_lab = make_organ_sample(2, crossing_tube=False)
+    np.testing.assert_array_equal(plain.data, again.data)
+    assert not _on_border(plain_lab.data > 0)
+    assert not np.array_equal(plain_lab.data, la.data)
+
+
+def test_write_tube_dataset_names_its_cases_and_tube(tmp_path):
+    from core.synthetic import write_organ_dataset
+
+    ids = write_organ_dataset(tmp_path, 2, seed=3, crossing_tube=True)
+    assert ids == ["tube_000", "tube_001"]
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert meta["labels"]["1"] == "crossing tube" and meta["name"] == "synthetic-tubes"
+    _, label = load_pair(tmp_path / "tube_001" / "tube_001-image.nii.gz",
+                         tmp_path / "tube_001" / "tube_001-label.nii.gz")  # fmt: skip
+    assert _on_border(label.data == 1)
+
+
+def test_synth_cli_writes_each_kind(tmp_path, capsys):
+    from core.cli import main
+
+    for kind, case in (("organs", "organ_000"), ("tubes", "tube_000")):
+        assert main(["synth", "--kind", kind, "--cases", "1", "--out", str(tmp_path / kind)]) == 0
+        assert (tmp_path / kind / case / f"{case}-label.nii.gz").is_file()
+    assert "synth: 1 cases" in capsys.readouterr().out
