@@ -295,6 +295,13 @@ class TrainingProcess:
             )
         return result
 
+    @property
+    def pid(self) -> int | None:
+        """The training child's process id while it runs; None before it starts and after
+        it ends."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def stop(self) -> None:
         """Ask the child to stop before its next batch (the last finished epoch is kept)."""
         with self._lock:

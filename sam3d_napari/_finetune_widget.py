@@ -244,6 +244,11 @@ class FinetuneWidget(Container):
         return self._worker is not None
 
     @property
+    def training_pid(self) -> int | None:
+        """The process the running fine-tune trains in (never the viewer's); None when idle."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def result(self):
         """The last run's ``core.train.TrainResult`` (None before one finished)."""
         return self._result

@@ -73,11 +73,12 @@ def test_finetune_runs_in_the_background_stops_resumes_and_is_offered_at_once(
     widget.start()
     assert widget.busy and not widget.start_button.enabled
     qtbot.waitUntil(lambda: len(widget.plot.epoch_loss) >= 1, timeout=120_000)
-    child = widget._process._proc  # training runs in its own process, not the viewer's
-    assert child is not None and child.pid != os.getpid() and child.poll() is None
+    child = widget.training_pid  # training runs in its own process, not the viewer's
+    assert child is not None and child != os.getpid()  # None once the child has ended
     qtbot.waitUntil(lambda: len(widget.plot.epoch_loss) >= 2, timeout=120_000)
     widget.stop()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.training_pid is None  # the child has ended
     stall = monitor.stop()
     gaps = np.asarray(monitor.gaps_ms)
     p99 = float(np.percentile(gaps, 99))
