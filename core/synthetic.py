@@ -389,10 +389,11 @@ def _organ_mask(rng, kind: str, q, half: float, thin: float) -> np.ndarray:
 def _crossing_tube(rng, shape, affine) -> np.ndarray:
     """``(I, J, K)`` bool: a thin tube of 2.5-9 mm radius that crosses the whole volume.
 
-    Its centre line runs along the superior axis (70 %) or a random direction, tilted by up to
-    about 15 degrees, through a point within the middle half of the field of view, and sways
-    sideways (0-12 mm, wavelength 80-250 mm); its calibre changes by up to 15 %. It leaves the
-    volume on two sides, as a spinal cord or an oesophagus leaves a head-and-neck scan.
+    Its centre line runs along the superior axis (70 %) or a random direction, tilted at
+    random (typically about 12 degrees), through a point within the middle half of the field
+    of view, and sways sideways (0-12 mm, wavelength 80-250 mm); its calibre changes by up to
+    15 %. It leaves the volume on two sides, as a spinal cord or an oesophagus leaves a
+    head-and-neck scan.
     """
     u = rng.uniform
     sp = np.diag(affine)[:3]
@@ -451,8 +452,8 @@ def make_organ_sample(
     n_objects : 1-4; random if None. Fewer are returned only if they cannot be placed.
     crossing_tube : make object 1 a long thin tube that runs through the whole field of view
         and leaves it on two sides (a spinal cord, oesophagus or vessel in a scan; see
-        :func:`_crossing_tube`); the other objects stay fully inside. Without it a sample is
-        the same as before the option existed (same random draws).
+        :func:`_crossing_tube`); the other objects stay fully inside. The tube's random draws
+        happen only when it is asked for, so samples without it do not depend on the option.
 
     Returns
     -------
