@@ -335,6 +335,11 @@ def _write_cases(out_dir, n_cases, prefix, seed_key, make, meta, progress) -> li
 _ORGAN_KINDS = ("ellipsoid", "bean", "tube", "shell", "lobulated")
 
 
+def _thinnest_mm(spacing) -> float:
+    """The smallest half thickness (mm) a grid of this spacing can show."""
+    return 0.6 * float(np.max(spacing))
+
+
 def _dist2_to_polyline(q, pts) -> np.ndarray:
     """Squared distance (mm^2) from points ``q`` (3 broadcastable arrays) to the polyline
     through ``pts`` ``(N, 3)``."""
@@ -414,7 +419,7 @@ def _crossing_tube(rng, shape, affine) -> np.ndarray:
     near = np.convolve(near, np.ones(3), mode="same") > 0  # and the segments leaving it
     xyz = _axes(shape, affine)
     d2 = _dist2_to_polyline(xyz, pts[near])
-    r = max(u(2.5, 9.0), 0.6 * float(sp.max()))
+    r = max(u(2.5, 9.0), _thinnest_mm(sp))
     q = [xyz[i] / np.float32(half_len) for i in range(3)]
     rad = r * (1 + _wobble(rng, q, 0.15))
     return d2 < rad**2
@@ -504,7 +509,7 @@ def _place_organs(rng, shape, affine, n: int, lab: np.ndarray | None = None) -> 
     sp = np.diag(affine)[:3]
     xyz = _axes(shape, affine)
     fov = np.asarray(shape) * sp
-    thin = 0.6 * float(sp.max())
+    thin = _thinnest_mm(sp)
     lo_ext, hi_ext = max(5.0, 3 * sp.max()), max(min(100.0, 0.6 * fov.min()), 3 * sp.max())
     lab = np.zeros(shape, np.uint8) if lab is None else lab
     value = int(lab.max()) + 1
