@@ -172,6 +172,15 @@ def test_shipped_configs_load():
     assert hn.training.init_checkpoint is None  # the shipped base
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_in_the_repo_loads(path):
+    """Experiment configs too: a typo in a key fails here, not an hour into a run."""
+    cfg = load_config(path, [])
+    assert cfg.data.train_data and cfg.training.epochs > 0
+    if cfg.lora.enabled:
+        assert cfg.lora.targets and cfg.lora.max_trainable_fraction <= 0.02
+
+
 def test_headneck_lora_trains_under_two_percent_of_the_default_model():
     lora = pytest.importorskip("core.lora")
     from core.model import Sam3DMed

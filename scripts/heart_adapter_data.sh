@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The data of the cardiac adapter experiment (configs/lora_heart.yaml), after
+# scripts/train_base.sh has written the synthetic hearts and trained the base: the base's own
+# heart training cases and its validation hearts, linked apart (the base's split, so that no
+# validation heart is trained on), both preprocessed. The test hearts are not touched.
+#
+#   bash scripts/heart_adapter_data.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+SAM3D=.venv/bin/sam3d
+$PY - <<'PY'
+import json
+from pathlib import Path
+
+summary = json.loads(Path("runs/base_synthetic_stage4/data_summary.json").read_text())
+for part in ("train", "val"):
+    ids = [c for c in summary[f"{part}_cases"] if c.startswith("heart_")]
+    out = Path("runs/data/heartlora") / part
+    out.mkdir(parents=True, exist_ok=True)
+    for case in ids:
+        link = out / case
+        if not link.is_symlink():
+            link.symlink_to(Path("../../heart_train", case))
+    print(f"runs/data/heartlora/{part}: {len(ids)} cases")
+PY
+for part in train val; do
+  $SAM3D preprocess --original_nifti_dir "runs/data/heartlora/$part" --out "runs/cache/heartlora_$part" \
+    --classes 5 --workers 2
+done
