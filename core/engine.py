@@ -88,7 +88,8 @@ class Result:
     mode : "volume" or "slice"
     touches_border : the organ still touches the cube where the volume continues
     passes : model runs (zoom steps included)
-    timings : milliseconds per stage and ``total``
+    timings : milliseconds per stage and ``total``; ``model`` (all model passes) splits into
+        ``inputs`` (resampling the cube, the views and pointmaps) and ``forward`` (the network)
     """
 
     mask: np.ndarray
@@ -207,19 +208,24 @@ class Reconstructor:
 
     @torch.inference_mode()
     def _run(
-        self, image, affine, prompts, cube, mode, previous
+        self, image, affine, prompts, cube, mode, previous, timings
     ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """One model pass; adds its input building and its forward to ``timings``."""
+        t = time.perf_counter()
         inp = build_inputs(image, affine, prompts, cube, self.cfg, mode=mode, previous=previous)
         batch = {
             k: torch.from_numpy(np.asarray(inp[k]))[None].to(self.device)
             for k in ("cube", "crop_view", "crop_pointmap", "full_view", "full_pointmap", "center")
         }
+        timings["inputs"] = round(timings.get("inputs", 0.0) + _ms(t), 2)
+        t = time.perf_counter()
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         ):
             out = self.model(batch)
         prob = torch.sigmoid(out["occupancy"][0, 0].float()).cpu().numpy()
         slice_prob = torch.sigmoid(out["slice_mask"][0, 0].float()).cpu().numpy()
+        timings["forward"] = round(timings.get("forward", 0.0) + _ms(t), 2)
         return prob, slice_prob, inp
 
     def predict(
@@ -284,7 +290,7 @@ class Reconstructor:
             prev_prob = None
 
         t = time.perf_counter()
-        prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, prev_prob)
+        prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, prev_prob, timings)
         passes = 1
         if previous is None:
             for _ in range(pol.max_zoom_out):
@@ -293,7 +299,7 @@ class Reconstructor:
                 cube = _recentered(cube, prob > 0.5).with_spacing(
                     cube.spacing * pol.zoom_out_factor
                 )
-                prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, None)
+                prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, None, timings)
                 passes += 1
             else:
                 pass
@@ -305,7 +311,9 @@ class Reconstructor:
                     spacing = max(extent / (pol.target_fill * cube.size), pol.min_spacing_mm)
                     if spacing < cube.spacing * 0.8:
                         cube = _recentered(cube, fg).with_spacing(spacing)
-                        prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, None)
+                        prob, slice_prob, inp = self._run(
+                            image, affine, prompts, cube, mode, None, timings
+                        )
                         passes += 1
         timings["model"] = _ms(t)
 

@@ -66,7 +66,9 @@ def test_mask_on_input_grid_and_mesh_in_world_mm():
     r = np.linalg.norm(res.mesh.vertices - centre, axis=1)
     assert abs(np.median(r) - 20.0) < 1.5  # the surface sits on the sphere, in world mm
     assert res.passes == 1 and not res.touches_border
-    assert {"normalize", "model", "paste", "mesh", "total"} <= set(res.timings)
+    t = res.timings
+    assert {"normalize", "model", "inputs", "forward", "paste", "mesh", "total"} <= set(t)
+    assert 0 < t["inputs"] and 0 < t["forward"] and t["inputs"] + t["forward"] <= t["model"] + 0.1
 
 
 def test_zoom_out_when_the_organ_touches_the_cube():
