@@ -9,21 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 SAM3D=.venv/bin/sam3d
-$PY - <<'PY'
-import json
-from pathlib import Path
-
-summary = json.loads(Path("runs/base_synthetic_stage4/data_summary.json").read_text())
-for part in ("train", "val"):
-    ids = [c for c in summary[f"{part}_cases"] if c.startswith("heart_")]
-    out = Path("runs/data/heartlora") / part
-    out.mkdir(parents=True, exist_ok=True)
-    for case in ids:
-        link = out / case
-        if not link.is_symlink():
-            link.symlink_to(Path("../../heart_train", case))
-    print(f"runs/data/heartlora/{part}: {len(ids)} cases")
-PY
+for part in train val; do
+  $PY scripts/link_split.py --summary runs/base_synthetic_stage4/data_summary.json --part $part \
+    --out "runs/data/heartlora/$part" --sources runs/data/heart_train --only-prefix heart_
+done
 for part in train val; do
   $SAM3D preprocess --original_nifti_dir "runs/data/heartlora/$part" --out "runs/cache/heartlora_$part" \
     --classes 5 --workers 2

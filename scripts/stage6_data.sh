@@ -10,24 +10,11 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 SAM3D=.venv/bin/sam3d
 $SAM3D synth --kind tubes --out runs/data/tubes_train --cases 200 --seed 0
-$PY - <<'PY'
-import json
-from pathlib import Path
-
-summary = json.loads(Path("runs/base_synthetic_stage5/data_summary.json").read_text())
-data = Path("runs/data")
-where = {c.name: c for d in ("heart_train", "organs_train", "tubes_train")
-         for c in (data / d).iterdir() if c.is_dir()}
-tubes = sorted(k for k in where if k.startswith("tube_"))
-for part, ids in (("train", summary["train_cases"] + tubes), ("val", summary["val_cases"])):
-    out = data / "pretrain6" / part
-    out.mkdir(parents=True, exist_ok=True)
-    for case in ids:
-        link = out / case
-        if not link.is_symlink():
-            link.symlink_to(Path("../..", where[case].parent.name, case))
-    print(f"runs/data/pretrain6/{part}: {len(ids)} cases")
-PY
+S5=runs/base_synthetic_stage5/data_summary.json
+SRC="runs/data/heart_train runs/data/organs_train"
+$PY scripts/link_split.py --summary $S5 --part train --out runs/data/pretrain6/train --sources $SRC \
+  --add-all-from runs/data/tubes_train
+$PY scripts/link_split.py --summary $S5 --part val --out runs/data/pretrain6/val --sources $SRC
 for part in train val; do
   $SAM3D preprocess --original_nifti_dir "runs/data/pretrain6/$part" --out "runs/cache/pretrain6_$part" \
     --classes 5 --workers 2
