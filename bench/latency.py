@@ -1,7 +1,7 @@
 """Benchmark: click -> mask and mesh latency of the engine, and peak memory.
 
     .venv/bin/python bench/latency.py [--checkpoint F] [--repeats 20] [--precision auto]
-                                      [--interleave]
+                                      [--interleave] [--device cpu|cuda]
 
 Two volumes: the 64^3 synthetic heart (3 mm) and a 128^3 one (the same anatomy at 1.5 mm).
 Each repeat is one first click (no refinement) on a different structure/slice, timed end to
@@ -35,6 +35,7 @@ def main(argv=None):
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--mode", default="volume", choices=("volume", "slice"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu (the product's target) or cuda")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
         "--interleave", action="store_true", help="make each phantom just before its click"
@@ -47,7 +48,7 @@ def main(argv=None):
     from core.engine import Reconstructor
     from core.synthetic import make_heart_phantom
 
-    rec = Reconstructor.from_pretrained(a.checkpoint, precision=a.precision)
+    rec = Reconstructor.from_pretrained(a.checkpoint, precision=a.precision, device=a.device)
     rows = []
     for shape, spacing in (((64, 64, 64), 3.0), ((128, 128, 128), 1.5)):
         times, passes = [], []
@@ -88,7 +89,8 @@ def main(argv=None):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     how = "each made just before its click" if a.interleave else "made before timing"
     print(
-        f"machine: {platform.machine()}, torch threads {a.threads}, peak RSS {peak:.0f} MB, "
+        f"machine: {platform.machine()}, device {a.device}, torch threads {a.threads}, "
+        f"peak RSS {peak:.0f} MB, "
         f"volumes {how}\n"
     )
     print(
