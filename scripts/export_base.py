@@ -1,7 +1,7 @@
 """Write a training checkpoint's weights as a base: ``<dst>.safetensors`` + ``<dst>.json``.
 
     python scripts/export_base.py runs/base_synthetic_stage4/last.pt core/assets/base.safetensors \
-        --trained_on "..." --recipe "..."
+        --recipe "..." [--trained_on "..."]
 """
 
 from __future__ import annotations
@@ -17,11 +17,17 @@ from core.model import Sam3DMed  # noqa: E402
 from core.weights import save_weights  # noqa: E402
 
 
+# What scripts/pretrain_data.sh writes: the data every base stage trains on.
+PRETRAIN_DATA = (
+    "synthetic only: 240 cardiac CT phantoms + 300 organ-shape volumes (core.synthetic, seed 0)"
+)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="a .pt checkpoint or .safetensors weights")
     ap.add_argument("dst", help="<name>, <name>.safetensors or <name>.json")
-    ap.add_argument("--trained_on", required=True)
+    ap.add_argument("--trained_on", default=PRETRAIN_DATA, help="default: the synthetic mix")
     ap.add_argument("--recipe", required=True)
     args = ap.parse_args(argv)
     state, cfg = load_weights(args.src)

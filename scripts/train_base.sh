@@ -23,5 +23,4 @@ $SAM3D train --config configs/base_synthetic_stage4.yaml "$@"
 PY=$PY bash scripts/train_base_gpu.sh "$@"
 # The shipped base is stage 9's last epoch (BENCHMARKS.md).
 $PY scripts/export_base.py runs/base_synthetic_stage9/last.safetensors core/assets/base.safetensors \
-  --trained_on "synthetic only: 240 cardiac CT phantoms + 300 organ-shape volumes (core.synthetic, seed 0)" \
   --recipe "bash scripts/train_base.sh (configs/base_synthetic.yaml, _stage2.yaml, _stage3.yaml and _stage4.yaml on the CPU, then scripts/train_base_gpu.sh: configs/base_synthetic_stage7.yaml and stages 8-9 on a GPU)"

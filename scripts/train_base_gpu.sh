@@ -13,13 +13,12 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -f runs/cache/pretrain/manifest.json ] || PY=$PY WORKERS=$(nproc) bash scripts/pretrain_data.sh
 C=configs/base_synthetic_stage7.yaml
-TRAINED_ON="synthetic only: 240 cardiac CT phantoms + 300 organ-shape volumes (core.synthetic, seed 0)"
 stage() {  # stage N, then the overrides of that stage
   local n=$1
   shift
   $PY -m core.cli train --config $C training.output_dir=runs/base_synthetic_stage$n "$@"
   $PY scripts/export_base.py runs/base_synthetic_stage$n/last.pt \
-    runs/base_synthetic_stage$n/last.safetensors --trained_on "$TRAINED_ON" \
+    runs/base_synthetic_stage$n/last.safetensors \
     --recipe "bash scripts/train_base.sh, then bash scripts/train_base_gpu.sh (stage $n)"
 }
 stage 7 "$@"
