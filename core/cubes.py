@@ -60,6 +60,9 @@ class CubeSampling:
     point_jitter : interior-point jitter (``core.prompts.interior_point``)
     p_refine : probability of a simulated previous prediction + corrective clicks
     max_refine_clicks : corrective clicks at most
+    p_self_refine : probability that a training step first runs 1 to ``max_self_rounds``
+        refinement rounds on the model's own predictions (``core.self_refine``; applied in
+        the training loop, on the whole batch)
     intensity_jitter : image * U(1 - j, 1 + j) + U(-j, j) / 2
     classes : restrict target classes (None: all present)
     """
@@ -75,12 +78,17 @@ class CubeSampling:
     point_jitter: float = 0.3
     p_refine: float = 0.4
     max_refine_clicks: int = 3
+    p_self_refine: float = 0.0
+    max_self_rounds: int = 2
     intensity_jitter: float = 0.05
     classes: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        if not all(0 <= p <= 1 for p in (self.p_volume, self.p_refine, self.p_default_spacing)):
+        probs = (self.p_volume, self.p_refine, self.p_default_spacing, self.p_self_refine)
+        if not all(0 <= p <= 1 for p in probs):
             raise ValueError("probabilities must be in [0, 1]")
+        if self.max_self_rounds < 1:
+            raise ValueError(f"max_self_rounds must be >= 1, got {self.max_self_rounds}")
         lo, hi = self.fill_range
         if not 0 < lo <= hi < 1:
             raise ValueError(f"fill_range must satisfy 0 < low <= high < 1, got {self.fill_range}")

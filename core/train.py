@@ -49,6 +49,7 @@ from core.checkpoint import load_checkpoint, load_weights, set_rng_state
 from core.config import INIT_RANDOM, TrainConfig
 from core.losses import compute_loss, dice_score
 from core.model import INPUTS, Sam3DMed
+from core.self_refine import self_refine_batch
 from core.train_data import build_data, split_cases
 from core.train_outputs import RunLog, TrainResult, epoch_line, run_result, save_epoch
 
@@ -91,6 +92,19 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     keys = set(INPUTS) | set(_TARGETS)
     nb = device.type == "cuda"
     return {k: (v.to(device, non_blocking=nb) if k in keys else v) for k, v in batch.items()}
+
+
+def _self_refine(model, batch, sampling, seed, step, micro, d, autocast) -> dict:
+    """With probability ``sampling.p_self_refine``, 1 to ``max_self_rounds`` refinement rounds
+    on the model's own predictions (``core.self_refine``). Seeded by (seed, step, micro-batch,
+    rank), so a resumed run draws the same rounds. ``model`` is the unwrapped model: its
+    extra no-gradient passes must not enter DDP's collectives."""
+    rng = np.random.default_rng((seed, step, micro, d.rank))
+    if rng.random() >= sampling.p_self_refine:
+        return batch
+    rounds = int(rng.integers(1, sampling.max_self_rounds + 1))
+    gen = torch.Generator(device=d.device).manual_seed(int(rng.integers(2**62)))
+    return self_refine_batch(model, batch, rounds, autocast=autocast, generator=gen)
 
 
 @torch.no_grad()
@@ -383,6 +397,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
 
     # ---- epochs
     samples_done, train_seconds = 0, 0.0
+    sampling = cfg.sampling
 
     def finish(stopped: bool) -> TrainResult:
         sps = samples_done / train_seconds if train_seconds else 0.0
@@ -405,6 +420,10 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
                     log(f"stopped in epoch {epoch + 1} at step {step}; last.pt: epoch {kept}")
                     return finish(stopped=True)
                 batch = _to_device(next(batches), d.device)
+                if sampling.p_self_refine > 0:
+                    batch = _self_refine(
+                        raw_model, batch, sampling, tc.seed, step, micro, d, autocast
+                    )
                 # Only the last micro-batch of a step all-reduces the gradients.
                 last_micro = micro == tc.grad_accum - 1
                 sync = (

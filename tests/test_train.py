@@ -353,13 +353,27 @@ def test_cpu_amp_is_bf16_where_native_else_ignored(hearts_cache, tmp_path):
     assert np.isfinite(rows[0]["train_loss"])
 
 
-def test_resume_continues_exactly(hearts_cache, tmp_path):
-    full = train(make_cfg(hearts_cache, tmp_path / "a"))
+@pytest.mark.parametrize("p_self", [0.0, 1.0], ids=["plain", "self_refine"])
+def test_resume_continues_exactly(hearts_cache, tmp_path, monkeypatch, p_self):
+    import core.train
+
+    rounds = []
+    real = core.train.self_refine_batch
+
+    def counted(model, batch, n, **kw):
+        rounds.append(n)
+        return real(model, batch, n, **kw)
+
+    monkeypatch.setattr(core.train, "self_refine_batch", counted)
+    extra = f"sampling.p_self_refine={p_self}"
+    full = train(make_cfg(hearts_cache, tmp_path / "a", extra))
+    # with p_self_refine=1 every step first refines its batch 1 or 2 times (max_self_rounds)
+    assert len(rounds) == (4 if p_self else 0) and set(rounds) <= {1, 2}
 
     seen = []
     # stop at the first batch of epoch 2 (after epoch 1's checkpoints)
     stopped = train(
-        make_cfg(hearts_cache, tmp_path / "b"),
+        make_cfg(hearts_cache, tmp_path / "b", extra),
         progress=lambda d, t, m: seen.append(d),
         should_stop=lambda: bool(seen) and seen[-1] >= 2,
     )
@@ -367,7 +381,7 @@ def test_resume_continues_exactly(hearts_cache, tmp_path):
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
     assert not (tmp_path / "b" / "epoch_002.pt").exists()
 
-    resumed = train(make_cfg(hearts_cache, tmp_path / "b"), resume=True)
+    resumed = train(make_cfg(hearts_cache, tmp_path / "b", extra), resume=True)
     assert not resumed.stopped and resumed.steps == full.steps == 4
     assert (
         max_diff(state_of(tmp_path / "a" / "last.pt"), state_of(tmp_path / "b" / "last.pt")) < 1e-6
