@@ -1,4 +1,5 @@
-"""Pictures people would rather see than read: overlays and comparison grids (matplotlib Agg).
+"""Pictures people would rather see than read: overlays, comparison grids and per-click Dice
+curves (matplotlib Agg).
 
 All functions write a PNG atomically and return its path; none opens a window.
 """
@@ -13,7 +14,7 @@ import numpy as np
 from core.atomic import atomic_path
 from core.geometry import take_slice
 
-__all__ = ["overlay_views", "comparison_grid", "AXIS_NAMES"]
+__all__ = ["overlay_views", "comparison_grid", "click_curves", "AXIS_NAMES"]
 
 # Canonical RAS+ array axes: a slice normal to axis 0 is sagittal, 1 coronal, 2 axial.
 AXIS_NAMES = ("sagittal", "coronal", "axial")
@@ -135,4 +136,32 @@ def comparison_grid(
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def click_curves(
+    panels: dict[str, dict[str, list[float]]], path: str | os.PathLike, *, ylabel: str = "mean Dice"
+) -> Path:
+    """Mean Dice after each click, one panel per setting, one line per model.
+
+    Parameters
+    ----------
+    panels : {panel title: {line label: [value after click 1, after click 2, ...]}}
+    path : the PNG to write
+    """
+    if not panels or not all(panels.values()):
+        raise ValueError("click_curves needs at least one panel, each with at least one line")
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        for label, values in lines.items():
+            clicks = np.arange(1, len(values) + 1)
+            ax.plot(clicks, values, marker="o", label=label)
+            ax.set_xticks(clicks)
+        ax.set_title(title)
+        ax.set_xlabel("clicks")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)
