@@ -16,7 +16,6 @@ from core.checkpoint import load_weights  # noqa: E402
 from core.model import Sam3DMed  # noqa: E402
 from core.weights import save_weights  # noqa: E402
 
-
 # What scripts/pretrain_data.sh writes: the data every base stage trains on.
 PRETRAIN_DATA = (
     "synthetic only: 240 cardiac CT phantoms + 300 organ-shape volumes (core.synthetic, seed 0)"
@@ -33,8 +32,9 @@ def main(argv=None) -> int:
     state, cfg = load_weights(args.src)
     model = Sam3DMed(cfg)
     model.load_state_dict(state)
-    path = save_weights(model, args.dst, metadata={"trained_on": args.trained_on,
-                                                   "recipe": args.recipe})
+    path = save_weights(
+        model, args.dst, metadata={"trained_on": args.trained_on, "recipe": args.recipe}
+    )
     print("base weights written to", path)
     return 0
 
