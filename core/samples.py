@@ -35,6 +35,7 @@ __all__ = [
 
 MODES = ("volume", "slice")
 CLICK_SIGMA_VOXELS = 1.5
+CLICK_RADIUS_VOXELS = int(np.ceil(3 * CLICK_SIGMA_VOXELS))  # a cube click's heatmap is cut here
 VIEW_CLICK_SIGMA = 2.0
 
 
@@ -136,7 +137,7 @@ def _cube_clicks(prompts: PromptSet, affine, cube: Cube) -> np.ndarray:
     """(2, C, C, C) Gaussian heatmaps of positive and negative clicks in the cube."""
     n = cube.size
     out = np.zeros((2, n, n, n), np.float32)
-    r = int(np.ceil(3 * CLICK_SIGMA_VOXELS))
+    r = CLICK_RADIUS_VOXELS
     for c in prompts.clicks:
         p = world_to_voxel(cube.affine, voxel_to_world(affine, c.voxel()))
         if np.any(p < -r) or np.any(p > n - 1 + r):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from core.model import CUBE_CHANNELS
-from core.samples import CLICK_SIGMA_VOXELS
+from core.samples import CLICK_RADIUS_VOXELS, CLICK_SIGMA_VOXELS
 
 __all__ = ["error_click", "add_cube_click", "self_refine_batch"]
 
@@ -75,9 +75,10 @@ def error_click(
 
 def add_cube_click(channel: torch.Tensor, voxel: torch.Tensor, valid: torch.Tensor) -> None:
     """Draw each valid click into its item's (B, C, C, C) heatmap channel, in place: the same
-    Gaussian (sigma ``CLICK_SIGMA_VOXELS``, cut at 3 sigma) ``core.samples`` draws."""
+    Gaussian (sigma ``CLICK_SIGMA_VOXELS``, cut at ``CLICK_RADIUS_VOXELS``) ``core.samples``
+    draws."""
     n = channel.shape[-1]
-    r = int(torch.ceil(torch.tensor(3 * CLICK_SIGMA_VOXELS)).item())
+    r = CLICK_RADIUS_VOXELS
     ar = torch.arange(n, device=channel.device)
     d = [ar[None, :] - voxel[:, i, None].to(channel.device) for i in range(3)]  # (B, C) each
     d2 = d[0][:, :, None, None] ** 2 + d[1][:, None, :, None] ** 2 + d[2][:, None, None, :] ** 2
