@@ -111,13 +111,18 @@ def _resample_axis(x: np.ndarray, axis: int, coords: np.ndarray, order: int, cva
     w = (coords - i0).astype(np.float32)
     shape = [1] * x.ndim
     shape[axis] = len(coords)
-    a = np.take(x, np.clip(i0, 0, n - 1), axis=axis).astype(np.float32, copy=False)
-    b = np.take(x, np.clip(i0 + 1, 0, n - 1), axis=axis).astype(np.float32, copy=False)
     cval = np.float32(cval)
-    a = np.where(((i0 >= 0) & (i0 < n)).reshape(shape), a, cval)
-    b = np.where(((i0 + 1 >= 0) & (i0 + 1 < n)).reshape(shape), b, cval)
+
+    def taken(i):
+        v = np.take(x, np.clip(i, 0, n - 1), axis=axis).astype(np.float32, copy=False)
+        ok = (i >= 0) & (i < n)
+        return v if ok.all() else np.where(ok.reshape(shape), v, cval)
+
+    a = taken(i0)
+    if not w.any():  # on the grid (a cube at the volume's own spacing): no blending
+        return a
     wr = w.reshape(shape)
-    return a * (1 - wr) + b * wr
+    return a * (1 - wr) + taken(i0 + 1) * wr
 
 
 def _axis_aligned(mat: np.ndarray) -> bool:
@@ -132,10 +137,24 @@ def _resample(data, mat, off, out_shape, order, cval):
     other maps use ``affine_transform``.
     """
     if _axis_aligned(mat) and order in (0, 1):
-        x = np.asarray(data)
+        # Read only the block of ``data`` the coordinates reach (with the next voxel for the
+        # linear weights): a memory-mapped cache volume is never loaded whole, and the first
+        # pass runs on the block instead of the full volume. Indices outside the block are
+        # outside ``data`` too, so the constant padding is unchanged.
+        coords, block = [], []
         for ax in range(3):
-            coords = mat[ax, ax] * np.arange(out_shape[ax]) + off[ax]
-            x = _resample_axis(x, ax, coords, order, cval)
+            c = mat[ax, ax] * np.arange(out_shape[ax]) + off[ax]
+            n = data.shape[ax]
+            lo = int(np.clip(np.floor(c.min()), 0, n))
+            hi = int(np.clip(np.floor(c.max()) + 2, 0, n))
+            if hi <= lo:  # the cube misses the data entirely
+                dtype = np.asarray(data[:0, :0, :0]).dtype if order == 0 else np.float32
+                return np.full(tuple(out_shape), cval, dtype=dtype)
+            coords.append(c - lo)
+            block.append(slice(lo, hi))
+        x = np.asarray(data[tuple(block)])
+        for ax in range(3):
+            x = _resample_axis(x, ax, coords[ax], order, cval)
         return x
     return ndimage.affine_transform(
         data,

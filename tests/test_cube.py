@@ -1,6 +1,7 @@
 """The model's cube: placement in world space, sampling into it and pasting back."""
 
 import numpy as np
+import pytest
 from conftest import oblique_affine
 
 from core.cube import Cube, cube_for_click, paste_from_cube, sample_into_cube, touching_faces
@@ -87,3 +88,66 @@ def test_separable_resampling_equals_affine_transform_inside():
     assert (
         _resample(x, np.eye(3), np.array([-0.4, 0, 0]), (1, 1, 1), 0, -1.0)[0, 0, 0] == x[0, 0, 0]
     )
+
+
+def _trilinear_reference(x, mat, off, out_shape, order, cval):
+    """out[p] = x at mat @ p + off, corner by corner: any index outside x counts as cval."""
+    coords = [mat[i, i] * np.arange(out_shape[i]) + off[i] for i in range(3)]
+    pad = np.pad(x.astype(np.float64), 1, constant_values=cval)
+
+    def at(idx):  # index into the padded array; anything outside x lands on the padding
+        return [np.clip(i, -1, n) + 1 for i, n in zip(idx, x.shape, strict=True)]
+
+    if order == 0:
+        return pad[np.ix_(*at([np.floor(c + 0.5).astype(int) for c in coords]))]
+    i0 = [np.floor(c).astype(int) for c in coords]
+    w = [c - i for c, i in zip(coords, i0, strict=True)]
+    out = np.zeros(out_shape)
+    for corner in np.ndindex(2, 2, 2):
+        idx = [i + k for i, k in zip(i0, corner, strict=True)]
+        wt = np.ix_(*[wi if k else 1 - wi for wi, k in zip(w, corner, strict=True)])
+        out += wt[0] * wt[1] * wt[2] * pad[np.ix_(*at(idx))]
+    return out
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_resampling_of_a_cube_partly_or_wholly_outside_equals_the_reference(order):
+    from core.cube import _resample
+
+    rng = np.random.default_rng(3)
+    x = rng.random((20, 26, 17)).astype(np.float32)
+    for off, scale in [
+        ((-30.0, 5.3, 2.0), (1.0, 0.6, 1.7)),  # sticks out on one side, off the grid
+        ((12.5, -8.2, 10.4), (0.9, 1.1, -1.3)),  # a flipped axis, out on both sides
+        ((3.0, 4.0, 5.0), (1.0, 1.0, 1.0)),  # on the grid: plain copies, no blending
+        ((-50.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # misses the data entirely
+        ((19.7, 25.6, 16.8), (1.0, 1.0, 1.0)),  # only the last half voxel
+    ]:
+        mat, off = np.diag(scale), np.array(off)
+        got = _resample(x, mat, off, (14, 30, 12), order, -1.0)
+        assert got.dtype == np.float32 and got.shape == (14, 30, 12)
+        want = _trilinear_reference(x, mat, off, (14, 30, 12), order, -1.0)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+class _CountingVolume:
+    """A volume that records which block is read (a memory-mapped cache volume stands in)."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.reads = x, x.shape, []
+
+    def __getitem__(self, key):
+        block = self.x[key]
+        self.reads.append(block.size)
+        return block
+
+
+def test_resampling_reads_only_the_block_the_cube_covers():
+    from core.cube import _resample
+
+    x = np.random.default_rng(0).random((120, 120, 120)).astype(np.float32)
+    vol = _CountingVolume(x)
+    mat, off = np.diag([0.5, 0.5, 0.5]), np.array([10.2, 40.0, 70.7])
+    got = _resample(vol, mat, off, (32, 32, 32), 1, 0.0)
+    assert vol.reads and max(vol.reads) <= 18**3  # 16 voxels spanned (+1 for blending), not 120^3
+    np.testing.assert_array_equal(got, _resample(x, mat, off, (32, 32, 32), 1, 0.0))
