@@ -35,7 +35,7 @@ from core.model import ModelConfig
 from core.prompts import box_from_mask, interior_point
 from core.samples import build_inputs, build_targets, first_pass_cube, prompt_center
 
-__all__ = ["CubeSampling", "CubeDataset", "organ_extent_mm", "training_cube"]
+__all__ = ["CubeSampling", "CubeDataset", "mask_bbox", "organ_extent_mm", "training_cube"]
 
 
 @dataclass(frozen=True)
@@ -101,27 +101,46 @@ class CubeSampling:
             raise ValueError("prompt_probs must match prompt_kinds and sum to 1")
 
 
-def organ_extent_mm(mask: np.ndarray, affine: np.ndarray) -> float:
-    """Largest side of the organ's bounding box in world mm (along the volume axes)."""
-    idx = np.argwhere(mask)
-    if len(idx) == 0:
+def mask_bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(first, last) voxel index of a mask's bounding box, inclusive; None when empty. Three
+    reductions instead of listing every voxel."""
+    m = np.asarray(mask, dtype=bool)
+    lo, hi = [], []
+    for ax in range(m.ndim):
+        hit = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != ax)))
+        if len(hit) == 0:
+            return None
+        lo.append(hit[0])
+        hi.append(hit[-1])
+    return np.array(lo), np.array(hi)
+
+
+def organ_extent_mm(mask: np.ndarray, affine: np.ndarray, *, bbox=None) -> float:
+    """Largest side of the organ's bounding box in world mm (along the volume axes);
+    ``bbox``: :func:`mask_bbox` of ``mask`` when already known."""
+    bbox = mask_bbox(mask) if bbox is None else bbox
+    if bbox is None:
         return 0.0
-    return float(((idx.max(0) - idx.min(0) + 1) * np.array(spacing_of(affine))).max())
+    lo, hi = bbox
+    return float(((hi - lo + 1) * np.array(spacing_of(affine))).max())
 
 
-def training_cube(gt: np.ndarray, affine, prompts: PromptSet, s: CubeSampling, n: int, rng) -> Cube:
+def training_cube(
+    gt: np.ndarray, affine, prompts: PromptSet, s: CubeSampling, n: int, rng, *, bbox=None
+) -> Cube:
     """Where a training example's cube goes: the engine's first pass (with probability
     ``s.p_default_spacing``: the prompt's centre at the default spacing, nothing taken from
-    the ground truth), else a zoomed cube near the organ sized from a noisy extent."""
+    the ground truth), else a zoomed cube near the organ sized from a noisy extent.
+    ``bbox``: :func:`mask_bbox` of ``gt`` when already known (``gt`` is then not read)."""
     if rng.random() < s.p_default_spacing:
         return first_pass_cube(prompts, affine, s.default_spacing_mm, n)
+    bbox = mask_bbox(gt) if bbox is None else bbox
     vox_sp = spacing_of(affine)
     directions = axis_directions(affine)
-    extent = organ_extent_mm(gt, affine) * float(np.exp(rng.normal(0.0, s.scale_noise)))
+    extent = organ_extent_mm(gt, affine, bbox=bbox) * float(np.exp(rng.normal(0.0, s.scale_noise)))
     spacing = extent / (n * rng.uniform(*s.fill_range))
     spacing = float(np.clip(spacing, 0.5 * min(vox_sp), 4.0 * max(vox_sp)))
-    idx = np.argwhere(gt)
-    mid = (idx.min(0) + idx.max(0)) / 2.0
+    mid = (bbox[0] + bbox[1]) / 2.0
     t = rng.uniform(0, 1)
     center = (1 - t) * prompt_center(prompts, affine) + t * voxel_to_world(affine, mid)
     center = center + directions @ rng.uniform(-1, 1, 3) * s.center_jitter * n * spacing
@@ -129,11 +148,26 @@ def training_cube(gt: np.ndarray, affine, prompts: PromptSet, s: CubeSampling, n
 
 
 class _CaseStore:
-    """Loads cached case arrays on first use (memory-mapped), per worker process."""
+    """Loads cached case arrays on first use (memory-mapped), per worker process, and keeps
+    what items would otherwise recompute over the whole volume: each class's bounding box and
+    the image's minimum."""
 
     def __init__(self, root: Path):
         self.root = root
         self._cache: dict[str, dict] = {}
+        self._bbox: dict[tuple[str, int], tuple[np.ndarray, np.ndarray] | None] = {}
+        self._min: dict[str, float] = {}
+
+    def bbox(self, case_id: str, k: int):
+        """:func:`mask_bbox` of class ``k`` in the case's label map."""
+        if (case_id, k) not in self._bbox:
+            self._bbox[case_id, k] = mask_bbox(np.asarray(self.get(case_id)["label"]) == k)
+        return self._bbox[case_id, k]
+
+    def image_min(self, case_id: str) -> float:
+        if case_id not in self._min:
+            self._min[case_id] = float(np.min(self.get(case_id)["image"]))
+        return self._min[case_id]
 
     def get(self, case_id: str) -> dict:
         if case_id not in self._cache:
@@ -231,8 +265,8 @@ class CubeDataset(Dataset):
         k = int(rng.choice(present))
         m2 = lab2 == k
         affine = case["affine"]
-        label = np.asarray(case["label"])
-        gt = label == k
+        label = case["label"]  # memory-mapped: items read only their cube's block of it
+        store = self.stores[root]
 
         kind = str(rng.choice(s.prompt_kinds, p=s.prompt_probs))
         r, c = interior_point(m2, rng=rng, jitter=s.point_jitter)
@@ -247,32 +281,36 @@ class CubeDataset(Dataset):
             mask = (axis, idx, m2)
         prompts = PromptSet(tuple(clicks), box, mask)
 
-        cube = training_cube(gt, affine, prompts, s, self.model_cfg.cube_size, rng)
+        cube = training_cube(
+            None, affine, prompts, s, self.model_cfg.cube_size, rng, bbox=store.bbox(case_id, k)
+        )
         mode = "volume" if rng.random() < s.p_volume else "slice"
         previous = None
         if rng.random() < s.p_refine:
-            occ = sample_into_cube(gt.astype(np.uint8), affine, cube, order=0).astype(bool)
+            occ = sample_into_cube(label, affine, cube, order=0) == k
             previous = _perturb(occ, rng)
             prompts = self._corrective_clicks(
                 prompts, previous, occ, cube, affine, label.shape, rng
             )
 
-        image = np.asarray(case["image"], dtype=np.float32)
         j = s.intensity_jitter
+        jitter = None
         if j > 0:
-            image = image * rng.uniform(1 - j, 1 + j) + rng.uniform(-j, j) / 2
+            jitter = (rng.uniform(1 - j, 1 + j), rng.uniform(-j, j) / 2)
         inputs = build_inputs(
-            image,
+            case["image"],
             affine,
             prompts,
             cube,
             self.model_cfg,
             mode=mode,
             previous=None if previous is None else previous.astype(np.float32),
+            intensity=jitter,
+            background=store.image_min(case_id),
         )
         targets = build_targets(
             label,
-            np.asarray(case["sdf"][k - 1], dtype=np.float32),
+            case["sdf"][k - 1],
             affine,
             k,
             cube,

@@ -164,6 +164,8 @@ def build_inputs(
     *,
     mode: str = "volume",
     previous: np.ndarray | None = None,
+    intensity: tuple[float, float] | None = None,
+    background: float | None = None,
 ) -> dict:
     """Model inputs for one example (no batch axis), as numpy arrays.
 
@@ -176,6 +178,12 @@ def build_inputs(
     cfg : model configuration (view size)
     mode : "volume" (the cube's image is given) or "slice" (only the reference slice)
     previous : (C, C, C) float in [0, 1], the previous prediction in this cube (refinement)
+    intensity : (scale > 0, shift): the inputs of ``image * scale + shift`` (training's
+        intensity jitter) without computing it over the whole volume. Every use of the image
+        here (linear interpolation, padding with the minimum, the body mask's threshold
+        relative to the slice's range) commutes with such a map, so it is applied to the
+        sampled views and cube instead.
+    background : ``image.min()`` when the caller knows it (the cube's padding value)
 
     Returns
     -------
@@ -195,18 +203,26 @@ def build_inputs(
     M_crop = _plane_to_slice_matrix(cube, affine, axis, p_c)
     if s != n:
         M_crop = M_crop @ np.diag([n / s, n / s, 1.0])
+    if intensity is None:
+        scale, shift = np.float32(1.0), np.float32(0.0)
+    else:
+        scale, shift = (np.float32(v) for v in intensity)
+        if not scale > 0:
+            raise ValueError(f"intensity scale must be > 0, got {scale}")
     crop_img, crop_pm = _view(image, affine, axis, idx, M_crop, (s, s))
+    crop_img = crop_img * scale + shift
     crop_prompt = _view_prompt(prompts, axis, idx, M_crop, (s, s))
 
     sl_shape = take_slice(image, axis, idx).shape
     M_full = letterbox_matrix(sl_shape, (s, s))
     full_img, full_pm = _view(image, affine, axis, idx, M_full, (s, s))
+    full_img = full_img * scale + shift
     full_prompt = _view_prompt(prompts, axis, idx, M_full, (s, s))
 
     cube_in = np.zeros((len(CUBE_CHANNELS), n, n, n), np.float32)
-    bg = float(image.min())
+    bg = float(image.min()) if background is None else float(background)
     if mode == "volume":
-        cube_in[0] = sample_into_cube(image, affine, cube, order=1, cval=bg)
+        cube_in[0] = sample_into_cube(image, affine, cube, order=1, cval=bg) * scale + shift
         cube_in[1] = 1.0
     cube_in[2:4] = _cube_clicks(prompts, affine, cube)
     if previous is not None:
@@ -250,19 +266,20 @@ def build_targets(
     ``cfg.sdf_trunc_mm``; zeros and ``sdf_valid`` False when ``sdf`` is None);
     ``slice_mask`` (1, S, S) float {0, 1} on the crop view.
     """
-    m = (label == class_id).astype(np.uint8)
-    occ = sample_into_cube(m, affine, cube, order=0, cval=0).astype(np.float32)
+    # Nearest-neighbour sampling of the label map, then the class: the same as sampling the
+    # class mask, without a pass over the whole volume (which may be memory-mapped).
+    occ = (sample_into_cube(label, affine, cube, order=0, cval=0) == class_id).astype(np.float32)
     out = {"occupancy": occ[None]}
     if sdf is not None:
         far = cfg.sdf_trunc_mm
-        t = sample_into_cube(np.asarray(sdf, np.float32), affine, cube, order=1, cval=far)
+        t = sample_into_cube(sdf, affine, cube, order=1, cval=far)
         out["sdf"] = np.clip(t / cfg.sdf_trunc_mm, -1, 1)[None].astype(np.float32)
         out["sdf_valid"] = np.array(True)
     else:
         out["sdf"] = np.zeros_like(occ)[None]
         out["sdf_valid"] = np.array(False)
     s = cfg.view_size
-    sl = take_slice(m, axis, slice_idx)
+    sl = take_slice(label, axis, slice_idx) == class_id
     out["slice_mask"] = warp(sl.astype(np.float32), inputs["crop_matrix"], (s, s), order=0)[
         None
     ].astype(np.float32)

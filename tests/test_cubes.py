@@ -75,3 +75,20 @@ def test_zoomed_cube_scale_is_only_a_noisy_hint_of_the_organ_size():
     outside = (noisy < 0.4) | (noisy > 0.7)
     assert outside.mean() > 0.25
     assert noisy.min() < 0.3 and noisy.max() > 0.85
+
+
+def test_bounding_box_and_the_cube_from_it():
+    from core.cubes import mask_bbox
+
+    gt, aff, prompts = _organ(9)
+    idx = np.argwhere(gt)
+    lo, hi = mask_bbox(gt)
+    np.testing.assert_array_equal(lo, idx.min(0))
+    np.testing.assert_array_equal(hi, idx.max(0))
+    assert mask_bbox(np.zeros((4, 5, 6), bool)) is None
+    assert organ_extent_mm(np.zeros((4, 5, 6), bool), aff) == 0.0
+    # a known box gives the cube the mask gives (the training items pass the cached box)
+    s = CubeSampling(p_default_spacing=0.0)
+    a = training_cube(gt, aff, prompts, s, 64, np.random.default_rng(4))
+    b = training_cube(None, aff, prompts, s, 64, np.random.default_rng(4), bbox=(lo, hi))
+    np.testing.assert_array_equal(a.affine, b.affine)

@@ -114,3 +114,24 @@ def test_invalid_prompts_are_refused(heart):
         build_inputs(image, aff, PromptSet((Click(2, 30, 10, 10, False),)), cube, ModelConfig())
     with pytest.raises(ValueError, match="mode"):
         build_inputs(image, aff, PromptSet((Click(2, 30, 10, 10),)), cube, ModelConfig(), mode="x")
+
+
+def test_intensity_jitter_given_to_build_inputs_equals_jittering_the_volume(heart):
+    """Training jitters intensities without a pass over the whole volume: the inputs must be
+    those of the jittered volume (padding, body mask and pointmap included)."""
+    image, label, aff = heart
+    click = first_click(label == 3)
+    cube = Cube(voxel_to_world(aff, click.voxel()) + 40.0, 2.2, np.eye(3), 64)  # sticks out
+    cfg = ModelConfig()
+    prompts = PromptSet((click,))
+    scale, shift = 1.04, -0.02
+    want = build_inputs(image * scale + shift, aff, prompts, cube, cfg, mode="volume")
+    got = build_inputs(
+        image, aff, prompts, cube, cfg, mode="volume", intensity=(scale, shift),
+        background=float(image.min()),
+    )  # fmt: skip
+    for key in ("cube", "crop_view", "full_view", "crop_pointmap", "full_pointmap"):
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+    assert (got["cube"][0] < image.min() * scale + shift + 1e-5).any()  # padding is in there
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        build_inputs(image, aff, prompts, cube, cfg, intensity=(0.0, 0.0))
