@@ -409,6 +409,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
         model.train()
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
+        data_wait = 0.0  # time spent waiting for the data workers (they limit a GPU run)
         batches = iter(data.loader)
         for _ in range(steps_per_epoch):
             lr = get_lr(step)
@@ -419,7 +420,10 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
                     kept = history[-1]["epoch"] if history else "none"
                     log(f"stopped in epoch {epoch + 1} at step {step}; last.pt: epoch {kept}")
                     return finish(stopped=True)
-                batch = _to_device(next(batches), d.device)
+                tw = time.perf_counter()
+                batch = next(batches)
+                data_wait += time.perf_counter() - tw
+                batch = _to_device(batch, d.device)
                 if sampling.p_self_refine > 0:
                     batch = _self_refine(
                         raw_model, batch, sampling, tc.seed, step, micro, d, autocast
@@ -482,6 +486,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
             "seconds": time.perf_counter() - t0,
             "train_seconds": seconds,
             "samples_per_s": steps_per_epoch * global_batch / seconds,
+            "data_wait_s": data_wait,
         }
         history.append(record)
         # Higher is better: validation Dice, or minus the training loss without validation.

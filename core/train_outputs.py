@@ -81,6 +81,8 @@ def epoch_line(r: dict, epochs: int, improved: bool) -> str:
             f"{r['val_dice_slice']:.4f}) val loss {r['val_loss']:.4f}"
         )
     line += f" lr {r['lr']:.2e} {r['seconds']:.1f} s {r['samples_per_s']:.2f} samples/s"
+    if r.get("data_wait_s") is not None and r.get("train_seconds"):
+        line += f" ({100 * r['data_wait_s'] / r['train_seconds']:.0f} % waiting for data)"
     return line + (" *best*" if improved else "")
 
 

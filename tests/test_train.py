@@ -316,6 +316,7 @@ def test_two_epoch_run_writes_everything_a_user_looks_for(hearts_cache, tmp_path
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert r["samples_per_s"] > 0 and r["lr"] > 0
+        assert 0 < r["data_wait_s"] < r["train_seconds"]  # workers start: some wait
         assert 0 <= r["val_dice_volume"] <= 1 and 0 <= r["val_dice_slice"] <= 1
         assert {"train_occ_bce", "train_occ_dice", "train_sdf_l1", "train_mask_bce"} <= set(r)
     best = max(rows, key=lambda r: r["val_dice"])
@@ -328,6 +329,7 @@ def test_two_epoch_run_writes_everything_a_user_looks_for(hearts_cache, tmp_path
     assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
     log = (out / "train.log").read_text()
     assert "samples/s" in log and "val dice" in log and "epoch 2/2" in log
+    assert "% waiting for data" in log
     # the shipped-format export of best.pt holds the same weights
     state, _ = load_weights(out / "best.safetensors")
     assert max_diff(state, state_of(out / "best.pt")) == 0
