@@ -19,7 +19,9 @@ __all__ = [
     "Cube",
     "axis_directions",
     "cube_for_click",
+    "level_box",
     "sample_into_cube",
+    "paste_block",
     "paste_from_cube",
     "touching_faces",
 ]
@@ -202,25 +204,50 @@ def paste_from_cube(
     (I, J, K) float32 array on the volume grid
     """
     out = np.full(volume_shape, fill, dtype=np.float32)
-    corners = np.array(np.meshgrid(*[[0, cube.size - 1]] * 3, indexing="ij")).reshape(3, -1).T
-    vox = world_to_voxel(volume_affine, voxel_to_world(cube.affine, corners))
+    box = _volume_box(cube, volume_affine, volume_shape, 0, cube.size - 1)
+    if box is not None:
+        lo, hi = box
+        out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = paste_block(
+            cube_values, cube, volume_affine, lo, hi, order=order, fill=fill
+        )
+    return out
+
+
+def _volume_box(cube: Cube, volume_affine, volume_shape, c_lo, c_hi):
+    """(lo, hi) volume voxel box (hi exclusive) holding every voxel whose cube coordinates
+    fall in the cube-index box ``[c_lo, c_hi]`` (per axis), clipped to the volume; None when
+    empty."""
+    c_lo, c_hi = np.broadcast_to(c_lo, 3), np.broadcast_to(c_hi, 3)
+    corners = np.array(np.meshgrid(*zip(c_lo, c_hi, strict=True), indexing="ij"))
+    vox = world_to_voxel(volume_affine, voxel_to_world(cube.affine, corners.reshape(3, -1).T))
     lo = np.maximum(np.floor(vox.min(0)).astype(int), 0)
     hi = np.minimum(np.ceil(vox.max(0)).astype(int) + 1, volume_shape)
-    if np.any(hi <= lo):
-        return out
-    # volume voxel -> cube voxel
+    return None if np.any(hi <= lo) else (lo, hi)
+
+
+def paste_block(cube_values, cube: Cube, volume_affine, lo, hi, *, order: int = 1, fill=0.0):
+    """Cube values resampled onto the volume voxels ``lo <= index < hi`` (a block of the grid
+    :func:`paste_from_cube` fills)."""
     m = np.linalg.inv(cube.affine) @ np.asarray(volume_affine, dtype=np.float64)
-    mat, off = m[:3, :3], m[:3, 3] + m[:3, :3] @ lo
-    sub = _resample(
-        np.asarray(cube_values, dtype=np.float32),
-        mat,
-        off,
-        tuple(int(x) for x in hi - lo),
-        order,
-        fill,
-    )
-    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sub
-    return out
+    mat, off = m[:3, :3], m[:3, 3] + m[:3, :3] @ np.asarray(lo)
+    shape = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
+    return _resample(np.asarray(cube_values, dtype=np.float32), mat, off, shape, order, fill)
+
+
+def level_box(cube_values, cube: Cube, volume_affine, volume_shape, level: float = 0.5):
+    """The volume voxel box (lo, hi exclusive) outside which cube values linearly resampled
+    onto the volume cannot exceed ``level``; None when no cube value does.
+
+    A linearly interpolated value is a weighted mean of its 8 neighbours, so it exceeds
+    ``level`` only where a neighbour does: within one cube voxel of those values' box.
+    """
+    idx = np.flatnonzero(np.asarray(cube_values) > level)
+    if len(idx) == 0:
+        return None
+    above = np.unravel_index(idx, np.shape(cube_values))
+    c_lo = np.array([a.min() for a in above]) - 1
+    c_hi = np.array([a.max() for a in above]) + 1
+    return _volume_box(cube, volume_affine, volume_shape, c_lo, c_hi)
 
 
 def touching_faces(mask: np.ndarray, *, margin: int = 1) -> list[tuple[int, int]]:

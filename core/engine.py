@@ -40,7 +40,7 @@ import torch
 from scipy import ndimage
 
 from core.clicks import PromptSet, check_click_in_volume
-from core.cube import Cube, axis_directions, paste_from_cube, sample_into_cube
+from core.cube import Cube, axis_directions, level_box, paste_block, sample_into_cube
 from core.errors import InputError
 from core.geometry import take_slice
 from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
@@ -320,8 +320,15 @@ class Reconstructor:
         t = time.perf_counter()
         fg = prob > 0.5
         touches = _touches_inside_volume(fg, cube, affine, volume.shape)
-        full = paste_from_cube(prob, cube, volume.shape, affine, order=1) > 0.5
-        mask = _keep_prompted_components(full, prompts)
+        # Only the block where the probability can exceed 0.5 is resampled and searched for
+        # components (a 128^3 volume: 50 -> a few ms for a small organ); the rest is empty.
+        mask = np.zeros(volume.shape, bool)
+        box = level_box(prob, cube, affine, volume.shape, 0.5)
+        if box is not None:
+            lo, hi = box
+            block = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            sub = paste_block(prob, cube, affine, lo, hi, order=1) > 0.5
+            mask[block] = _keep_prompted_components(sub, prompts, origin=lo)
         axis, idx = prompts.reference_slice()
         sl_shape = take_slice(mask, axis, idx).shape
         slice_mask = _slice_mask_back(slice_prob, inp["crop_matrix"], sl_shape)
@@ -414,7 +421,9 @@ def _touches_inside_volume(fg, cube: Cube, affine, shape) -> bool:
     return False
 
 
-def _keep_prompted_components(mask: np.ndarray, prompts: PromptSet) -> np.ndarray:
+def _keep_prompted_components(mask: np.ndarray, prompts: PromptSet, origin=(0, 0, 0)):
+    """The components of ``mask`` (a block of the volume starting at voxel ``origin``) that
+    hold a positive click, else the largest."""
     if not mask.any():
         return mask
     lab, n = ndimage.label(mask)
@@ -422,7 +431,7 @@ def _keep_prompted_components(mask: np.ndarray, prompts: PromptSet) -> np.ndarra
         return mask
     keep = set()
     for c in prompts.positives:
-        v = c.voxel_index()
+        v = tuple(int(a) - int(o) for a, o in zip(c.voxel_index(), origin, strict=True))
         if all(0 <= a < s for a, s in zip(v, mask.shape, strict=True)) and lab[v]:
             keep.add(int(lab[v]))
     if not keep:

@@ -151,3 +151,28 @@ def test_resampling_reads_only_the_block_the_cube_covers():
     got = _resample(vol, mat, off, (32, 32, 32), 1, 0.0)
     assert vol.reads and max(vol.reads) <= 18**3  # 16 voxels spanned (+1 for blending), not 120^3
     np.testing.assert_array_equal(got, _resample(x, mat, off, (32, 32, 32), 1, 0.0))
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_level_box_holds_every_voxel_above_the_level_and_the_block_is_the_paste(oblique):
+    from core.cube import level_box, paste_block
+
+    aff = oblique_affine(spacing=(1.2, 1.5, 2.5)) if oblique else np.diag([1.2, 1.5, 2.5, 1.0])
+    shape = (60, 50, 40)
+    cube = cube_for_click(aff, (30, 25, 20), spacing=1.7, size=32)
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        prob = np.zeros((32, 32, 32), np.float32)
+        lo_c = rng.integers(0, 27, 3)
+        blob = rng.random(tuple(rng.integers(1, 5, 3))).astype(np.float32)
+        prob[tuple(slice(a, a + n) for a, n in zip(lo_c, blob.shape, strict=True))] = blob
+        prob[tuple(slice(a, a + 3) for a in lo_c)] = 0.9  # surely above at some volume voxel
+        full = paste_from_cube(prob, cube, shape, aff, order=1)
+        lo, hi = level_box(prob, cube, aff, shape, 0.5)
+        block = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        outside = np.ones(shape, bool)
+        outside[block] = False
+        assert (full > 0.5).any() and not (full[outside] > 0.5).any()
+        assert outside.sum() > 0.5 * outside.size  # the block is small, not the whole grid
+        np.testing.assert_allclose(paste_block(prob, cube, aff, lo, hi), full[block], atol=1e-6)
+    assert level_box(np.full((32,) * 3, 0.4, np.float32), cube, aff, shape, 0.5) is None
