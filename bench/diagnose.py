@@ -9,6 +9,8 @@ For each structure, one first click (the ``sam3d eval`` protocol), then:
 
 - predicted / true volume, recall, and where the false positives lie (share of the structure's
   own volume falling on each other label);
+- the share of the true structure inside the (last) cube the model saw, and the model passes
+  (zoom-outs): whether the cube policy, rather than the model, cuts a long organ short;
 - Dice of the mask at probability thresholds 0.3-0.7 (the engine uses 0.5);
 - Dice of the 2D head's mask on the clicked slice;
 - Dice with the true 2D mask of the clicked slice given as a mask+point prompt (an upper bound
@@ -106,11 +108,15 @@ def main(argv=None) -> int:
             trimmed = trim_by_intensity(smooth, r.mask, r.slice_mask, take_slice(smooth, axis, s),
                                         prompts, a.sep)  # fmt: skip
             fp = np.bincount(label.data[r.mask & ~gt].ravel(), minlength=256) / gt.sum()
+            ones = np.ones(r.cube_probability.shape, np.float32)
+            seen = paste_from_cube(ones, r.cube, image.shape, image.affine, order=0) > 0.5
             rows.setdefault(k, []).append(
                 {
                     "dice": dice(r.mask, gt),
                     "ratio": r.mask.sum() / gt.sum(),
                     "recall": (r.mask & gt).sum() / gt.sum(),
+                    "in_cube": (gt & seen).sum() / gt.sum(),
+                    "passes": r.passes,
                     "fp": fp,
                     "by_t": by_t,
                     "head2d": dice(r.slice_mask, gt2),
@@ -125,16 +131,17 @@ def main(argv=None) -> int:
 
     every = [x for rs in rows.values() for x in rs]
     print(f"{a.which}, {a.mode} mode, weights {rec.name}, {len(every)} structures, first click")
-    print("| structure | Dice | volume ratio | recall | FP on labels (share of own volume) | "
+    print("| structure | Dice | volume ratio | recall | true volume in cube | model passes | "
+          "FP on labels (share of own volume) | "
           + " | ".join(f"t={t}" for t in THRESHOLDS)
           + " | 2D head on slice | true mask+point | own mask+point | trimmed |")  # fmt: skip
-    print("| --- " * (10 + len(THRESHOLDS)) + "|")
+    print("| --- " * (12 + len(THRESHOLDS)) + "|")
     for k, rs in [*sorted(rows.items()), ("all", every)]:
         fp = mean("fp", rs)[:n_labels]
         fp_txt = " ".join(f"{i}:{v:.2f}" for i, v in enumerate(fp) if v >= 0.01) or "-"
         print(
             f"| {k} | {mean('dice', rs):.3f} | {mean('ratio', rs):.2f} | {mean('recall', rs):.2f} | "
-            f"{fp_txt} | " + " | ".join(f"{v:.3f}" for v in mean("by_t", rs))
+            f"{mean('in_cube', rs):.2f} | {mean('passes', rs):.2f} | {fp_txt} | " + " | ".join(f"{v:.3f}" for v in mean("by_t", rs))
             + f" | {mean('head2d', rs):.3f} | {mean('oracle_mask', rs):.3f} | "
             f"{mean('own_mask', rs):.3f} | {mean('trimmed', rs):.3f} |"
         )  # fmt: skip

@@ -59,6 +59,8 @@ def test_diagnose_runs_on_a_runs_validation_hearts(diagnose, tmp_path, capsys):
     rows = [r for r in out.splitlines() if r.startswith("| all |")]
     cells = rows[0].strip("|").split("|")[1:]
     numbers = [float(c) for c in cells if ":" not in c]  # all but the FP-per-label cell
-    assert len(numbers) == len(cells) - 1 == 12
-    assert all(0.0 <= v <= 1.0 for v in numbers[:1] + numbers[2:])  # Dice and recall
+    assert len(numbers) == len(cells) - 1 == 14
+    assert all(0.0 <= v <= 1.0 for v in numbers[:1] + numbers[2:4] + numbers[5:])  # Dice, shares
     assert numbers[1] > 0  # the volume ratio
+    assert numbers[3] > 0.9  # a heart's chamber lies in the cube...
+    assert numbers[4] >= 1.0  # ...after one model pass or more
