@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from core.errors import InputError
-from core.geometry import other_axes, slice_voxel_index, take_slice, voxel_to_slice
+from core.geometry import mask_bbox, other_axes, slice_voxel_index, take_slice, voxel_to_slice
 from core.prompts import interior_point
 
 __all__ = [
@@ -287,6 +287,14 @@ def first_click(gt, *, axis: int = AXIAL_AXIS) -> Click:
 
 def _largest_error(pred: np.ndarray, gt: np.ndarray, vox_mm3: float):
     """(component bool crop, crop origin, is_false_negative) of the largest error, or None."""
+    # Label only the errors' bounding box: the same components, numbered in the same raster
+    # order (a translation keeps it), at a fraction of the cost when the errors are local.
+    box = mask_bbox(pred ^ gt)
+    if box is None:
+        return None
+    lo = box[0]
+    block = tuple(slice(a, b + 1) for a, b in zip(*box, strict=True))
+    pred, gt = pred[block], gt[block]
     best = None  # (size, prefer_fn, -label), compared lexicographically
     for is_fn, err in ((True, gt & ~pred), (False, pred & ~gt)):
         lab, n = ndimage.label(err, structure=_ERROR_CONNECTIVITY)
@@ -302,7 +310,7 @@ def _largest_error(pred: np.ndarray, gt: np.ndarray, vox_mm3: float):
         return None
     _, is_fn, lab, label = best
     sl = ndimage.find_objects(lab, max_label=label)[label - 1]
-    return lab[sl] == label, np.array([s.start for s in sl]), is_fn
+    return lab[sl] == label, np.array([s.start for s in sl]) + lo, is_fn
 
 
 def next_click(pred, gt, *, spacing=(1.0, 1.0, 1.0), axis: int = AXIAL_AXIS) -> Click | None:

@@ -30,6 +30,7 @@ from core.clicks import AXIAL_AXIS, Box, Click, PromptSet, next_click
 from core.cube import Cube, axis_directions, sample_into_cube
 from core.engine import CubePolicy
 from core.errors import InputError
+from core.geometry import mask_bbox
 from core.io import spacing_of, voxel_to_world, world_to_voxel
 from core.model import ModelConfig
 from core.prompts import box_from_mask, interior_point
@@ -99,20 +100,6 @@ class CubeSampling:
             or abs(sum(self.prompt_probs) - 1) > 1e-6
         ):
             raise ValueError("prompt_probs must match prompt_kinds and sum to 1")
-
-
-def mask_bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(first, last) voxel index of a mask's bounding box, inclusive; None when empty. Three
-    reductions instead of listing every voxel."""
-    m = np.asarray(mask, dtype=bool)
-    lo, hi = [], []
-    for ax in range(m.ndim):
-        hit = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != ax)))
-        if len(hit) == 0:
-            return None
-        lo.append(hit[0])
-        hi.append(hit[-1])
-    return np.array(lo), np.array(hi)
 
 
 def organ_extent_mm(mask: np.ndarray, affine: np.ndarray, *, bbox=None) -> float:
@@ -340,9 +327,12 @@ class CubeDataset(Dataset):
             # A user's click fixes the region it lands in; reflect that so the next one moves on.
             v = tuple(int(round(x)) for x in click.voxel())
             err = pred != occ
-            lab, _ = ndimage.label(err)
-            if lab[v]:
-                pred[lab == lab[v]] = occ[lab == lab[v]]
+            if err[v]:  # label the errors' bounding box only: the same components
+                lo, hi = mask_bbox(err)
+                block = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
+                lab, _ = ndimage.label(err[block])
+                fix = lab == lab[tuple(np.array(v) - lo)]
+                pred[block][fix] = occ[block][fix]
         return prompts
 
 

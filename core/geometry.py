@@ -10,7 +10,14 @@ import numpy as np
 
 from core.io import voxel_to_world
 
-__all__ = ["other_axes", "take_slice", "slice_voxel_index", "slice_pointmap", "voxel_to_slice"]
+__all__ = [
+    "mask_bbox",
+    "other_axes",
+    "take_slice",
+    "slice_voxel_index",
+    "slice_pointmap",
+    "voxel_to_slice",
+]
 
 
 def other_axes(axis: int) -> tuple[int, int]:
@@ -74,3 +81,17 @@ def slice_pointmap(
     if valid is not None:
         pm[~np.asarray(valid, dtype=bool)] = np.nan
     return pm
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(first, last) voxel index of a mask's bounding box, inclusive; None when empty. Three
+    reductions instead of listing every voxel."""
+    m = np.asarray(mask, dtype=bool)
+    lo, hi = [], []
+    for ax in range(m.ndim):
+        hit = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != ax)))
+        if len(hit) == 0:
+            return None
+        lo.append(hit[0])
+        hi.append(hit[-1])
+    return np.array(lo), np.array(hi)
