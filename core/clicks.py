@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from core.errors import InputError
-from core.geometry import mask_bbox, other_axes, slice_voxel_index, take_slice, voxel_to_slice
+from core.geometry import mask_block, other_axes, slice_voxel_index, take_slice, voxel_to_slice
 from core.prompts import interior_point
 
 __all__ = [
@@ -289,11 +289,10 @@ def _largest_error(pred: np.ndarray, gt: np.ndarray, vox_mm3: float):
     """(component bool crop, crop origin, is_false_negative) of the largest error, or None."""
     # Label only the errors' bounding box: the same components, numbered in the same raster
     # order (a translation keeps it), at a fraction of the cost when the errors are local.
-    box = mask_bbox(pred ^ gt)
-    if box is None:
+    block = mask_block(pred ^ gt)
+    if block is None:
         return None
-    lo = box[0]
-    block = tuple(slice(a, b + 1) for a, b in zip(*box, strict=True))
+    lo = np.array([b.start for b in block])
     pred, gt = pred[block], gt[block]
     best = None  # (size, prefer_fn, -label), compared lexicographically
     for is_fn, err in ((True, gt & ~pred), (False, pred & ~gt)):

@@ -30,13 +30,13 @@ from core.clicks import AXIAL_AXIS, Box, Click, PromptSet, next_click
 from core.cube import Cube, axis_directions, sample_into_cube
 from core.engine import CubePolicy
 from core.errors import InputError
-from core.geometry import mask_bbox
+from core.geometry import mask_bbox, mask_block
 from core.io import spacing_of, voxel_to_world, world_to_voxel
 from core.model import ModelConfig
 from core.prompts import box_from_mask, interior_point
 from core.samples import build_inputs, build_targets, first_pass_cube, prompt_center
 
-__all__ = ["CubeSampling", "CubeDataset", "mask_bbox", "organ_extent_mm", "training_cube"]
+__all__ = ["CubeSampling", "CubeDataset", "organ_extent_mm", "training_cube"]
 
 
 @dataclass(frozen=True)
@@ -328,10 +328,9 @@ class CubeDataset(Dataset):
             v = tuple(int(round(x)) for x in click.voxel())
             err = pred != occ
             if err[v]:  # label the errors' bounding box only: the same components
-                lo, hi = mask_bbox(err)
-                block = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
+                block = mask_block(err)
                 lab, _ = ndimage.label(err[block])
-                fix = lab == lab[tuple(np.array(v) - lo)]
+                fix = lab == lab[tuple(a - b.start for a, b in zip(v, block, strict=True))]
                 pred[block][fix] = occ[block][fix]
         return prompts
 

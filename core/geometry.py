@@ -12,6 +12,7 @@ from core.io import voxel_to_world
 
 __all__ = [
     "mask_bbox",
+    "mask_block",
     "other_axes",
     "take_slice",
     "slice_voxel_index",
@@ -95,3 +96,9 @@ def mask_bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         lo.append(hit[0])
         hi.append(hit[-1])
     return np.array(lo), np.array(hi)
+
+
+def mask_block(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The slices of a mask's bounding box (:func:`mask_bbox`); None when empty."""
+    box = mask_bbox(mask)
+    return None if box is None else tuple(slice(a, b + 1) for a, b in zip(*box, strict=True))

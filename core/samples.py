@@ -203,26 +203,28 @@ def build_inputs(
     M_crop = _plane_to_slice_matrix(cube, affine, axis, p_c)
     if s != n:
         M_crop = M_crop @ np.diag([n / s, n / s, 1.0])
-    if intensity is None:
-        scale, shift = np.float32(1.0), np.float32(0.0)
-    else:
+    if intensity is not None:
         scale, shift = (np.float32(v) for v in intensity)
         if not scale > 0:
             raise ValueError(f"intensity scale must be > 0, got {scale}")
+
+    def jitter(x):  # the engine passes no intensity: no work on its path
+        return x if intensity is None else x * scale + shift
+
     crop_img, crop_pm = _view(image, affine, axis, idx, M_crop, (s, s))
-    crop_img = crop_img * scale + shift
+    crop_img = jitter(crop_img)
     crop_prompt = _view_prompt(prompts, axis, idx, M_crop, (s, s))
 
     sl_shape = take_slice(image, axis, idx).shape
     M_full = letterbox_matrix(sl_shape, (s, s))
     full_img, full_pm = _view(image, affine, axis, idx, M_full, (s, s))
-    full_img = full_img * scale + shift
+    full_img = jitter(full_img)
     full_prompt = _view_prompt(prompts, axis, idx, M_full, (s, s))
 
     cube_in = np.zeros((len(CUBE_CHANNELS), n, n, n), np.float32)
     bg = float(image.min()) if background is None else float(background)
     if mode == "volume":
-        cube_in[0] = sample_into_cube(image, affine, cube, order=1, cval=bg) * scale + shift
+        cube_in[0] = jitter(sample_into_cube(image, affine, cube, order=1, cval=bg))
         cube_in[1] = 1.0
     cube_in[2:4] = _cube_clicks(prompts, affine, cube)
     if previous is not None:

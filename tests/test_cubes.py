@@ -78,7 +78,7 @@ def test_zoomed_cube_scale_is_only_a_noisy_hint_of_the_organ_size():
 
 
 def test_bounding_box_and_the_cube_from_it():
-    from core.cubes import mask_bbox
+    from core.geometry import mask_bbox, mask_block
 
     gt, aff, prompts = _organ(9)
     idx = np.argwhere(gt)
@@ -86,6 +86,8 @@ def test_bounding_box_and_the_cube_from_it():
     np.testing.assert_array_equal(lo, idx.min(0))
     np.testing.assert_array_equal(hi, idx.max(0))
     assert mask_bbox(np.zeros((4, 5, 6), bool)) is None
+    assert mask_block(gt) == tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
+    assert mask_block(np.zeros((4, 5, 6), bool)) is None
     assert organ_extent_mm(np.zeros((4, 5, 6), bool), aff) == 0.0
     # a known box gives the cube the mask gives (the training items pass the cached box)
     s = CubeSampling(p_default_spacing=0.0)
