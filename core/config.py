@@ -302,6 +302,10 @@ class LoraSection:
         (rank 4 on everything but ``to_out``, plus the occupancy head) train 1.87 % of the
         default model; rank 8 on all of ``LORA_TARGETS`` would train 4.6 %: raise this limit
         explicitly if that is what you want.
+    init_adapter : start from this adapter's weights (a shipped name such as
+        ``headneck-ct`` or an adapter folder) instead of a fresh adapter, to train it further;
+        it must have been trained on the same base, with the rank, alpha, dropout, targets and
+        modules_to_save of this section
     """
 
     enabled: bool = False
@@ -311,9 +315,13 @@ class LoraSection:
     targets: tuple[str, ...] = ("to_qkv", "to_q", "to_kv", "fc1", "fc2")
     modules_to_save: tuple[str, ...] = ("decoder.head",)
     max_trainable_fraction: float = 0.02
+    init_adapter: str | None = None
 
     def __post_init__(self):
         self.enabled = _bool("lora.enabled", self.enabled)
+        self.init_adapter = _opt_path("lora.init_adapter", self.init_adapter)
+        if self.init_adapter is not None and not self.enabled:
+            raise ValueError("lora.init_adapter needs lora.enabled: true")
         self.rank = _int("lora.rank", self.rank, lo=1)
         self.alpha = _float("lora.alpha", self.alpha, lo=0.0, lo_open=True)
         self.dropout = _float("lora.dropout", self.dropout, lo=0.0, hi=0.9)

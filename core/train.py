@@ -211,6 +211,38 @@ def _initial_model(cfg: TrainConfig) -> tuple[Sam3DMed, str]:
     return model, f"weights from {path}"
 
 
+def _initial_adapter(model, lc) -> tuple[torch.nn.Module, Path]:
+    """``model`` with the adapter ``lc.init_adapter`` loaded trainable, after checking that its
+    LoRA settings are those of the config (the base is checked by ``load_adapter``)."""
+    from core import lora
+    from core.weights import resolve_adapter
+
+    folder = Path(resolve_adapter(lc.init_adapter))
+    saved = lora.read_adapter_info(folder).get("lora") or {}
+    wanted = {
+        "rank": lc.rank,
+        "alpha": lc.alpha,
+        "dropout": lc.dropout,
+        "targets": sorted(lc.targets),
+        "modules_to_save": sorted(lc.modules_to_save),
+    }
+    have = {k: saved.get(k) for k in wanted}
+    for k in ("targets", "modules_to_save"):
+        have[k] = sorted(have[k] or [])
+    diff = [
+        f"lora.{k}: {wanted[k]!r} (config) vs {have[k]!r} (adapter)"
+        for k in wanted
+        if have[k] != wanted[k]
+    ]
+    if diff:
+        raise ValueError(
+            f"{folder}: lora.init_adapter was trained with other LoRA settings ("
+            + "; ".join(diff)
+            + "): set this config's lora section to match"
+        )
+    return lora.load_adapter(model, folder, trainable=True), folder
+
+
 def _build_model(cfg: TrainConfig, log) -> tuple[torch.nn.Module, str | None, float]:
     """The model to train, the base's hash (LoRA) and the trainable fraction."""
     model, origin = _initial_model(cfg)
@@ -219,14 +251,18 @@ def _build_model(cfg: TrainConfig, log) -> tuple[torch.nn.Module, str | None, fl
         from core import lora
 
         base_hash = lora.base_hash(model)
-        model = lora.apply_lora(
-            model,
-            rank=cfg.lora.rank,
-            alpha=cfg.lora.alpha,
-            dropout=cfg.lora.dropout,
-            targets=cfg.lora.targets,
-            modules_to_save=cfg.lora.modules_to_save,
-        )
+        if cfg.lora.init_adapter is None:
+            model = lora.apply_lora(
+                model,
+                rank=cfg.lora.rank,
+                alpha=cfg.lora.alpha,
+                dropout=cfg.lora.dropout,
+                targets=cfg.lora.targets,
+                modules_to_save=cfg.lora.modules_to_save,
+            )
+        else:
+            model, folder = _initial_adapter(model, cfg.lora)
+            origin += f", adapter from {folder}"
         frac = float(lora.trainable_fraction(model))
         if frac > cfg.lora.max_trainable_fraction:
             raise ValueError(

@@ -112,6 +112,7 @@ def test_unknown_key_in_yaml_file_names_file_and_key(tmp_path):
         ("data.preprocess_crop_size=[60,60]", "multiple of patch"),
         ("lora.targets=[to_qkv,qkv_proj]", "qkv_proj"),
         ("lora.rank=0", "lora.rank"),
+        ("lora.init_adapter=headneck-ct", "lora.init_adapter needs lora.enabled"),
         ("loss.w_occ_bce=-1", "loss.w_occ_bce"),
         ("model.heads=3", "divisible by heads"),
         ("training.epochs", "section.key=value"),

@@ -494,6 +494,22 @@ def test_lora_run_trains_adapters_only_and_saves_them(hearts_cache, tmp_path):
         assert torch.equal(plain(x)["occupancy"], base.eval()(x)["occupancy"])
         assert not torch.allclose(tuned(x)["occupancy"], plain(x)["occupancy"])
 
+    # lora.init_adapter trains that adapter further (here with a negligible learning rate, so
+    # the result must still be the adapter, not a fresh one, which would equal the base)
+    start = f"lora.init_adapter={json.dumps(str(result.adapter_best))}"
+    mismatch = make_cfg(hearts_cache, tmp_path / "l2", init, "lora.enabled=true", start,
+                        "lora.rank=4", "lora.max_trainable_fraction=0.05")  # fmt: skip
+    with pytest.raises(ValueError, match="lora.rank: 4 .config. vs 2 .adapter."):
+        train(mismatch)
+    go_on = make_cfg(hearts_cache, tmp_path / "l3", init, "lora.enabled=true", start,
+                     "lora.rank=2", "lora.max_trainable_fraction=0.05", "training.epochs=1",
+                     "training.learning_rate=1e-12")  # fmt: skip
+    more = train(go_on)
+    assert "adapter from" in (tmp_path / "l3" / "train.log").read_text()
+    again = lora.load_adapter(load_model(base_path), more.adapter_last)
+    with torch.no_grad():
+        assert torch.allclose(again(x)["occupancy"], tuned(x)["occupancy"], atol=1e-5)
+
 
 # --------------------------------------------------------------------------------------------
 # command line and processes
