@@ -49,7 +49,7 @@ from core.model import Sam3DMed
 from core.samples import MODES, build_inputs, first_pass_cube
 from core.transforms import warp
 
-__all__ = ["CubePolicy", "Result", "Reconstructor"]
+__all__ = ["CubePolicy", "Result", "Reconstructor", "mask_on_volume"]
 
 
 @dataclass(frozen=True)
@@ -320,15 +320,7 @@ class Reconstructor:
         t = time.perf_counter()
         fg = prob > 0.5
         touches = _touches_inside_volume(fg, cube, affine, volume.shape)
-        # Only the block where the probability can exceed 0.5 is resampled and searched for
-        # components (a 128^3 volume: 50 -> a few ms for a small organ); the rest is empty.
-        mask = np.zeros(volume.shape, bool)
-        box = level_box(prob, cube, affine, volume.shape, 0.5)
-        if box is not None:
-            lo, hi = box
-            block = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-            sub = paste_block(prob, cube, affine, lo, hi, order=1) > 0.5
-            mask[block] = _keep_prompted_components(sub, prompts, origin=lo)
+        mask = mask_on_volume(prob, cube, affine, volume.shape, prompts)
         axis, idx = prompts.reference_slice()
         sl_shape = take_slice(mask, axis, idx).shape
         slice_mask = _slice_mask_back(slice_prob, inp["crop_matrix"], sl_shape)
@@ -419,6 +411,22 @@ def _touches_inside_volume(fg, cube: Cube, affine, shape) -> bool:
             if inside.any():
                 return True
     return False
+
+
+def mask_on_volume(prob, cube: Cube, affine, shape, prompts: PromptSet, level: float = 0.5):
+    """The cube's probabilities above ``level`` on the volume's grid (``shape``, ``affine``),
+    keeping the components that hold a positive click (else the largest).
+
+    Only the block where the probability can exceed ``level`` is resampled and searched for
+    components (a 128^3 volume: 50 -> a few ms for a small organ); the rest is empty."""
+    mask = np.zeros(shape, bool)
+    box = level_box(prob, cube, affine, shape, level)
+    if box is not None:
+        lo, hi = box
+        block = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        sub = paste_block(prob, cube, affine, lo, hi, order=1) > level
+        mask[block] = _keep_prompted_components(sub, prompts, origin=lo)
+    return mask
 
 
 def _keep_prompted_components(mask: np.ndarray, prompts: PromptSet, origin=(0, 0, 0)):

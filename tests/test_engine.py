@@ -150,3 +150,31 @@ def test_real_model_runs_in_both_modes():
         res = rec.predict(vol, PromptSet((Click(1, 20, 20, 20),)), mode=mode)
         assert res.mask.shape == vol.shape and res.cube_probability.shape == (32, 32, 32)
         assert res.slice_mask.shape == (40, 40)
+
+
+def test_mask_on_volume_level_and_prompted_component():
+    from core.cube import Cube, axis_directions
+    from core.engine import mask_on_volume
+
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    shape = (40, 40, 40)
+    cube = Cube(voxel_to_world(aff, (20, 20, 20)), 2.0, axis_directions(aff), 32)
+    g = np.indices((32,) * 3).transpose(1, 2, 3, 0).astype(float)
+    # two cones of probability (1 at their tips, 0 at 8 voxels): the clicked one and another
+    a, b = np.array([10.0, 16, 16]), np.array([24.0, 16, 16])
+    prob = np.maximum(
+        1 - np.linalg.norm(g - a, axis=-1) / 8, 1 - np.linalg.norm(g - b, axis=-1) / 8
+    )
+    prob = np.clip(prob, 0, 1).astype(np.float32)
+    # cube voxel (10, 16, 16) is volume voxel (14, 20, 20): same spacing, centres aligned
+    prompts = PromptSet((Click(2, 14, 20, 20),))
+    low = mask_on_volume(prob, cube, aff, shape, prompts, level=0.3)
+    high = mask_on_volume(prob, cube, aff, shape, prompts, level=0.7)
+    assert low[14, 20, 20] and high[14, 20, 20]
+    assert not low[28, 20, 20]  # the unclicked cone is dropped
+    assert high.sum() < low.sum() and not (high & ~low).any()
+    # radius (1 - level) * 8 voxels: about 4/3 pi r^3 voxels
+    for m, level in ((low, 0.3), (high, 0.7)):
+        r = (1 - level) * 8
+        assert abs(m.sum() / (4 / 3 * np.pi * r**3) - 1) < 0.25
+    assert not mask_on_volume(prob * 0.2, cube, aff, shape, prompts).any()
