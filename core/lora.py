@@ -192,15 +192,39 @@ def base_hash(model: nn.Module) -> str:
 # save
 
 
-def _lora_settings(peft_config) -> dict:
-    targets = peft_config.target_modules
+def lora_settings(*, rank, alpha, dropout, targets, modules_to_save) -> dict:
+    """LoRA hyper-parameters in the form ``sam3d_adapter.json`` records them (its ``"lora"``)."""
     return {
-        "rank": peft_config.r,
-        "alpha": peft_config.lora_alpha,
-        "dropout": peft_config.lora_dropout,
+        "rank": rank,
+        "alpha": alpha,
+        "dropout": dropout,
         "targets": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
-        "modules_to_save": list(peft_config.modules_to_save or []),
+        "modules_to_save": list(modules_to_save or []),
     }
+
+
+def settings_differences(wanted: dict, saved: dict) -> list[str]:
+    """``"key: wanted vs saved"`` for each :func:`lora_settings` entry that differs (lists of
+    module names compared as sets)."""
+
+    def norm(v):
+        return sorted(v) if isinstance(v, (list, tuple, set)) else v
+
+    return [
+        f"{k}: {wanted[k]!r} vs {saved.get(k)!r}"
+        for k in wanted
+        if norm(wanted[k]) != norm(saved.get(k))
+    ]
+
+
+def _lora_settings(peft_config) -> dict:
+    return lora_settings(
+        rank=peft_config.r,
+        alpha=peft_config.lora_alpha,
+        dropout=peft_config.lora_dropout,
+        targets=peft_config.target_modules,
+        modules_to_save=peft_config.modules_to_save,
+    )
 
 
 def _check_replaceable(out: Path) -> None:

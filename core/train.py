@@ -218,27 +218,18 @@ def _initial_adapter(model, lc) -> tuple[torch.nn.Module, Path]:
     from core.weights import resolve_adapter
 
     folder = Path(resolve_adapter(lc.init_adapter))
-    saved = lora.read_adapter_info(folder).get("lora") or {}
-    wanted = {
-        "rank": lc.rank,
-        "alpha": lc.alpha,
-        "dropout": lc.dropout,
-        "targets": sorted(lc.targets),
-        "modules_to_save": sorted(lc.modules_to_save),
-    }
-    have = {k: saved.get(k) for k in wanted}
-    for k in ("targets", "modules_to_save"):
-        have[k] = sorted(have[k] or [])
-    diff = [
-        f"lora.{k}: {wanted[k]!r} (config) vs {have[k]!r} (adapter)"
-        for k in wanted
-        if have[k] != wanted[k]
-    ]
+    wanted = lora.lora_settings(
+        rank=lc.rank,
+        alpha=lc.alpha,
+        dropout=lc.dropout,
+        targets=lc.targets,
+        modules_to_save=lc.modules_to_save,
+    )
+    diff = lora.settings_differences(wanted, lora.read_adapter_info(folder).get("lora") or {})
     if diff:
         raise ValueError(
-            f"{folder}: lora.init_adapter was trained with other LoRA settings ("
-            + "; ".join(diff)
-            + "): set this config's lora section to match"
+            f"{folder}: lora.init_adapter was trained with other LoRA settings (config vs "
+            f"adapter: lora.{'; lora.'.join(diff)}): set this config's lora section to match"
         )
     return lora.load_adapter(model, folder, trainable=True), folder
 
