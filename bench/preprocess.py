@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "bench"))
+
+from child import run_json_child  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
@@ -46,14 +48,7 @@ def run_one(name, input_dir, out_dir, classes, workers, extract_mesh, spacing):
         extract_mesh=extract_mesh,
         spacing=spacing,
     )
-    res = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    r = json.loads(res.stdout.strip().splitlines()[-1])
+    r = run_json_child(CHILD, args, cwd=REPO, what=f"preprocessing {name}")
     r.update(
         name=name,
         workers=workers,

@@ -20,12 +20,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from child import run_json_child  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -50,16 +52,7 @@ print(json.dumps({"ms_per_item": 1000 * dt / a["items"], "n_items": len(ds)}))
 def run_child(repo: Path, cache: Path, config: Path, items: int, seed: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
     args = {"cache": str(cache), "config": str(config), "items": items, "seed": seed}
-    res = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(args)],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode != 0:
-        raise SystemExit(f"{repo}: the sampling run failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_json_child(CHILD, args, cwd=repo, env=env, what=f"{repo}: the sampling run")
 
 
 def synthetic_cache(tmp: Path) -> Path:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from core.geometry import mask_bbox
 from core.io import spacing_of, voxel_to_world, world_to_voxel
 
 __all__ = [
@@ -241,13 +242,10 @@ def level_box(cube_values, cube: Cube, volume_affine, volume_shape, level: float
     A linearly interpolated value is a weighted mean of its 8 neighbours, so it exceeds
     ``level`` only where a neighbour does: within one cube voxel of those values' box.
     """
-    idx = np.flatnonzero(np.asarray(cube_values) > level)
-    if len(idx) == 0:
+    above = mask_bbox(np.asarray(cube_values) > level)
+    if above is None:
         return None
-    above = np.unravel_index(idx, np.shape(cube_values))
-    c_lo = np.array([a.min() for a in above]) - 1
-    c_hi = np.array([a.max() for a in above]) + 1
-    return _volume_box(cube, volume_affine, volume_shape, c_lo, c_hi)
+    return _volume_box(cube, volume_affine, volume_shape, above[0] - 1, above[1] + 1)
 
 
 def touching_faces(mask: np.ndarray, *, margin: int = 1) -> list[tuple[int, int]]:
