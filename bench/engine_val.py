@@ -1,13 +1,19 @@
 """Benchmark: engine-level validation of base weights and cube policies on held-out
 *validation* cases (never the test sets), with the click protocol of ``sam3d eval``.
 
-    # the base's held-out hearts (the val split of a base training run)
-    .venv/bin/python bench/engine_val.py --checkpoint runs/base_synthetic_stage4/best.safetensors
+    # the shipped base's held-out hearts (its training split, recomputed)
+    .venv/bin/python bench/engine_val.py
+    # another base on the val split of its own training run
+    .venv/bin/python bench/engine_val.py --checkpoint runs/base_synthetic_stage4/best.safetensors \
+        --run runs/base_synthetic_stage4
     # the adapter's held-out openkbp_train cases (never openkbp_val)
     .venv/bin/python bench/engine_val.py --which headneck [--adapter headneck-ct]
 
-The validation case ids come from the training run's ``data_summary.json`` (``--run``); the
-cases are linked (never copied) into ``--out``. Prints Dice after 1 and N clicks per mode and
+The validation case ids come from the training run's ``data_summary.json`` (``--run``; the
+cases are linked, never copied, into ``--out``). Without ``--run`` a fresh clone needs no run
+folder: the shipped base's 16 held-out hearts are recomputed from its recipe's split and
+written afresh, and the head-and-neck cases are those the adapter's metadata
+(``sam3d_adapter.json``) records as held out. Prints Dice after 1 and N clicks per mode and
 cube policy: how the engine's default (no zoom-in) was chosen.
 """
 
@@ -41,9 +47,49 @@ def heart_cases(run: Path, data: Path, out: Path) -> Path:
     return root
 
 
-def headneck_cases(run: Path, data: Path, out: Path) -> Path:
-    """An adapter run's held-out openkbp_train cases, linked in the nnU-Net layout."""
-    val = json.loads((run / "data_summary.json").read_text())["val_cases"]
+# The shipped base's synthetic training set (scripts/pretrain_data.sh, core/assets/base.json)
+# and the recipe that split it (every stage kept stage 1's split: data.split_seed 0).
+PRETRAIN_CASES = (("heart", 240), ("organ", 300))
+SPLIT_RECIPE = REPO / "configs" / "base_synthetic_stage7.yaml"
+
+
+def shipped_base_val_cases() -> list[str]:
+    """The shipped base's held-out cases, recomputed from its recipe: the same split and the
+    same first ``training.val_cases`` as its training runs (no run folder needed)."""
+    from core.config import load_config
+    from core.train_data import split_cases, split_seed
+
+    cfg = load_config(SPLIT_RECIPE)
+    ids = [f"{kind}_{i:03d}" for kind, n in PRETRAIN_CASES for i in range(n)]
+    _, val = split_cases(ids, val_fraction=cfg.data.val_fraction, seed=split_seed(cfg))
+    return val[: cfg.training.val_cases]
+
+
+def write_heart_val_cases(out: Path) -> Path:
+    """The shipped base's held-out hearts written afresh under ``out`` (the same phantoms as in
+    its training data: each case's seed depends only on (0, its number))."""
+    from core.synthetic import write_heart_dataset
+
+    hearts = [int(c.split("_")[1]) for c in shipped_base_val_cases() if c.startswith("heart_")]
+    root = out / "heart_val_data"
+    write_heart_dataset(root, dict(PRETRAIN_CASES)["heart"], seed=0, indices=hearts)
+    return root
+
+
+def adapter_val_cases(adapter: str) -> list[str]:
+    """The held-out cases an adapter recorded in its metadata (shipped name or folder)."""
+    from core.lora import read_adapter_info
+    from core.weights import resolve_adapter
+
+    folder = resolve_adapter(adapter)
+    cases = read_adapter_info(folder).get("data", {}).get("val_cases")
+    if not cases:
+        raise SystemExit(f"{folder}: its metadata records no val_cases; pass --run")
+    return list(cases)
+
+
+def headneck_cases(val: list[str], data: Path, out: Path) -> Path:
+    """Held-out openkbp_train cases, linked in the nnU-Net layout."""
     root = out / "headneck_val_data"
     _link(data / "dataset.json", root / "dataset.json")
     for c in val:
@@ -69,13 +115,18 @@ def prepare(a: argparse.Namespace, out: Path) -> Path | None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if a.which == "heart":
-        run = a.run or REPO / "runs" / "base_synthetic_stage4"
-        return heart_cases(run, a.data or REPO / "runs" / "data" / "pretrain", out)
+        if a.run is None:
+            return write_heart_val_cases(out)
+        return heart_cases(a.run, a.data or REPO / "runs" / "data" / "pretrain", out)
     data = a.data or REPO.parent / "shared" / "data" / "openkbp_train"
     if not data.is_dir():
         print(f"{data}: not found; skipping the head-and-neck cases")
         return None
-    return headneck_cases(a.run or REPO / "runs" / "lora_headneck", data, out)
+    if a.run is not None:
+        val = json.loads((a.run / "data_summary.json").read_text())["val_cases"]
+    else:
+        val = adapter_val_cases(a.adapter or "headneck-ct")
+    return headneck_cases(val, data, out)
 
 
 def main(argv=None) -> int:

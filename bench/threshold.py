@@ -1,7 +1,7 @@
 """Benchmark: is 0.5 the right decision level for the model's occupancy probabilities?
 
-    .venv/bin/python bench/threshold.py --which headneck --adapter headneck-ct --run runs/lora_s10e14
-    .venv/bin/python bench/threshold.py --which heart --run runs/base_synthetic_stage4
+    .venv/bin/python bench/threshold.py --which headneck --adapter headneck-ct
+    .venv/bin/python bench/threshold.py --which heart
 
 On held-out *validation* cases (never a test set; chosen as in ``bench/engine_val.py``), one
 first click per case and class (the ``sam3d eval`` protocol), one engine pass per mode; the

@@ -277,14 +277,16 @@ def write_heart_dataset(
     shape: Sequence[int] = (64, 64, 64),
     spacing: float = 3.0,
     progress: Callable[[int, int, str], None] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> list[str]:
     """Write ``n_cases`` heart phantoms as TotalSegmentator case folders.
 
     Layout: ``<out>/<case>/<case>-image.nii.gz`` and ``<case>-label.nii.gz`` for cases
     ``heart_000``, ``heart_001``, ... plus ``<out>/dataset.json`` with the label names. Case ``i``
     uses a seed drawn from ``(seed, i)``, so adding cases never changes the existing ones; cases
-    whose two files already exist are skipped (not checked). ``progress(done, total, message)``
-    is called after each case.
+    whose two files already exist are skipped (not checked). ``indices`` writes only those case
+    numbers (e.g. a training run's held-out cases), each the same as in the full set.
+    ``progress(done, total, message)`` is called after each case.
 
     Returns
     -------
@@ -301,17 +303,25 @@ def write_heart_dataset(
         lambda s: make_heart_phantom(s, shape=shape, spacing=spacing),
         meta,
         progress,
+        indices,
     )
 
 
-def _write_cases(out_dir, n_cases, prefix, seed_key, make, meta, progress) -> list[str]:
-    """Write ``<prefix>_NNN`` case folders (skipping complete ones) and ``dataset.json``."""
+def _write_cases(
+    out_dir, n_cases, prefix, seed_key, make, meta, progress, indices=None
+) -> list[str]:
+    """Write ``<prefix>_NNN`` case folders (skipping complete ones) and ``dataset.json``;
+    only the case numbers ``indices`` (each below ``n_cases``) when given."""
     if n_cases < 0:
         raise ValueError(f"n_cases must be >= 0, got {n_cases}")
+    todo = range(n_cases) if indices is None else sorted({int(i) for i in indices})
+    bad = [i for i in todo if not 0 <= i < n_cases]
+    if bad:
+        raise ValueError(f"case numbers {bad} are outside 0..{n_cases - 1}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ids = []
-    for i in range(n_cases):
+    for n_done, i in enumerate(todo, start=1):
         case = f"{prefix}_{i:03d}"
         img_p, lab_p = out / case / f"{case}-image.nii.gz", out / case / f"{case}-label.nii.gz"
         if img_p.exists() and lab_p.exists():
@@ -324,7 +334,7 @@ def _write_cases(out_dir, n_cases, prefix, seed_key, make, meta, progress) -> li
             msg = f"{case}: written"
         ids.append(case)
         if progress is not None:
-            progress(i + 1, n_cases, msg)
+            progress(n_done, len(todo), msg)
     write_json(out / "dataset.json", {**meta, "cases": ids})
     return ids
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from core.io import load_pair, voxel_to_world
+from core.io import load_image, load_pair, voxel_to_world
 from core.synthetic import (
     HEART_LABELS,
     make_heart_phantom,
@@ -210,6 +210,30 @@ def test_write_heart_dataset_layout_roundtrip_and_skip(tmp_path):
     _, again = load_pair(tmp_path / "heart_001" / "heart_001-image.nii.gz", lost)
     np.testing.assert_array_equal(again.data, labels[1])
     assert [f.stat().st_mtime_ns for f in files][:2] == stamps[:2]  # heart_000 untouched
+
+
+def test_write_heart_dataset_indices_write_only_those_cases_identically(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    write_heart_dataset(full, 3, seed=7, shape=(24, 24, 24), spacing=6.0)
+    calls = []
+    ids = write_heart_dataset(
+        part,
+        3,
+        seed=7,
+        shape=(24, 24, 24),
+        spacing=6.0,
+        indices=[2],
+        progress=lambda *a: calls.append(a),
+    )
+    assert ids == ["heart_002"] and [(d, t) for d, t, _ in calls] == [(1, 1)]
+    assert sorted(p.name for p in part.iterdir()) == ["dataset.json", "heart_002"]
+    assert json.loads((part / "dataset.json").read_text())["cases"] == ["heart_002"]
+    for kind in ("image", "label"):
+        a = load_image(full / "heart_002" / f"heart_002-{kind}.nii.gz").data
+        b = load_image(part / "heart_002" / f"heart_002-{kind}.nii.gz").data
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"case numbers \[3\] are outside 0..2"):
+        write_heart_dataset(part, 3, seed=7, indices=[3])
 
 
 # --------------------------------------------------------------------------------------------
