@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from core.cubes import CubeSampling
-from core.model import LORA_TARGETS, ModelConfig
+from core.model import LORA_CONV_TARGETS, LORA_TARGETS, ModelConfig
 
 __all__ = [
     "DataSection",
@@ -295,7 +295,9 @@ class LoraSection:
     ----------
     enabled : train LoRA adapters instead of all weights
     rank, alpha, dropout : LoRA hyper-parameters (scale = alpha / rank)
-    targets : names of the linear layers that get adapters (``core.model.LORA_TARGETS``)
+    targets : the layers that get adapters: transformer linears by name
+        (``core.model.LORA_TARGETS``) and, optionally, the encoders' first convolutions by
+        their full names (``core.model.LORA_CONV_TARGETS``)
     modules_to_save : modules trained in full next to the adapters (the occupancy head)
     max_trainable_fraction : refuse to train when more than this share of the weights is
         trainable (a LoRA run that trains much of the model is not a LoRA run). The defaults
@@ -328,10 +330,11 @@ class LoraSection:
         self.targets = _str_tuple("lora.targets", self.targets)
         if not self.targets:
             raise ValueError("lora.targets must name at least one layer")
-        unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+        valid = LORA_TARGETS + LORA_CONV_TARGETS
+        unknown = sorted(set(self.targets) - set(valid))
         if unknown:
             raise ValueError(
-                f"lora.targets: unknown layer names {unknown}; valid: {', '.join(LORA_TARGETS)}"
+                f"lora.targets: unknown layer names {unknown}; valid: {', '.join(valid)}"
             )
         self.modules_to_save = (
             ()

@@ -1,7 +1,8 @@
 """LoRA adaptation of :class:`~core.model.Sam3DMed` through peft.
 
 Users adapt the shipped base to their anatomy by training low-rank updates of the transformer
-linears (:data:`core.model.LORA_TARGETS`) plus a fresh copy of the occupancy head
+linears (:data:`core.model.LORA_TARGETS`; optionally also of the encoders' first convolutions,
+:data:`core.model.LORA_CONV_TARGETS`) plus a fresh copy of the occupancy head
 (``decoder.head``); the base stays frozen and is shared by every adapter.
 
 An adapter folder holds exactly three files, all safetensors or JSON (never a pickle)::
@@ -106,7 +107,9 @@ def apply_lora(
     ----------
     model : Sam3DMed (plain, not already wrapped)
     rank, alpha, dropout : LoRA ``r``, ``lora_alpha`` (scale alpha / rank), ``lora_dropout``
-    targets : names of the linears to adapt (suffix match, as peft's ``target_modules``)
+    targets : names of the layers to adapt (suffix match, as peft's ``target_modules``): the
+        transformer linears (``core.model.LORA_TARGETS``) and, optionally, the encoders'
+        first convolutions by full name (``core.model.LORA_CONV_TARGETS``)
     modules_to_save : modules trained in full as a per-adapter copy (the occupancy head)
     adapter_name : peft's name for the adapter
     """
@@ -122,7 +125,7 @@ def apply_lora(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if not targets:
-        raise ValueError("targets is empty: name at least one linear to adapt")
+        raise ValueError("targets is empty: name at least one layer to adapt")
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(

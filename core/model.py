@@ -23,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ModelConfig", "Sam3DMed", "INPUTS", "CUBE_CHANNELS", "VIEW_CHANNELS", "LORA_TARGETS"]
+__all__ = [
+    "ModelConfig",
+    "Sam3DMed",
+    "INPUTS",
+    "CUBE_CHANNELS",
+    "VIEW_CHANNELS",
+    "LORA_TARGETS",
+    "LORA_CONV_TARGETS",
+]
 
 # 3D input channels of the cube, in order.
 CUBE_CHANNELS = (
@@ -38,6 +46,18 @@ CUBE_CHANNELS = (
 # 2D channels of a slice view (crop or full), in order: image + core.prompts.PROMPT_CHANNELS.
 VIEW_CHANNELS = ("image", "pos", "neg", "box", "mask")
 LORA_TARGETS = ("to_qkv", "to_q", "to_kv", "to_out", "fc1", "fc2")
+# The first convolutions of the 2D view encoder and of the 3D cube encoder, where a new
+# modality's intensities and textures enter the model. LoRA may adapt them too (by these full
+# names in ``lora.targets``); the shipped recipes adapt the transformer linears only. The cube
+# encoder's patchify projections (``*.proj``) are not among them: the forward pass reads their
+# weights directly (``patchify_conv``), so a wrapped copy would never be used.
+LORA_CONV_TARGETS = (
+    "view_encoder.stem.0",
+    "view_encoder.down1.0",
+    "view_encoder.down2.0",
+    "cube_encoder.e1.conv.0",
+    "cube_encoder.e2.conv.0",
+)
 
 
 @dataclass

@@ -111,6 +111,7 @@ def test_unknown_key_in_yaml_file_names_file_and_key(tmp_path):
         ("data.preprocess_crop_size=[1,2,3]", "[H, W]"),
         ("data.preprocess_crop_size=[60,60]", "multiple of patch"),
         ("lora.targets=[to_qkv,qkv_proj]", "qkv_proj"),
+        ("lora.targets=[cube_encoder.e1.proj]", "cube_encoder.e1.proj"),
         ("lora.rank=0", "lora.rank"),
         ("lora.init_adapter=headneck-ct", "lora.init_adapter needs lora.enabled"),
         ("loss.w_occ_bce=-1", "loss.w_occ_bce"),
@@ -123,6 +124,14 @@ def test_bad_values_raise_clear_errors(override, needle):
     with pytest.raises(ValueError) as err:
         load_config(None, [override])
     assert needle in str(err.value)
+
+
+def test_lora_targets_take_the_encoders_first_convolutions_by_full_name():
+    from core.model import LORA_CONV_TARGETS
+
+    conv = ",".join(LORA_CONV_TARGETS)
+    cfg = load_config(None, [f"lora.targets=[to_qkv,{conv}]"])
+    assert cfg.lora.targets == ("to_qkv", *LORA_CONV_TARGETS)
 
 
 def test_all_zero_loss_weights_refused():

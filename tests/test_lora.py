@@ -30,7 +30,7 @@ from core.lora import (
     trainable_report,
     unload_lora,
 )
-from core.model import LORA_TARGETS, ModelConfig, Sam3DMed
+from core.model import LORA_CONV_TARGETS, LORA_TARGETS, ModelConfig, Sam3DMed
 from core.weights import save_weights, weights_hash
 
 BASE_SEED = 0
@@ -168,6 +168,47 @@ def test_default_lora_settings_train_under_2_percent_of_the_default_model():
     assert 0.01 < trainable_fraction(model) < 0.02
     # Rank 8 on all six targets is well above: the reason for the defaults.
     assert trainable_fraction(apply_lora(Sam3DMed(ModelConfig()), rank=8)) > 0.04
+
+
+def test_conv_targets_adapt_the_encoders_first_convolutions(tmp_path, batch, base_ref, h0):
+    """LoRA on the encoders' convolutions (with the attention): exactly r * (in * k + out)
+    parameters per convolution train, nothing of the base changes, and the adapter survives
+    saving, loading into a fresh base and merging."""
+    targets = ("to_qkv", *LORA_CONV_TARGETS)
+    pm = apply_lora(make_model(BASE_SEED), rank=2, targets=targets)
+    assert_same_outputs(outputs(pm.eval(), batch), base_ref)  # B starts at zero
+    modules = dict(make_model().named_modules())
+    convs = [modules[n] for n in LORA_CONV_TARGETS]
+    assert all(isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) for m in convs)
+    n_conv = sum(2 * (m.weight[0].numel() + m.out_channels) for m in convs)
+    n_qkv = sum(
+        2 * (m.in_features + m.out_features) for n, m in modules.items() if n.endswith("to_qkv")
+    )
+    n_head = sum(p.numel() for p in modules["decoder.head"].parameters())
+    assert sum(p.numel() for p in pm.parameters() if p.requires_grad) == n_conv + n_qkv + n_head
+
+    before = {n: p.detach().clone() for n, p in pm.named_parameters()}
+    torch.manual_seed(4)
+    train(pm, make_batch(seed=4))
+    for n, p in pm.named_parameters():
+        if ".lora_" in n and any(t in n for t in LORA_CONV_TARGETS):
+            assert not torch.equal(p, before[n]), f"{n} did not train"
+        if not p.requires_grad:
+            assert torch.equal(p, before[n]), f"base parameter {n} changed"
+    expected = outputs(pm, batch)
+    with pytest.raises(AssertionError):
+        assert_same_outputs(expected, base_ref)
+
+    folder = save(pm, tmp_path / "conv", h0)
+    info = json.loads((folder / ADAPTER_INFO).read_text())
+    assert info["lora"]["targets"] == sorted(targets)
+    reloaded = load_adapter(make_model(BASE_SEED), folder)
+    torch.testing.assert_close(outputs(reloaded, batch), expected, rtol=0, atol=1e-6)
+    mgr = AdapterManager(make_model(BASE_SEED))
+    mgr.load(folder)
+    merged = mgr.merge(mgr.names[0])
+    assert set(merged.state_dict()) == set(make_model().state_dict())
+    torch.testing.assert_close(outputs(merged, batch), expected, rtol=0, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
