@@ -37,9 +37,14 @@ def _link(src: Path, dst: Path) -> None:
         os.symlink(src.resolve(), dst)
 
 
+def run_val_cases(run: Path) -> list[str]:
+    """A training run's held-out case ids (its ``data_summary.json``)."""
+    return json.loads((run / "data_summary.json").read_text())["val_cases"]
+
+
 def heart_cases(run: Path, data: Path, out: Path) -> Path:
     """The heart cases of a base run's validation split, linked as case folders."""
-    val = json.loads((run / "data_summary.json").read_text())["val_cases"]
+    val = run_val_cases(run)
     root = out / "heart_val_data"
     for c in val:
         if c.startswith("heart"):
@@ -122,10 +127,7 @@ def prepare(a: argparse.Namespace, out: Path) -> Path | None:
     if not data.is_dir():
         print(f"{data}: not found; skipping the head-and-neck cases")
         return None
-    if a.run is not None:
-        val = json.loads((a.run / "data_summary.json").read_text())["val_cases"]
-    else:
-        val = adapter_val_cases(a.adapter or "headneck-ct")
+    val = run_val_cases(a.run) if a.run else adapter_val_cases(a.adapter or "headneck-ct")
     return headneck_cases(val, data, out)
 
 
