@@ -191,11 +191,12 @@ def test_every_config_in_the_repo_loads(path):
         assert cfg.lora.targets and cfg.lora.max_trainable_fraction <= 0.02
 
 
-def test_headneck_lora_trains_under_two_percent_of_the_default_model():
+@pytest.mark.parametrize("name", ["lora_headneck.yaml", "lora_headneck_conv.yaml"])
+def test_headneck_lora_trains_under_two_percent_of_the_default_model(name):
     lora = pytest.importorskip("core.lora")
     from core.model import Sam3DMed
 
-    hn = load_config(REPO / "configs" / "lora_headneck.yaml", [])
+    hn = load_config(REPO / "configs" / name, [])
     model = lora.apply_lora(
         Sam3DMed(hn.model),
         rank=hn.lora.rank,
