@@ -345,6 +345,17 @@ class LoraSection:
             "lora.max_trainable_fraction", self.max_trainable_fraction, lo=0.0, lo_open=True, hi=1.0
         )
 
+    def adapter_settings(self) -> dict:
+        """The settings that make an adapter (``core.lora.apply_lora``'s keywords, and what
+        ``core.lora.lora_settings`` records): rank, alpha, dropout, targets, modules_to_save."""
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "targets": self.targets,
+            "modules_to_save": self.modules_to_save,
+        }
+
 
 _SECTIONS = {
     "model": ModelConfig,

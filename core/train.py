@@ -218,13 +218,7 @@ def _initial_adapter(model, lc) -> tuple[torch.nn.Module, Path]:
     from core.weights import resolve_adapter
 
     folder = Path(resolve_adapter(lc.init_adapter))
-    wanted = lora.lora_settings(
-        rank=lc.rank,
-        alpha=lc.alpha,
-        dropout=lc.dropout,
-        targets=lc.targets,
-        modules_to_save=lc.modules_to_save,
-    )
+    wanted = lora.lora_settings(**lc.adapter_settings())
     diff = lora.settings_differences(wanted, lora.read_adapter_info(folder).get("lora") or {})
     if diff:
         raise ValueError(
@@ -243,14 +237,7 @@ def _build_model(cfg: TrainConfig, log) -> tuple[torch.nn.Module, str | None, fl
 
         base_hash = lora.base_hash(model)
         if cfg.lora.init_adapter is None:
-            model = lora.apply_lora(
-                model,
-                rank=cfg.lora.rank,
-                alpha=cfg.lora.alpha,
-                dropout=cfg.lora.dropout,
-                targets=cfg.lora.targets,
-                modules_to_save=cfg.lora.modules_to_save,
-            )
+            model = lora.apply_lora(model, **cfg.lora.adapter_settings())
         else:
             model, folder = _initial_adapter(model, cfg.lora)
             origin += f", adapter from {folder}"

@@ -197,12 +197,6 @@ def test_headneck_lora_trains_under_two_percent_of_the_default_model(name):
     from core.model import Sam3DMed
 
     hn = load_config(REPO / "configs" / name, [])
-    model = lora.apply_lora(
-        Sam3DMed(hn.model),
-        rank=hn.lora.rank,
-        alpha=hn.lora.alpha,
-        targets=hn.lora.targets,
-        modules_to_save=hn.lora.modules_to_save,
-    )
+    model = lora.apply_lora(Sam3DMed(hn.model), **hn.lora.adapter_settings())
     frac = lora.trainable_fraction(model)
     assert 0.005 < frac < hn.lora.max_trainable_fraction <= 0.02

@@ -157,14 +157,7 @@ def test_trainable_parameters_are_exactly_lora_and_head(rank):
 def test_default_lora_settings_train_under_2_percent_of_the_default_model():
     from core.config import LoraSection
 
-    d = LoraSection()
-    model = apply_lora(
-        Sam3DMed(ModelConfig()),
-        rank=d.rank,
-        alpha=d.alpha,
-        targets=d.targets,
-        modules_to_save=d.modules_to_save,
-    )
+    model = apply_lora(Sam3DMed(ModelConfig()), **LoraSection().adapter_settings())
     assert 0.01 < trainable_fraction(model) < 0.02
     # Rank 8 on all six targets is well above: the reason for the defaults.
     assert trainable_fraction(apply_lora(Sam3DMed(ModelConfig()), rank=8)) > 0.04
