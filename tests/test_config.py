@@ -191,7 +191,7 @@ def test_every_config_in_the_repo_loads(path):
         assert cfg.lora.targets and cfg.lora.max_trainable_fraction <= 0.02
 
 
-@pytest.mark.parametrize("name", ["lora_headneck.yaml", "lora_headneck_conv.yaml"])
+@pytest.mark.parametrize("name", ["lora_headneck.yaml", "lora_headneck_mlp.yaml"])
 def test_headneck_lora_trains_under_two_percent_of_the_default_model(name):
     lora = pytest.importorskip("core.lora")
     from core.model import Sam3DMed

@@ -194,6 +194,47 @@ def test_demo_with_the_shipped_weights(tmp_path, capsys):
     assert "Dice against the ground truth" in out
 
 
+def test_shipped_adapter_was_made_by_its_recipe():
+    """configs/lora_headneck.yaml (scripts/train_headneck.sh) is the recipe of the shipped
+    head-and-neck adapter: the same LoRA settings and the same schedule and data, so changing
+    one without the other fails here."""
+    from pathlib import Path
+
+    from core.config import load_config
+    from core.lora import lora_settings, read_adapter_info, settings_differences
+    from core.weights import resolve_adapter
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "lora_headneck.yaml", [])
+    info = read_adapter_info(resolve_adapter("headneck-ct"))
+    assert settings_differences(lora_settings(**cfg.lora.adapter_settings()), info["lora"]) == []
+    trained = info["training"]
+    assert (
+        settings_differences(
+            lora_settings(**cfg.lora.adapter_settings()),
+            lora_settings(
+                **{
+                    k: trained["lora"][k]
+                    for k in ("rank", "alpha", "dropout", "targets", "modules_to_save")
+                }
+            ),
+        )
+        == []
+    )
+    for key in (
+        "epochs",
+        "steps_per_epoch",
+        "batch_size",
+        "learning_rate",
+        "warmup_steps",
+        "lr_schedule",
+        "val_cases",
+    ):
+        assert trained["training"][key] == getattr(cfg.training, key), key
+    assert trained["data"]["val_fraction"] == cfg.data.val_fraction
+    assert trained["data"]["classes"] == cfg.data.classes
+    assert info["epoch"] <= cfg.training.epochs
+
+
 def test_shipped_adapter_is_addressable_by_name_and_matches_the_base():
     from core.clicks import Click, PromptSet
     from core.engine import Reconstructor
