@@ -216,35 +216,32 @@ def _save_viz(out: Path, case_id: str, k: int, name: str, image, gt, pred, resul
 
 
 def summary_table(report: dict) -> str:
-    """A Markdown table: per class, Dice@1 and Dice@N and HD95@N for the model and baselines."""
+    """A Markdown table: per class, Dice@1 and Dice@N and HD95@N for the model, and Dice@N for
+    each baseline the report holds (none with ``baselines=False``: no empty columns)."""
     n = report["config"]["clicks"]
     names = report.get("label_names", {})
+    titles = {"region_growing": "region growing", "extrusion": "extrusion"}
+    runs = report.get("baselines", {})
+    shown = [m for m in titles if m in runs] + [m for m in runs if m not in titles]
+    head = ["model Dice@1", f"model Dice@{n}", f"model HD95@{n} (mm)"]
+    head += [f"{titles.get(m, m)} Dice@{n}" for m in shown]
     rows = [
-        f"| structure | model Dice@1 | model Dice@{n} | model HD95@{n} (mm) "
-        f"| region growing Dice@{n} | extrusion Dice@{n} |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| structure | " + " | ".join(head) + " |",
+        "| --- | " + " | ".join("---" for _ in head) + " |",
     ]
+    nan = float("nan")
+
+    def row(label: str, model: dict, baseline: list[dict]) -> str:
+        cells = [f"{model['dice@1']:.3f}", f"{model[f'dice@{n}']:.3f}", f"{model[f'hd95@{n}']:.1f}"]
+        cells += [f"{b.get(f'dice@{n}', nan):.3f}" for b in baseline]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
     agg = report["aggregate"]["per_class"]
-    base = {m: b["aggregate"]["per_class"] for m, b in report.get("baselines", {}).items()}
     for cls in agg:
-        rg = base.get("region_growing", {}).get(cls, {}).get(f"dice@{n}", float("nan"))
-        ex = base.get("extrusion", {}).get(cls, {}).get(f"dice@{n}", float("nan"))
-        rows.append(
-            f"| {names.get(cls, cls)} | {agg[cls]['dice@1']:.3f} | {agg[cls][f'dice@{n}']:.3f} | "
-            f"{agg[cls][f'hd95@{n}']:.1f} | {rg:.3f} | {ex:.3f} |"
-        )
-    o = report["aggregate"]["overall"]
-    rgo = (
-        report.get("baselines", {})
-        .get("region_growing", {})
-        .get("aggregate", {})
-        .get("overall", {})
-    )
-    exo = report.get("baselines", {}).get("extrusion", {}).get("aggregate", {}).get("overall", {})
-    rows.append(
-        f"| **mean** | {o['dice@1']:.3f} | {o[f'dice@{n}']:.3f} | {o[f'hd95@{n}']:.1f} | "
-        f"{rgo.get(f'dice@{n}', float('nan')):.3f} | {exo.get(f'dice@{n}', float('nan')):.3f} |"
-    )
+        per = [runs[m]["aggregate"]["per_class"].get(cls, {}) for m in shown]
+        rows.append(row(names.get(cls, cls), agg[cls], per))
+    overall = [runs[m]["aggregate"]["overall"] for m in shown]
+    rows.append(row("**mean**", report["aggregate"]["overall"], overall))
     return "\n".join(rows)
 
 

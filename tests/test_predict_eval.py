@@ -256,3 +256,31 @@ def test_shipped_adapter_is_addressable_by_name_and_matches_the_base():
     rec.set_adapter(None)  # back to the bare base without reloading it
     bare = rec.predict(image, prompts, mesh=False).cube_probability
     assert rec.name == "base" and not np.allclose(with_adapter, bare)
+
+
+def _report(baselines: dict) -> dict:
+    cls = {"dice@1": 0.5, "dice@2": 0.75, "hd95@2": 3.25}
+    return {
+        "config": {"clicks": 2},
+        "label_names": {"2": "LV"},
+        "aggregate": {"per_class": {"2": cls}, "overall": cls},
+        "baselines": baselines,
+    }
+
+
+def test_summary_table_shows_only_the_baselines_that_ran():
+    from core.evaluate import summary_table
+
+    bare = summary_table(_report({}))
+    assert "region growing" not in bare and "extrusion" not in bare and "nan" not in bare
+    assert "| LV | 0.500 | 0.750 | 3.2 |" in bare and "| **mean** | 0.500 | 0.750 | 3.2 |" in bare
+
+    rg = {"aggregate": {"per_class": {"2": {"dice@2": 0.25}}, "overall": {"dice@2": 0.25}}}
+    ex = {"aggregate": {"per_class": {"2": {"dice@2": 0.125}}, "overall": {"dice@2": 0.125}}}
+    both = summary_table(_report({"extrusion": ex, "region_growing": rg})).splitlines()
+    assert both[0] == (
+        "| structure | model Dice@1 | model Dice@2 | model HD95@2 (mm) "
+        "| region growing Dice@2 | extrusion Dice@2 |"
+    )
+    assert both[2] == "| LV | 0.500 | 0.750 | 3.2 | 0.250 | 0.125 |"
+    assert all(line.count("|") == both[0].count("|") for line in both)
