@@ -48,9 +48,10 @@ VIEW_CHANNELS = ("image", "pos", "neg", "box", "mask")
 LORA_TARGETS = ("to_qkv", "to_q", "to_kv", "to_out", "fc1", "fc2")
 # The first convolutions of the 2D view encoder and of the 3D cube encoder, where a new
 # modality's intensities and textures enter the model. LoRA may adapt them too (by these full
-# names in ``lora.targets``); the shipped recipes adapt the transformer linears only. The cube
-# encoder's patchify projections (``*.proj``) are not among them: the forward pass reads their
-# weights directly (``patchify_conv``), so a wrapped copy would never be used.
+# names in ``lora.targets``), as the shipped head-and-neck adapter does
+# (configs/lora_headneck.yaml). The cube encoder's patchify projections (``*.proj``) are not
+# among them: the forward pass reads their weights directly (``patchify_conv``), so a wrapped
+# copy would never be used.
 LORA_CONV_TARGETS = (
     "view_encoder.stem.0",
     "view_encoder.down1.0",
