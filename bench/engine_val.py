@@ -14,7 +14,8 @@ cases are linked, never copied, into ``--out``). Without ``--run`` a fresh clone
 folder: the shipped base's 16 held-out hearts are recomputed from its recipe's split and
 written afresh, and the head-and-neck cases are those the adapter's metadata
 (``sam3d_adapter.json``) records as held out. Prints Dice after 1 and N clicks per mode and
-cube policy: how the engine's default (no zoom-in) was chosen.
+cube policy: how the engine's default (no zoom-in, one refinement pass in volume mode) was
+chosen.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-POLICIES = ("no_zoom_in", "zoom_in")
+# Cube policies by name: the engine's default ("no_zoom_in"), with zoom-in, and without the
+# volume mode's refinement pass ("one_pass"): how the default was chosen.
+POLICIES = {"no_zoom_in": {}, "zoom_in": {"zoom_in": True}, "one_pass": {"refine_passes": 0}}
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -139,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "engine_val")
     a = ap.parse_args(argv)
+    unknown = [p for p in a.policies.split(",") if p not in POLICIES]
+    if unknown:
+        ap.error(f"--policies: unknown {', '.join(unknown)}; known: {', '.join(POLICIES)}")
 
     from core.engine import CubePolicy
     from core.evaluate import EvalConfig, evaluate
@@ -150,7 +156,7 @@ def main(argv=None) -> int:
     print(f"| weights | cube policy | mode | Dice@1 | Dice@{a.clicks} | median model ms |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in a.policies.split(","):
-        policy = CubePolicy(zoom_in=name == "zoom_in")
+        policy = CubePolicy(**POLICIES[name])
         for mode in a.modes.split(","):
             cfg = EvalConfig(
                 data_root=str(root),

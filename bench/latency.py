@@ -1,7 +1,7 @@
 """Benchmark: click -> mask and mesh latency of the engine, and peak memory.
 
     .venv/bin/python bench/latency.py [--checkpoint F] [--repeats 20] [--precision auto]
-                                      [--interleave] [--device cpu|cuda]
+                                      [--interleave] [--device cpu|cuda] [--refine_passes N]
 
 Two volumes: the 64^3 synthetic heart (3 mm) and a 128^3 one (the same anatomy at 1.5 mm).
 Each repeat is one first click (no refinement) on a different structure/slice, timed end to
@@ -36,6 +36,12 @@ def main(argv=None):
     ap.add_argument("--mode", default="volume", choices=("volume", "slice"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (the product's target) or cuda")
+    ap.add_argument(
+        "--refine_passes",
+        type=int,
+        default=None,
+        help="the volume mode's refinement passes (default: the engine's, CubePolicy)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
         "--interleave", action="store_true", help="make each phantom just before its click"
@@ -45,10 +51,13 @@ def main(argv=None):
 
     torch.set_num_threads(a.threads)
     from core.clicks import PromptSet, first_click
-    from core.engine import Reconstructor
+    from core.engine import CubePolicy, Reconstructor
     from core.synthetic import make_heart_phantom
 
-    rec = Reconstructor.from_pretrained(a.checkpoint, precision=a.precision, device=a.device)
+    policy = CubePolicy() if a.refine_passes is None else CubePolicy(refine_passes=a.refine_passes)
+    rec = Reconstructor.from_pretrained(
+        a.checkpoint, precision=a.precision, device=a.device, policy=policy
+    )
     rows = []
     for shape, spacing in (((64, 64, 64), 3.0), ((128, 128, 128), 1.5)):
         times, passes = [], []
@@ -90,7 +99,7 @@ def main(argv=None):
     how = "each made just before its click" if a.interleave else "made before timing"
     print(
         f"machine: {platform.machine()}, device {a.device}, torch threads {a.threads}, "
-        f"peak RSS {peak:.0f} MB, "
+        f"peak RSS {peak:.0f} MB, refine passes {policy.refine_passes}, "
         f"volumes {how}\n"
     )
     print(

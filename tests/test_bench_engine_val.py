@@ -90,3 +90,13 @@ def test_held_out_hearts_are_written_as_in_the_training_data(engine_val, tmp_pat
         b = load_image(tmp_path / "train" / "heart_001" / name)
         np.testing.assert_array_equal(a.data, b.data)
         np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_unknown_cube_policy_is_refused_before_any_work(engine_val, capsys):
+    with pytest.raises(SystemExit):
+        engine_val.main(["--policies", "no_zoom_in,zoom_out", "--out", "/nonexistent/x"])
+    assert "unknown zoom_out" in capsys.readouterr().err
+    from core.engine import CubePolicy
+
+    for kwargs in engine_val.POLICIES.values():  # every named policy is a valid CubePolicy
+        CubePolicy(**kwargs)

@@ -65,7 +65,7 @@ def test_mask_on_input_grid_and_mesh_in_world_mm():
     centre = voxel_to_world(vol.affine, click.voxel())
     r = np.linalg.norm(res.mesh.vertices - centre, axis=1)
     assert abs(np.median(r) - 20.0) < 1.5  # the surface sits on the sphere, in world mm
-    assert res.passes == 1 and not res.touches_border
+    assert res.passes == 2 and not res.touches_border  # one pass + the refinement pass
     t = res.timings
     assert {"normalize", "model", "inputs", "forward", "paste", "mesh", "total"} <= set(t)
     assert 0 < t["inputs"] and 0 < t["forward"] and t["inputs"] + t["forward"] <= t["model"] + 0.1
@@ -74,7 +74,8 @@ def test_mask_on_input_grid_and_mesh_in_world_mm():
 def test_zoom_out_when_the_organ_touches_the_cube():
     vol = _volume(shape=(120, 120, 120), spacing=(1.0, 1.0, 1.0))
     model = BallModel(radius_mm=200.0)  # larger than any cube: always touching
-    rec = Reconstructor(model, policy=CubePolicy(default_spacing_mm=1.0, max_zoom_out=2))
+    policy = CubePolicy(default_spacing_mm=1.0, max_zoom_out=2, refine_passes=0)
+    rec = Reconstructor(model, policy=policy)
     res = rec.predict(vol, PromptSet((Click(2, 60, 60, 60),)))
     assert res.passes == 3  # first pass + 2 zoom-outs
     np.testing.assert_allclose(model.spacings, [1.0, 1.6, 2.56], rtol=0.02)
@@ -85,7 +86,7 @@ def test_zoom_out_when_the_organ_touches_the_cube():
 def test_no_zoom_out_where_the_volume_ends():
     vol = _volume(shape=(40, 40, 40), spacing=(3.0, 3.0, 3.0))
     model = BallModel(radius_mm=500.0)
-    rec = Reconstructor(model, policy=CubePolicy(default_spacing_mm=3.0))
+    rec = Reconstructor(model, policy=CubePolicy(default_spacing_mm=3.0, refine_passes=0))
     res = rec.predict(vol, PromptSet((Click(2, 20, 20, 20),)))
     assert res.passes == 1  # the cube already covers the volume: nothing is cut off
 
@@ -94,14 +95,18 @@ def test_no_zoom_in_by_default():
     vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
     model = BallModel(radius_mm=12.0)
     res = Reconstructor(model).predict(vol, PromptSet((Click(2, 32, 32, 32),)))
-    assert res.passes == 1 and res.cube.spacing == 3.0
+    assert res.passes == 2 and res.cube.spacing == 3.0  # one pass + the refinement pass
+    np.testing.assert_allclose(model.spacings, [3.0, 3.0], rtol=0.02)
 
 
 def test_zoom_in_for_small_organs():
     vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
     model = BallModel(radius_mm=12.0)  # 24 mm in a 192 mm cube: fill 0.13
     rec = Reconstructor(
-        model, policy=CubePolicy(default_spacing_mm=3.0, min_spacing_mm=0.5, zoom_in=True)
+        model,
+        policy=CubePolicy(
+            default_spacing_mm=3.0, min_spacing_mm=0.5, zoom_in=True, refine_passes=0
+        ),
     )
     res = rec.predict(vol, PromptSet((Click(2, 32, 32, 32),)))
     assert res.passes == 2
@@ -127,6 +132,54 @@ def test_refinement_reuses_the_cube_and_feeds_back_the_previous_result():
     assert seen[0].max() == 0 and seen[-1].max() == 1
     assert set(torch.unique(seen[-1]).tolist()) <= {0.0, 1.0}
     assert second.cube is first.cube and second.passes == 1
+
+
+class PreviousSpy(BallModel):
+    """Records the previous-prediction channel of every forward pass."""
+
+    def __init__(self, radius_mm: float):
+        super().__init__(radius_mm)
+        self.previous = []
+
+    def forward(self, batch):
+        self.previous.append(batch["cube"][0, 4].clone())
+        return super().forward(batch)
+
+
+def test_refinement_pass_feeds_the_first_mask_back_in_volume_mode():
+    vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    spy = PreviousSpy(radius_mm=15.0)
+    res = Reconstructor(spy).predict(vol, PromptSet((Click(2, 32, 32, 32),)), mode="volume")
+    assert res.passes == 2 and len(spy.previous) == 2
+    assert spy.previous[0].max() == 0  # the first pass has no previous prediction
+    # the second sees the first's binary mask (the ball), in the same cube
+    first_mask = spy.previous[1].numpy()
+    assert set(np.unique(first_mask).tolist()) == {0.0, 1.0}
+    assert first_mask.sum() == (res.cube_probability > 0.5).sum()
+    assert spy.spacings[0] == pytest.approx(spy.spacings[1])
+
+
+@pytest.mark.parametrize(
+    "policy, mode, radius, forwards",
+    [
+        (CubePolicy(), "slice", 15.0, 1),  # slice mode: no refinement pass
+        (CubePolicy(refine_passes=0), "volume", 15.0, 1),
+        (CubePolicy(refine_passes=2), "volume", 15.0, 3),
+        (CubePolicy(), "volume", -1.0, 1),  # nothing found: an empty previous adds nothing
+    ],
+)
+def test_refinement_passes_by_policy_and_mode(policy, mode, radius, forwards):
+    vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    spy = PreviousSpy(radius_mm=radius)
+    res = Reconstructor(spy, policy=policy).predict(
+        vol, PromptSet((Click(2, 32, 32, 32),)), mode=mode
+    )
+    assert len(spy.previous) == forwards and res.passes == forwards
+
+
+def test_refinement_passes_must_not_be_negative():
+    with pytest.raises(ValueError, match="refine_passes"):
+        CubePolicy(refine_passes=-1)
 
 
 def test_bad_prompts():
