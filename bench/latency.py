@@ -1,6 +1,6 @@
 """Benchmark: click -> mask and mesh latency of the engine, and peak memory.
 
-    .venv/bin/python bench/latency.py [--checkpoint F] [--repeats 20] [--precision auto]
+    .venv/bin/python bench/latency.py [--checkpoint F] [--adapter A] [--repeats 20] [--precision auto]
                                       [--interleave] [--device cpu|cuda] [--refine_passes N]
 
 Two volumes: the 64^3 synthetic heart (3 mm) and a 128^3 one (the same anatomy at 1.5 mm).
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--adapter", default=None, help="an adapter (shipped name or folder)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--mode", default="volume", choices=("volume", "slice"))
@@ -56,7 +57,7 @@ def main(argv=None):
 
     policy = CubePolicy() if a.refine_passes is None else CubePolicy(refine_passes=a.refine_passes)
     rec = Reconstructor.from_pretrained(
-        a.checkpoint, precision=a.precision, device=a.device, policy=policy
+        a.checkpoint, a.adapter, precision=a.precision, device=a.device, policy=policy
     )
     rows = []
     for shape, spacing in (((64, 64, 64), 3.0), ((128, 128, 128), 1.5)):
@@ -99,7 +100,7 @@ def main(argv=None):
     how = "each made just before its click" if a.interleave else "made before timing"
     print(
         f"machine: {platform.machine()}, device {a.device}, torch threads {a.threads}, "
-        f"peak RSS {peak:.0f} MB, refine passes {policy.refine_passes}, "
+        f"peak RSS {peak:.0f} MB, weights {rec.name}, refine passes {policy.refine_passes}, "
         f"volumes {how}\n"
     )
     print(
