@@ -1,12 +1,13 @@
 """Benchmark: click -> mask and mesh latency of the engine, and peak memory.
 
-    .venv/bin/python bench/latency.py [--checkpoint F] [--adapter A] [--repeats 20] [--precision auto]
-                                      [--interleave] [--device cpu|cuda] [--refine_passes N]
+    .venv/bin/python bench/latency.py [--checkpoint F] [--adapter A] [--repeats 20]
+        [--precision auto] [--interleave] [--device cpu|cuda] [--refine_passes N]
 
 Two volumes: the 64^3 synthetic heart (3 mm) and a 128^3 one (the same anatomy at 1.5 mm).
-Each repeat is one first click (no refinement) on a different structure/slice, timed end to
-end by the engine (normalisation, model passes including zooms, paste-back, mesh). Reports the
-median and 90th percentile, the number of model passes, and the peak RSS of the process.
+Each repeat is one first click (no corrective clicks) on a different structure/slice, timed end
+to end by the engine (normalisation, model passes including zooms and the volume mode's
+refinement pass, paste-back, mesh). Reports the median and 90th percentile, the number of
+model passes, and the peak RSS of the process.
 
 The volumes are made before the clicks are timed, as a viewer holds them. ``--interleave``
 makes each phantom right before its click instead (the method of earlier runs): the phantom's

@@ -19,7 +19,7 @@ world frame (``core.cube``). The first prediction uses a cube centred on the pro
   mode and hurt elsewhere: with the shipped (stage 4) base on the 16 held-out synthetic
   hearts, volume 0.667 -> 0.694, slice 0.614 -> 0.575, and 3 clicks 0.721 -> 0.708 (volume);
   with the stage 3 base on held-out openkbp_train cases, 0.322 -> 0.281 (volume) and
-  0.436 -> 0.315 (slice). So the default is the one pass.
+  0.436 -> 0.315 (slice). So the default does not zoom in.
 
 Refinement pass (volume mode, first prediction; ``CubePolicy(refine_passes=1)``): the model
 runs once more in the final cube with its own binary mask as the previous prediction and the
@@ -101,7 +101,7 @@ class Result:
     prompts : the prompts used
     mode : "volume" or "slice"
     touches_border : the organ still touches the cube where the volume continues
-    passes : model runs (zoom steps included)
+    passes : model runs (zoom steps and the refinement pass included)
     timings : milliseconds per stage and ``total``; ``model`` (all model passes) splits into
         ``inputs`` (resampling the cube, the views and pointmaps) and ``forward`` (the network)
     """
