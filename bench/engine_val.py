@@ -153,6 +153,8 @@ def main(argv=None) -> int:
     if root is None:
         return 0
     tag = Path(a.checkpoint).parent.name if a.checkpoint else "shipped"
+    # the adapter in the folder name too: a base and an adapter run never overwrite each other
+    run_tag = f"{tag}_{Path(a.adapter).name}" if a.adapter else tag
     print(f"| weights | cube policy | mode | Dice@1 | Dice@{a.clicks} | median model ms |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in a.policies.split(","):
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
         for mode in a.modes.split(","):
             cfg = EvalConfig(
                 data_root=str(root),
-                output_dir=str(a.out / f"{a.which}_{tag}_{name}_{mode}"),
+                output_dir=str(a.out / f"{a.which}_{run_tag}_{name}_{mode}"),
                 checkpoint=a.checkpoint,
                 adapter=a.adapter,
                 clicks=a.clicks,

@@ -114,6 +114,16 @@ def test_zoom_in_for_small_organs():
     assert res.cube.spacing == pytest.approx(model.spacings[1], rel=0.05)
 
 
+def test_no_zoom_in_in_slice_mode():
+    vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    model = BallModel(radius_mm=12.0)  # small enough to zoom in on in volume mode (above)
+    rec = Reconstructor(
+        model, policy=CubePolicy(default_spacing_mm=3.0, min_spacing_mm=0.5, zoom_in=True)
+    )
+    res = rec.predict(vol, PromptSet((Click(2, 32, 32, 32),)), mode="slice")
+    assert res.passes == 1 and res.cube.spacing == 3.0
+
+
 def test_refinement_reuses_the_cube_and_feeds_back_the_previous_result():
     vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
     seen = []
