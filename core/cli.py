@@ -164,6 +164,16 @@ def _add_weights_args(p) -> None:
     p.add_argument("--adapter", default=None, help="shipped adapter name or adapter folder")
 
 
+def _add_zoom_in_arg(p) -> None:
+    p.add_argument(
+        "--zoom_in",
+        action="store_true",
+        help="volume mode: look again at a finer scale when the organ fills less than 30 %% "
+        "of the first cube (helps compact organs such as heart chambers, hurts thin tubes "
+        "such as the spinal cord; BENCHMARKS.md)",
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # sam3d demo
 
@@ -263,6 +273,7 @@ def _add_predict(sub):
     p.add_argument("--mode", choices=("volume", "slice"), default="volume")
     p.add_argument("--modality", choices=("ct", "mr", "us"), default="ct")
     _add_weights_args(p)
+    _add_zoom_in_arg(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_run_predict)
 
@@ -281,6 +292,7 @@ def _run_predict(args) -> int:
         checkpoint=args.checkpoint,
         adapter=args.adapter,
         modality=args.modality,
+        zoom_in=args.zoom_in,
     )
     for name, path in paths.items():
         print(f"predict: {name}: {path}")
@@ -310,6 +322,7 @@ def _add_eval(sub):
     p.add_argument("--modality", choices=("ct", "mr", "us"), default="ct")
     p.add_argument("--no_baselines", action="store_true", help="skip the classical baselines")
     p.add_argument("--save_viz", action="store_true", help="overlays, comparison grids, meshes")
+    _add_zoom_in_arg(p)
     p.set_defaults(func=_run_eval)
 
 
@@ -330,9 +343,11 @@ def _run_eval(args) -> int:
         baselines=not args.no_baselines,
         save_viz=args.save_viz,
     )
+    from core.engine import CubePolicy
+
     bar = _Tqdm("eval")
     try:
-        report = evaluate(cfg, progress=bar)
+        report = evaluate(cfg, progress=bar, policy=CubePolicy(zoom_in=args.zoom_in))
     finally:
         bar.close()
     print(summary_table(report))

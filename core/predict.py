@@ -87,18 +87,25 @@ def predict_to_folder(
     checkpoint=None,
     adapter=None,
     modality: str = "ct",
+    zoom_in: bool = False,
 ) -> dict:
-    """Load a volume, reconstruct from clicks on one slice, write the outputs."""
-    from core.engine import Reconstructor
+    """Load a volume, reconstruct from clicks on one slice, write the outputs.
+
+    ``zoom_in``: the engine's optional zoom-in on small organs (volume mode;
+    :class:`core.engine.CubePolicy`)."""
+    from dataclasses import asdict
+
+    from core.engine import CubePolicy, Reconstructor
 
     if not points:
         raise ValueError("give at least one --point ROW,COL on the structure")
     volume = load_image(volume_path)
     clicks = [Click(axis, slice_idx, r, c, True) for r, c in points]
     clicks += [Click(axis, slice_idx, r, c, False) for r, c in negatives]
-    rec = Reconstructor.from_pretrained(checkpoint, adapter)
+    rec = Reconstructor.from_pretrained(checkpoint, adapter, policy=CubePolicy(zoom_in=zoom_in))
     result = rec.predict(volume, PromptSet(tuple(clicks)), mode=mode, modality=modality)
-    return write_outputs(result, volume, Path(out_dir), extra={"weights": rec.name})
+    extra = {"weights": rec.name, "cube_policy": asdict(rec.policy)}
+    return write_outputs(result, volume, Path(out_dir), extra=extra)
 
 
 def run_demo(

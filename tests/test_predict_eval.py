@@ -194,6 +194,35 @@ def test_demo_with_the_shipped_weights(tmp_path, capsys):
     assert "Dice against the ground truth" in out
 
 
+def test_zoom_in_option_of_predict_and_eval(tiny_weights, hearts, tmp_path):
+    """--zoom_in reaches the engine: the shipped base zooms in on a heart chamber (a second
+    pass at a finer cube, then the refinement pass); eval records the policy it ran."""
+    from core.clicks import first_click
+    from core.io import save_image
+    from core.synthetic import make_heart_phantom
+
+    image, label = make_heart_phantom(7)
+    vol = save_image(image, tmp_path / "heart.nii.gz")
+    c = first_click(label.data == 1)  # LA, about 40 mm across: fills under 30 % of 192 mm
+    args = ["predict", "--volume", str(vol), "--axis", "2", "--slice", str(c.slice_idx)]
+    args += ["--point", f"{c.row:.0f},{c.col:.0f}"]
+    runs = {}
+    for flag in ([], ["--zoom_in"]):
+        out = tmp_path / ("zoom" if flag else "plain")
+        assert main(args + ["--out", str(out)] + flag) == 0
+        runs[bool(flag)] = json.loads((out / "timings.json").read_text())
+    assert runs[False]["cube_policy"]["zoom_in"] is False
+    assert runs[False]["passes"] == 2 and runs[False]["cube_spacing_mm"] == 3.0
+    assert runs[True]["cube_policy"]["zoom_in"] is True
+    assert runs[True]["passes"] == 3 and runs[True]["cube_spacing_mm"] < 2.0
+
+    out = tmp_path / "eval_zoom"
+    args = ["eval", "--checkpoint", str(tiny_weights), "--data_root", str(hearts)]
+    args += ["--output_dir", str(out), "--clicks", "1", "--classes", "2", "--max_cases", "1"]
+    assert main(args + ["--no_baselines", "--zoom_in"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["cube_policy"]["zoom_in"] is True
+
+
 def test_shipped_adapter_was_made_by_its_recipe():
     """configs/lora_headneck.yaml (scripts/train_headneck.sh) is the recipe of the shipped
     head-and-neck adapter: the same LoRA settings and the same schedule and data, so changing
