@@ -80,6 +80,13 @@ class ReconstructWidget(Container):
         self.adapter_dir = FileEdit(label="Adapter folder", mode="d", visible=False)
         self.negative = CheckBox(text="Negative clicks (N; or Shift+click)", value=False)
         self.auto_run = CheckBox(text="Run on every click", value=True)
+        # the engine's optional zoom-in (volume mode): BENCHMARKS.md, "Zoom-in re-checked"
+        self.zoom_in = CheckBox(text="Zoom in on small compact organs (volume mode)", value=False)
+        self.zoom_in.tooltip = (
+            "Look again at a finer scale when the organ fills under 30 % of the first cube. "
+            "Helps compact organs such as heart chambers; hurts thin tubes such as the "
+            "spinal cord."
+        )
         self.run_button = PushButton(text="Run")
         self.box_button = PushButton(text="Draw box")
         self.undo_button = PushButton(text="Undo click")
@@ -97,6 +104,7 @@ class ReconstructWidget(Container):
                 form(self.image, self.mode, self.modality, self.weights, self.adapter_dir),
                 self.negative,
                 self.auto_run,
+                self.zoom_in,
                 row(self.run_button, self.box_button, self.undo_button, self.clear_button),
                 self.status,
                 self.timing,
@@ -106,8 +114,9 @@ class ReconstructWidget(Container):
             ]
         )
         self.image.changed.connect(self._on_image_changed)
-        for w in (self.mode, self.modality):
+        for w in (self.mode, self.modality, self.zoom_in):
             w.changed.connect(self._on_settings_changed)
+        self.mode.changed.connect(self._on_mode_changed)
         self.weights.changed.connect(self._on_weights_changed)
         self.adapter_dir.changed.connect(self._on_settings_changed)
         self.run_button.changed.connect(self.run)
@@ -181,7 +190,14 @@ class ReconstructWidget(Container):
 
     def _settings(self):
         return (self.mode.value, self.modality.value, str(self.weights.value),
-                str(self.adapter_dir.value) if self.weights.value == ADAPTER_FOLDER else "")  # fmt: skip
+                str(self.adapter_dir.value) if self.weights.value == ADAPTER_FOLDER else "",
+                self._zoom_in())  # fmt: skip
+
+    def _zoom_in(self) -> bool:
+        return bool(self.zoom_in.value) and self.mode.value == "volume"
+
+    def _on_mode_changed(self, *_):
+        self.zoom_in.enabled = self.mode.value == "volume"  # the engine zooms in volume mode only
 
     def _on_weights_changed(self, value=None):
         self.adapter_dir.visible = self.weights.value == ADAPTER_FOLDER
@@ -377,6 +393,8 @@ class ReconstructWidget(Container):
         """Reconstruct from the current prompts (in a worker thread)."""
         from napari.qt.threading import create_worker
 
+        from core.engine import CubePolicy
+
         if self._image is None:
             self.status.show_message("Choose an image first.", "warning")
             return
@@ -408,6 +426,7 @@ class ReconstructWidget(Container):
             volume,
             prompts,
             adapter=adapter,
+            policy=CubePolicy(zoom_in=self._zoom_in()),
             mode=self.mode.value,
             modality=self.modality.value,
             previous=previous,

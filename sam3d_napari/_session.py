@@ -69,12 +69,17 @@ class Session(QObject):
 
     # ---------------------------------------------------------------------------- inference
 
-    def predict(self, volume, prompts, *, adapter=None, **kwargs):
+    def predict(self, volume, prompts, *, adapter=None, policy=None, **kwargs):
         """``Reconstructor.predict`` with ``adapter`` (None, a shipped name or a folder)
-        active; loads the model on first use. Call from a worker thread."""
+        active and the cube ``policy`` (None: the engine's default,
+        ``core.engine.CubePolicy()``); loads the model on first use. Call from a worker
+        thread."""
+        from core.engine import CubePolicy
+
         with self._lock:
             rec = self._reconstructor()
             activate_adapter(rec, adapter)
+            rec.policy = policy or CubePolicy()
             return rec.predict(volume, prompts, **kwargs)
 
     def _reconstructor(self):

@@ -240,6 +240,32 @@ def test_undo_shows_the_previous_result_and_clear_empties(make_napari_viewer, qt
     assert not np.asarray(widget.mask_layer.data).any()
 
 
+def test_zoom_in_checkbox_reaches_the_engine_in_volume_mode_only(
+    make_napari_viewer, qtbot, fast_model
+):
+    viewer = make_napari_viewer()
+    widget, _, gt = _sample(viewer)
+    assert widget.zoom_in.value is False  # the engine's default
+    _click_voxel(viewer, widget, _organ_click(gt, 1).voxel())  # the LA: a compact chamber
+    _wait(widget, qtbot)
+    plain = widget.result
+    assert plain.cube.spacing == 3.0 and plain.passes == 2  # one pass + the refinement pass
+    widget.zoom_in.value = True  # a settings change: runs again on the same clicks
+    qtbot.waitUntil(lambda: not widget.busy and widget.result is not plain, timeout=60_000)
+    assert widget.result.cube.spacing < 2.0 and widget.result.passes == 3
+    widget.mode.value = "slice"  # zoom-in does not apply there: the box is greyed out
+    assert not widget.zoom_in.enabled
+    qtbot.waitUntil(lambda: not widget.busy and widget.result.mode == "slice", timeout=60_000)
+    assert widget.result.cube.spacing == 3.0 and widget.result.passes == 1
+    widget.mode.value = "volume"
+    assert widget.zoom_in.enabled
+    qtbot.waitUntil(lambda: not widget.busy and widget.result.mode == "volume", timeout=60_000)
+    assert widget.result.passes == 3 and fast_model.policy.zoom_in is True
+    # the shared model goes back to the default policy for a call without one
+    widget.session.predict(widget._volume(), widget.prompts())
+    assert fast_model.policy.zoom_in is False
+
+
 def test_box_prompt_drawn_on_the_slice_reconstructs(make_napari_viewer, qtbot, fast_model):
     from core.clicks import Box
     from core.metrics import dice
