@@ -43,6 +43,7 @@ def reconstruct_file(
     mode: str = "volume",
     weights: str = "base",
     modality: str = "ct",
+    zoom_in: bool = False,
     out_dir,
     volume_name: str | None = None,
 ) -> dict:
@@ -56,7 +57,7 @@ def reconstruct_file(
     dict with ``mask`` (path of a .nii.gz on the input file's own grid and affine, 1 = organ),
     ``mesh`` (path of a .glb in world mm, or None when nothing was found) and ``info``
     (``timings_ms`` per stage, ``passes``, ``voxels``, ``volume_ml``, ``touches_border``,
-    ``mode``, ``adapter``, ``shape`` (the input's), ``wall_ms``).
+    ``mode``, ``zoom_in``, ``adapter``, ``shape`` (the input's), ``wall_ms``).
     """
     from core.mesh import save_mesh
 
@@ -67,7 +68,7 @@ def reconstruct_file(
     pos, neg = _points(points, "points"), _points(negative_points, "negative_points")
     if not pos:
         raise InputError(None, "give at least one positive point [row, col] on the organ")
-    settings = _check_settings(Settings(mode, weights, modality), engine)
+    settings = _check_settings(Settings(mode, weights, modality, bool(zoom_in)), engine)
     name = _file_name(volume_path, volume_name)
     volume = _read_volume(volume_path, name)
     try:
@@ -87,6 +88,7 @@ def reconstruct_file(
         weights=settings.weights,
         mode=settings.mode,
         modality=settings.modality,
+        zoom_in=settings.zoom_in,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +102,7 @@ def reconstruct_file(
         "volume_ml": round(float(result.volume_ml), 3),
         "touches_border": bool(result.touches_border),
         "mode": settings.mode,
+        "zoom_in": settings.zoom_in,
         "adapter": settings.weights,
         "shape": list(grid.shape),
         "wall_ms": round((time.perf_counter() - t0) * 1000.0, 1),

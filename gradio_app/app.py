@@ -213,6 +213,12 @@ def build_app(
                 modality = gr.Radio(
                     list(H.MODALITIES), value="ct", label="Modality", elem_id="modality"
                 )
+                zoom = gr.Checkbox(
+                    False,
+                    label="Zoom in on small compact organs (volume mode)",
+                    info="helps heart chambers, hurts thin tubes such as the spinal cord",
+                    elem_id="zoom-in",
+                )
                 with gr.Row():
                     undo_btn = gr.Button("Undo", size="sm", elem_id="undo")
                     new_btn = gr.Button("New object", size="sm", elem_id="new-object")
@@ -282,8 +288,8 @@ def build_app(
                 view.downloads or None,
             ]
 
-        def settings_of(m, w, mod):
-            return Settings(mode=m, weights=w, modality=mod)
+        def settings_of(m, w, mod, z):
+            return Settings(mode=m, weights=w, modality=mod, zoom_in=bool(z))
 
         @_guard
         def on_sample(session, seed_value, request: gr.Request):
@@ -324,16 +330,16 @@ def build_app(
             return session, view.slice_image
 
         @_guard
-        def on_click(session, tool_value, m, w, mod, evt: gr.SelectData):
+        def on_click(session, tool_value, m, w, mod, z, evt: gr.SelectData):
             x, y = evt.index[0], evt.index[1]
             session, view = H.click(
-                session, engine, x, y, tool=tool_value, settings=settings_of(m, w, mod)
+                session, engine, x, y, tool=tool_value, settings=settings_of(m, w, mod, z)
             )
             return show(session, view)
 
         @_guard
-        def on_settings(session, m, w, mod):
-            return show(*H.change_settings(session, engine, settings_of(m, w, mod)))
+        def on_settings(session, m, w, mod, z):
+            return show(*H.change_settings(session, engine, settings_of(m, w, mod, z)))
 
         @_guard
         def on_undo(session):
@@ -372,9 +378,9 @@ def build_app(
             show_progress="hidden",
             trigger_mode="always_last",
         )
-        slice_img.select(on_click, [state, tool, mode, weights, modality], full, **model)
-        for comp in (mode, weights, modality):
-            comp.input(on_settings, [state, mode, weights, modality], full, **model)
+        slice_img.select(on_click, [state, tool, mode, weights, modality, zoom], full, **model)
+        for comp in (mode, weights, modality, zoom):
+            comp.input(on_settings, [state, mode, weights, modality, zoom], full, **model)
         undo_btn.click(on_undo, [state], full, **model)
         new_btn.click(on_new, [state], full, **model)
         clear_btn.click(on_clear, [state], full, **model)
@@ -390,13 +396,15 @@ def build_app(
             mode: str = "volume",
             adapter: str = "base",
             modality: str = "ct",
+            zoom_in: bool = False,
         ) -> tuple[FileData, FileData | None, dict]:
             """Reconstruct an organ from clicks on one slice of a NIfTI volume.
 
             points / negative_points are [row, col] pixels of np.take(volume, slice_index, axis)
-            in canonical RAS orientation (axis 2 = axial). Returns the mask (.nii.gz on the
-            input's grid and affine), the mesh (.glb, world mm; None if nothing was found) and
-            a dict with the timings (ms) and details.
+            in canonical RAS orientation (axis 2 = axial). zoom_in turns on the engine's
+            optional zoom-in on small compact organs (volume mode). Returns the mask (.nii.gz
+            on the input's grid and affine), the mesh (.glb, world mm; None if nothing was
+            found) and a dict with the timings (ms) and details.
             """
             path, name = _upload_path(volume)
             out = reconstruct_file(
@@ -409,6 +417,7 @@ def build_app(
                 mode=mode,
                 weights=adapter,
                 modality=modality,
+                zoom_in=zoom_in,
                 out_dir=files.api_dir(),
                 volume_name=name,
             )

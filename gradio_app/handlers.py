@@ -276,6 +276,7 @@ def _reconstruct(s, engine, obj: ObjectState, prompts, settings, *, refine: bool
         mode=settings.mode,
         modality=settings.modality,
         previous=previous,
+        zoom_in=settings.zoom_in,
     )
     obj.push(prompts, result, settings)
     return render(s, started=t0)
@@ -314,7 +315,8 @@ def clear(session: Session | None) -> tuple[Session, View]:
 def change_settings(
     session: Session | None, engine: SharedEngine, settings: Settings
 ) -> tuple[Session | None, View | None]:
-    """Redo every object made with other settings (mode, weights, modality) from its prompts."""
+    """Redo every object made with other settings (mode, weights, modality, zoom-in) from its
+    prompts."""
     if session is None or session.volume is None:
         return session, None
     settings = _check_settings(settings, engine)
@@ -328,6 +330,7 @@ def change_settings(
                 weights=settings.weights,
                 mode=settings.mode,
                 modality=settings.modality,
+                zoom_in=settings.zoom_in,
             )
             obj.push(obj.prompts, result, settings)
             redone += 1

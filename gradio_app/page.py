@@ -200,7 +200,9 @@ def _status(s: Session, view: View, redone: int) -> str:
     prompts = f"{pos} positive, {neg} negative" + (", box" if obj.prompts.box else "")
     t = r.timings
     parts = [
-        f"**Object {k}** ({prompts}) · {st.mode} mode · {st.weights} weights",
+        f"**Object {k}** ({prompts}) · {st.mode} mode"
+        + (" with zoom-in" if st.zoom_in and st.mode == "volume" else "")
+        + f" · {st.weights} weights",
         f"reconstruction **{t['total']:.0f} ms** (model {t.get('model', 0):.0f} ms in "
         f"{r.passes} pass{'es' if r.passes > 1 else ''}, mesh {t.get('mesh', 0):.0f} ms)",
     ]

@@ -74,11 +74,16 @@ class SharedEngine:
         mode: str = "volume",
         modality: str = "ct",
         previous: Result | None = None,
+        zoom_in: bool = False,
     ) -> Result:
-        """:meth:`core.engine.Reconstructor.predict` with the named weights, atomically."""
+        """:meth:`core.engine.Reconstructor.predict` with the named weights and the engine's
+        default cube policy (with its optional zoom-in if ``zoom_in``), atomically."""
+        from core.engine import CubePolicy
+
         name = self.check_weights(weights)
         with self._lock:
             self._use(name)
+            self.reconstructor.policy = CubePolicy(zoom_in=bool(zoom_in))
             result = self.reconstructor.predict(
                 volume, prompts, mode=mode, modality=modality, previous=previous
             )

@@ -39,6 +39,7 @@ class Settings:
     mode: str = "volume"
     weights: str = "base"
     modality: str = "ct"
+    zoom_in: bool = False  # the engine's optional zoom-in (volume mode; core.engine.CubePolicy)
 
 
 @dataclass

@@ -94,6 +94,7 @@ def test_only_the_reconstruct_endpoint_is_public(client):
         "mode",
         "adapter",
         "modality",
+        "zoom_in",
     ]
 
 
@@ -127,6 +128,20 @@ def test_api_negative_points_mode_and_adapter(app, client, heart):
         load_image(path), PromptSet((c, neg)), weights="headneck-ct", mode="slice"
     )
     assert info["voxels"] == int(direct.mask.sum())
+
+
+def test_api_zoom_in_reaches_the_engine(app, client, heart):
+    path, image, label, _ = heart
+    c = first_click(label.data == 1)  # the LA: a compact chamber the engine zooms in on
+    from gradio_client import handle_file
+
+    args = [handle_file(str(path)), c.axis, c.slice_idx, [[c.row, c.col]], None, "volume"]
+    _, _, plain = client.predict(*args, "base", "ct", False, api_name="/reconstruct")
+    _, _, zoomed = client.predict(*args, "base", "ct", True, api_name="/reconstruct")
+    assert plain["zoom_in"] is False and plain["passes"] == 2
+    assert zoomed["zoom_in"] is True and zoomed["passes"] == 3  # first, zoomed, refinement
+    direct = app.sam3d_engine.predict(load_image(path), PromptSet((c,)), zoom_in=True)
+    assert zoomed["voxels"] == int(direct.mask.sum()) and direct.cube.spacing < 2.0
 
 
 @pytest.mark.parametrize(
@@ -178,7 +193,7 @@ def _raw_call(app, data):
 
 def test_api_reads_only_uploaded_files(app, heart):
     path, _, _, c = heart
-    rest = [2, c.slice_idx, [[c.row, c.col]], None, "volume", "base", "ct"]
+    rest = [2, c.slice_idx, [[c.row, c.col]], None, "volume", "base", "ct", False]
     # a server path given as a file: gradio refuses files that were not uploaded
     out = _raw_call(app, [{"path": str(path), "meta": {"_type": "gradio.FileData"}}, *rest])
     assert "event: error" in out and "mask.nii.gz" not in out

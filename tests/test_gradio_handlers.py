@@ -18,6 +18,7 @@ from conftest import REPO, save_nifti
 
 pytest.importorskip("gradio")
 
+from core.clicks import first_click  # noqa: E402
 from core.errors import InputError  # noqa: E402
 from core.geometry import take_slice  # noqa: E402
 from core.io import load_image, load_label  # noqa: E402
@@ -203,6 +204,24 @@ def test_more_clicks_refine_the_previous_result(sample, engine):
     assert spy.calls[2][1].get("previous") is None and spy.calls[2][1]["mode"] == "slice"
     assert "Redone 1" in view.status and "slice mode" in view.status
     assert len(spy.calls[2][0].clicks) == 2
+
+
+def test_zoom_in_setting_reaches_the_engine_and_redoes_the_object(sample, engine):
+    session, _ = sample
+    spy = Spy(engine)
+    la = first_click(session.gt.data == 1)  # the LA: a compact chamber the engine zooms in on
+    session, _ = H.show_slice(session, la.slice_idx)  # the sample opens on an axial slice
+    xy = pixel_of(session, la.row, la.col)
+    session, _ = H.click(session, spy, *xy, settings=Settings(zoom_in=True))
+    assert spy.calls[0][1]["zoom_in"] is True
+    zoomed = session.current.result
+    assert zoomed.passes == 3 and zoomed.cube.spacing < 2.0
+    assert "volume mode with zoom-in" in H.render(session).status
+    session, view = H.change_settings(session, spy, Settings())  # zoom-in off: redone
+    assert spy.calls[1][1]["zoom_in"] is False and "Redone 1" in view.status
+    assert session.current.result.passes == 2 and session.current.result.cube.spacing == 3.0
+    # the shared engine goes back to the default policy for a call without zoom-in
+    assert engine.reconstructor.policy.zoom_in is False
 
 
 def test_box_takes_two_clicks(sample, engine):
