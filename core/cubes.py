@@ -64,6 +64,8 @@ class CubeSampling:
     p_self_refine : probability that a training step first runs 1 to ``max_self_rounds``
         refinement rounds on the model's own predictions (``core.self_refine``; applied in
         the training loop, on the whole batch)
+    p_no_click_round : in those rounds, the probability that an item gets no corrective click
+        (only its own prediction as the previous one: the engine's refinement pass)
     intensity_jitter : image * U(1 - j, 1 + j) + U(-j, j) / 2
     classes : restrict target classes (None: all present)
     """
@@ -81,11 +83,18 @@ class CubeSampling:
     max_refine_clicks: int = 3
     p_self_refine: float = 0.0
     max_self_rounds: int = 2
+    p_no_click_round: float = 0.0
     intensity_jitter: float = 0.05
     classes: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        probs = (self.p_volume, self.p_refine, self.p_default_spacing, self.p_self_refine)
+        probs = (
+            self.p_volume,
+            self.p_refine,
+            self.p_default_spacing,
+            self.p_self_refine,
+            self.p_no_click_round,
+        )
         if not all(0 <= p <= 1 for p in probs):
             raise ValueError("probabilities must be in [0, 1]")
         if self.max_self_rounds < 1:

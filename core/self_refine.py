@@ -99,12 +99,15 @@ def self_refine_batch(
     *,
     autocast=contextlib.nullcontext,
     generator: torch.Generator | None = None,
+    p_no_click: float = 0.0,
 ) -> dict:
     """``rounds`` refinement rounds on the model's own predictions (no gradient).
 
     Each round: predict, make the binary prediction the ``previous`` channel, add one
-    corrective click per item at its deepest error. The batch's targets are unchanged; a new
-    ``cube`` tensor is returned in a shallow copy of ``batch``.
+    corrective click per item at its deepest error. With probability ``p_no_click`` an item
+    gets no click in a round (only its new ``previous``), as the engine's refinement pass on
+    the first click feeds the model its own mask without one. The batch's targets are
+    unchanged; a new ``cube`` tensor is returned in a shallow copy of ``batch``.
     """
     cube = batch["cube"].clone()
     target = batch["occupancy"][:, 0] > 0.5
@@ -113,6 +116,10 @@ def self_refine_batch(
             logits = model({**batch, "cube": cube})["occupancy"][:, 0]
         pred = logits.float() > 0
         voxel, positive, valid = error_click(pred, target, generator=generator)
+        if p_no_click > 0:  # no draw otherwise: runs without it keep their random stream
+            dev = generator.device if generator is not None else pred.device
+            skip = torch.rand(pred.shape[0], generator=generator, device=dev) < p_no_click
+            valid = valid & ~skip.to(valid.device)
         cube[:, _PREV] = pred.to(cube.dtype)
         add_cube_click(cube[:, _POS], voxel, valid & positive)
         add_cube_click(cube[:, _NEG], voxel, valid & ~positive)

@@ -104,7 +104,14 @@ def _self_refine(model, batch, sampling, seed, step, micro, d, autocast) -> dict
         return batch
     rounds = int(rng.integers(1, sampling.max_self_rounds + 1))
     gen = torch.Generator(device=d.device).manual_seed(int(rng.integers(2**62)))
-    return self_refine_batch(model, batch, rounds, autocast=autocast, generator=gen)
+    return self_refine_batch(
+        model,
+        batch,
+        rounds,
+        autocast=autocast,
+        generator=gen,
+        p_no_click=sampling.p_no_click_round,
+    )
 
 
 @torch.no_grad()

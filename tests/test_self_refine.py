@@ -107,3 +107,38 @@ def test_a_round_feeds_back_the_models_own_prediction_and_one_click():
     assert batch["cube"][:, prev].abs().max() == 0  # the input batch is not modified
     two = self_refine_batch(model, batch, 2)
     assert (two["cube"][:, 2:4] > 0.99).sum() > (clicks > 0.99).sum()  # a second click
+
+
+def test_rounds_without_a_click_feed_back_only_the_prediction():
+    torch.manual_seed(0)
+    model = Sam3DMed(tiny_model_config(16)).eval()
+    b, n, s = 8, 16, 16
+    batch = {
+        "cube": torch.zeros(b, len(CUBE_CHANNELS), n, n, n),
+        "crop_view": torch.zeros(b, 5, s, s),
+        "crop_pointmap": torch.zeros(b, 3, s, s),
+        "full_view": torch.zeros(b, 5, s, s),
+        "full_pointmap": torch.zeros(b, 3, s, s),
+        "center": torch.zeros(b, 3),
+        "plane": torch.tensor([[2, 8]] * b),
+        "occupancy": ball((8, 8, 8), 5, n)[None, None].float().repeat(b, 1, 1, 1, 1),
+    }
+    batch["cube"][:, 0] = torch.randn(b, n, n, n)
+    with torch.no_grad():
+        pred = model(batch)["occupancy"][:, 0] > 0
+    prev = CUBE_CHANNELS.index("previous")
+
+    def n_clicked(out):
+        return int((out["cube"][:, 2:4].flatten(1).max(-1).values == 1.0).sum())
+
+    none = self_refine_batch(model, batch, 1, p_no_click=1.0)
+    assert torch.equal(none["cube"][:, prev], pred.float()) and n_clicked(none) == 0
+    gen = torch.Generator().manual_seed(3)
+    some = self_refine_batch(model, batch, 1, generator=gen, p_no_click=0.5)
+    assert 0 < n_clicked(some) < b and torch.equal(some["cube"][:, prev], pred.float())
+    # p_no_click=0 draws nothing: the same clicks as a run without the option
+    a = self_refine_batch(model, batch, 2, generator=torch.Generator().manual_seed(5))
+    c = self_refine_batch(
+        model, batch, 2, generator=torch.Generator().manual_seed(5), p_no_click=0.0
+    )
+    assert torch.equal(a["cube"], c["cube"])
