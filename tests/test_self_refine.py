@@ -81,21 +81,27 @@ def test_the_click_is_drawn_as_the_engine_draws_clicks():
     assert torch.all(ch[0] >= before) and ch[0, 7, 15, 14] == 1.0  # clicks add up (max)
 
 
-def test_a_round_feeds_back_the_models_own_prediction_and_one_click():
+def _model_and_batch(b: int, n: int = 16):
+    """A tiny untrained model and a batch of ``b`` items whose target is a ball."""
     torch.manual_seed(0)
-    model = Sam3DMed(tiny_model_config(16)).eval()
-    b, n, s = 2, 16, 16
+    model = Sam3DMed(tiny_model_config(n)).eval()
     batch = {
         "cube": torch.zeros(b, len(CUBE_CHANNELS), n, n, n),
-        "crop_view": torch.zeros(b, 5, s, s),
-        "crop_pointmap": torch.zeros(b, 3, s, s),
-        "full_view": torch.zeros(b, 5, s, s),
-        "full_pointmap": torch.zeros(b, 3, s, s),
+        "crop_view": torch.zeros(b, 5, n, n),
+        "crop_pointmap": torch.zeros(b, 3, n, n),
+        "full_view": torch.zeros(b, 5, n, n),
+        "full_pointmap": torch.zeros(b, 3, n, n),
         "center": torch.zeros(b, 3),
-        "plane": torch.tensor([[2, 8], [2, 8]]),
+        "plane": torch.tensor([[2, 8]] * b),
         "occupancy": ball((8, 8, 8), 5, n)[None, None].float().repeat(b, 1, 1, 1, 1),
     }
     batch["cube"][:, 0] = torch.randn(b, n, n, n)
+    return model, batch
+
+
+def test_a_round_feeds_back_the_models_own_prediction_and_one_click():
+    b = 2
+    model, batch = _model_and_batch(b)
     with torch.no_grad():
         pred = model(batch)["occupancy"][:, 0] > 0
     out = self_refine_batch(model, batch, 1)
@@ -110,20 +116,8 @@ def test_a_round_feeds_back_the_models_own_prediction_and_one_click():
 
 
 def test_rounds_without_a_click_feed_back_only_the_prediction():
-    torch.manual_seed(0)
-    model = Sam3DMed(tiny_model_config(16)).eval()
-    b, n, s = 8, 16, 16
-    batch = {
-        "cube": torch.zeros(b, len(CUBE_CHANNELS), n, n, n),
-        "crop_view": torch.zeros(b, 5, s, s),
-        "crop_pointmap": torch.zeros(b, 3, s, s),
-        "full_view": torch.zeros(b, 5, s, s),
-        "full_pointmap": torch.zeros(b, 3, s, s),
-        "center": torch.zeros(b, 3),
-        "plane": torch.tensor([[2, 8]] * b),
-        "occupancy": ball((8, 8, 8), 5, n)[None, None].float().repeat(b, 1, 1, 1, 1),
-    }
-    batch["cube"][:, 0] = torch.randn(b, n, n, n)
+    b = 8
+    model, batch = _model_and_batch(b)
     with torch.no_grad():
         pred = model(batch)["occupancy"][:, 0] > 0
     prev = CUBE_CHANNELS.index("previous")
