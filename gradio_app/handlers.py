@@ -216,7 +216,12 @@ def _check_settings(settings: Settings, engine: SharedEngine) -> Settings:
         raise ValueError(
             f"modality must be one of {', '.join(MODALITIES)}, got {settings.modality!r}"
         )
-    return replace(settings, weights=engine.check_weights(settings.weights))
+    # zoom-in applies in volume mode only: in slice mode it changes nothing, so it is off
+    return replace(
+        settings,
+        weights=engine.check_weights(settings.weights),
+        zoom_in=bool(settings.zoom_in) and settings.mode == "volume",
+    )
 
 
 def click(

@@ -222,6 +222,11 @@ def test_zoom_in_setting_reaches_the_engine_and_redoes_the_object(sample, engine
     assert session.current.result.passes == 2 and session.current.result.cube.spacing == 3.0
     # the shared engine goes back to the default policy for a call without zoom-in
     assert engine.reconstructor.policy.zoom_in is False
+    # in slice mode zoom-in changes nothing: ticking it there redoes nothing
+    session, _ = H.change_settings(session, spy, Settings(mode="slice"))
+    n = len(spy.calls)
+    session, view = H.change_settings(session, spy, Settings(mode="slice", zoom_in=True))
+    assert len(spy.calls) == n and "next click" in view.status
 
 
 def test_box_takes_two_clicks(sample, engine):
