@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from core.errors import InputError
+from core.intensity import MODALITIES
+from core.modes import MODES
 
 __all__ = ["main", "build_parser"]
 
@@ -101,7 +103,6 @@ def _run_synth(args) -> int:
 
 def _add_preprocess(sub):
     from core.datasets import LAYOUTS
-    from core.intensity import MODALITIES
     from core.preprocess import SLICE_SAMPLINGS
 
     p = sub.add_parser(
@@ -188,7 +189,7 @@ def _add_demo(sub):
         "the Dice against the phantom's ground truth.",
     )
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
-    p.add_argument("--mode", choices=("volume", "slice"), default="volume")
+    p.add_argument("--mode", choices=MODES, default="volume")
     p.add_argument("--checkpoint", default=None, help="base weights (default: shipped)")
     p.set_defaults(func=_run_demo)
 
@@ -270,8 +271,8 @@ def _add_predict(sub):
         metavar="ROW,COL",
         help="a negative click (repeatable)",
     )
-    p.add_argument("--mode", choices=("volume", "slice"), default="volume")
-    p.add_argument("--modality", choices=("ct", "mr", "us"), default="ct")
+    p.add_argument("--mode", choices=MODES, default="volume")
+    p.add_argument("--modality", choices=MODALITIES, default="ct")
     _add_weights_args(p)
     _add_zoom_in_arg(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -315,11 +316,11 @@ def _add_eval(sub):
     p.add_argument("--output_dir", required=True)
     _add_weights_args(p)
     p.add_argument("--clicks", type=int, default=5)
-    p.add_argument("--mode", choices=("volume", "slice"), default="volume")
+    p.add_argument("--mode", choices=MODES, default="volume")
     p.add_argument("--max_cases", type=int, default=None)
     p.add_argument("--classes", type=_int_list, default=None, help="e.g. 1,2,3 (default: all)")
     p.add_argument("--layout", choices=("totalseg", "nnunet", "flat"), default=None)
-    p.add_argument("--modality", choices=("ct", "mr", "us"), default="ct")
+    p.add_argument("--modality", choices=MODALITIES, default="ct")
     p.add_argument("--no_baselines", action="store_true", help="skip the classical baselines")
     p.add_argument("--save_viz", action="store_true", help="overlays, comparison grids, meshes")
     _add_zoom_in_arg(p)

@@ -63,6 +63,7 @@ from core.geometry import take_slice
 from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
 from core.io import Volume, spacing_of, voxel_to_world, world_to_voxel
 from core.model import Sam3DMed
+from core.modes import zoom_in_applies
 from core.samples import MODES, build_inputs, first_pass_cube
 from core.transforms import warp
 
@@ -81,6 +82,10 @@ class CubePolicy:
     target_fill: float = 0.6
     zoom_in: bool = False
     refine_passes: int = 1
+
+    def zooms_in(self, mode: str) -> bool:
+        """Whether this policy zooms in in ``mode`` (``core.modes.zoom_in_applies``)."""
+        return self.zoom_in and zoom_in_applies(mode)
 
     def __post_init__(self):
         if not 0 < self.min_fill < self.target_fill < 1:
@@ -258,6 +263,7 @@ class Reconstructor:
         ct_window=DEFAULT_CT_WINDOW,
         previous: Result | None = None,
         mesh: bool = True,
+        policy: CubePolicy | None = None,
     ) -> Result:
         """Reconstruct the structure the prompts point at.
 
@@ -269,6 +275,8 @@ class Reconstructor:
         modality : "ct", "mr" or "us" (intensity normalisation, as in preprocessing)
         previous : the last result for the same structure: refine it with the new clicks
         mesh : also extract the surface mesh
+        policy : the cube policy for this call (None: the one given at construction), so
+            front ends that share one model need not change its state
 
         Raises
         ------
@@ -295,13 +303,13 @@ class Reconstructor:
         image = self._normalized(volume, modality, ct_window)
         affine = volume.affine
         timings["normalize"] = _ms(t0)
-        pol = self.policy
+        pol = policy or self.policy
 
         if previous is not None:
             cube = previous.cube
             prev_prob = (previous.cube_probability > 0.5).astype(np.float32)
             if not all(_inside_cube(cube, affine, c.voxel()) for c in prompts.clicks):
-                cube = self._cube_around(previous.mask, prompts, affine, cube.spacing)
+                cube = self._cube_around(previous.mask, prompts, affine, cube.spacing, pol)
                 prev_prob = sample_into_cube(
                     previous.mask.astype(np.uint8), affine, cube, order=0
                 ).astype(np.float32)
@@ -324,7 +332,7 @@ class Reconstructor:
             else:
                 pass
             fg = prob > 0.5
-            if pol.zoom_in and mode == "volume" and passes == 1 and fg.any():
+            if pol.zooms_in(mode) and passes == 1 and fg.any():
                 extent = _extent_vox(fg) * cube.spacing
                 fill = extent / cube.extent_mm
                 if fill < pol.min_fill:
@@ -381,7 +389,7 @@ class Reconstructor:
             timings,
         )
 
-    def _cube_around(self, mask, prompts, affine, spacing) -> Cube:
+    def _cube_around(self, mask, prompts, affine, spacing, pol: CubePolicy) -> Cube:
         pts = [c.voxel() for c in prompts.clicks]
         if mask.any():
             idx = np.argwhere(mask)
@@ -389,7 +397,7 @@ class Reconstructor:
         pts = np.array(pts, dtype=float)
         center = voxel_to_world(affine, (pts.min(0) + pts.max(0)) / 2)
         ext = float(((pts.max(0) - pts.min(0) + 1) * spacing_of(affine)).max())
-        sp = max(spacing, ext / (self.policy.target_fill * self.cfg.cube_size))
+        sp = max(spacing, ext / (pol.target_fill * self.cfg.cube_size))
         return Cube(center, sp, axis_directions(affine), self.cfg.cube_size)
 
 

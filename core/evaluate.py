@@ -29,6 +29,7 @@ from core.datasets import discover
 from core.errors import InputError
 from core.io import load_pair
 from core.metrics import METRIC_NAMES, binary_metrics
+from core.modes import MODES
 
 __all__ = ["EvalConfig", "evaluate", "METHODS"]
 
@@ -56,8 +57,8 @@ class EvalConfig:
     def __post_init__(self):
         if self.clicks < 1:
             raise ValueError(f"clicks must be at least 1, got {self.clicks}")
-        if self.mode not in ("volume", "slice"):
-            raise ValueError(f"mode must be volume or slice, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
 
 def _aggregate(per_case: dict, n_clicks: int) -> dict:

@@ -21,6 +21,7 @@ from core.cube import Cube, axis_directions, sample_into_cube
 from core.geometry import other_axes, slice_pointmap, slice_voxel_index, take_slice
 from core.io import spacing_of, voxel_to_world, world_to_voxel
 from core.model import CUBE_CHANNELS, ModelConfig
+from core.modes import MODES
 from core.transforms import letterbox_matrix, resize_pointmap, warp
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "prompt_center",
 ]
 
-MODES = ("volume", "slice")
 CLICK_SIGMA_VOXELS = 1.5
 CLICK_RADIUS_VOXELS = int(np.ceil(3 * CLICK_SIGMA_VOXELS))  # a cube click's heatmap is cut here
 VIEW_CLICK_SIGMA = 2.0

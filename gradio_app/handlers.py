@@ -23,6 +23,8 @@ import numpy as np
 
 from core.clicks import Box, Click, PromptSet, check_click_in_volume
 from core.errors import InputError
+from core.intensity import MODALITIES
+from core.modes import MODES, zoom_in_applies
 from gradio_app.outputs import SourceGrid
 from gradio_app.page import METRIC_COLUMNS, View, md_escape, render, slice_picture, slice_view
 from gradio_app.render import AXIS_NAMES
@@ -53,8 +55,6 @@ __all__ = [
 ]
 
 TOOLS = ("positive", "negative", "box")
-MODES = ("volume", "slice")
-MODALITIES = ("ct", "mr", "us")
 
 # --------------------------------------------------------------------------------------------
 # inputs
@@ -216,11 +216,11 @@ def _check_settings(settings: Settings, engine: SharedEngine) -> Settings:
         raise ValueError(
             f"modality must be one of {', '.join(MODALITIES)}, got {settings.modality!r}"
         )
-    # zoom-in applies in volume mode only: in slice mode it changes nothing, so it is off
+    # where zoom-in changes nothing (slice mode) it is off, so ticking it there redoes nothing
     return replace(
         settings,
         weights=engine.check_weights(settings.weights),
-        zoom_in=bool(settings.zoom_in) and settings.mode == "volume",
+        zoom_in=bool(settings.zoom_in) and zoom_in_applies(settings.mode),
     )
 
 

@@ -83,9 +83,13 @@ class SharedEngine:
         name = self.check_weights(weights)
         with self._lock:
             self._use(name)
-            self.reconstructor.policy = CubePolicy(zoom_in=bool(zoom_in))
             result = self.reconstructor.predict(
-                volume, prompts, mode=mode, modality=modality, previous=previous
+                volume,
+                prompts,
+                mode=mode,
+                modality=modality,
+                previous=previous,
+                policy=CubePolicy(zoom_in=bool(zoom_in)),
             )
             self.calls += 1
         return result

@@ -24,6 +24,8 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from core.intensity import MODALITIES
+from core.modes import MODES, zoom_in_applies
 from sam3d_napari._commit import commit_mask, next_free_class
 from sam3d_napari._layers import meta_affine, slice_axis
 from sam3d_napari._prompt_editor import PromptEditor
@@ -74,8 +76,8 @@ class ReconstructWidget(Container):
         self._view_set = False
 
         self.image = ComboBox(label="Image", choices=layer_choices(viewer, "image"))
-        self.mode = ComboBox(label="Mode", choices=["volume", "slice"], value="volume")
-        self.modality = ComboBox(label="Modality", choices=["ct", "mr", "us"], value="ct")
+        self.mode = ComboBox(label="Mode", choices=list(MODES), value="volume")
+        self.modality = ComboBox(label="Modality", choices=list(MODALITIES), value="ct")
         self.weights = ComboBox(label="Weights", choices=self._weight_choices)
         self.adapter_dir = FileEdit(label="Adapter folder", mode="d", visible=False)
         self.negative = CheckBox(text="Negative clicks (N; or Shift+click)", value=False)
@@ -194,10 +196,10 @@ class ReconstructWidget(Container):
                 self._zoom_in())  # fmt: skip
 
     def _zoom_in(self) -> bool:
-        return bool(self.zoom_in.value) and self.mode.value == "volume"
+        return bool(self.zoom_in.value) and zoom_in_applies(self.mode.value)
 
     def _on_mode_changed(self, *_):
-        self.zoom_in.enabled = self.mode.value == "volume"  # the engine zooms in volume mode only
+        self.zoom_in.enabled = zoom_in_applies(self.mode.value)  # greyed out where it does nothing
 
     def _on_weights_changed(self, value=None):
         self.adapter_dir.visible = self.weights.value == ADAPTER_FOLDER

@@ -71,16 +71,12 @@ class Session(QObject):
 
     def predict(self, volume, prompts, *, adapter=None, policy=None, **kwargs):
         """``Reconstructor.predict`` with ``adapter`` (None, a shipped name or a folder)
-        active and the cube ``policy`` (None: the engine's default,
-        ``core.engine.CubePolicy()``); loads the model on first use. Call from a worker
-        thread."""
-        from core.engine import CubePolicy
-
+        active and the cube ``policy`` for this call (None: the engine's default); loads the
+        model on first use. Call from a worker thread."""
         with self._lock:
             rec = self._reconstructor()
             activate_adapter(rec, adapter)
-            rec.policy = policy or CubePolicy()
-            return rec.predict(volume, prompts, **kwargs)
+            return rec.predict(volume, prompts, policy=policy, **kwargs)
 
     def _reconstructor(self):
         from core.engine import Reconstructor

@@ -114,6 +114,18 @@ def test_zoom_in_for_small_organs():
     assert res.cube.spacing == pytest.approx(model.spacings[1], rel=0.05)
 
 
+def test_policy_per_call_overrides_the_default_and_leaves_it_alone():
+    vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    rec = Reconstructor(BallModel(radius_mm=12.0))  # default policy: no zoom-in
+    prompts = PromptSet((Click(2, 32, 32, 32),))
+    zoom = CubePolicy(min_spacing_mm=0.5, zoom_in=True, refine_passes=0)
+    res = rec.predict(vol, prompts, policy=zoom)
+    assert res.passes == 2 and res.cube.spacing < 1.0  # zoomed in, no refinement pass
+    assert rec.policy == CubePolicy()  # the call did not change the shared model's state
+    res = rec.predict(vol, prompts)  # the next call without one: the default again
+    assert res.passes == 2 and res.cube.spacing == 3.0  # one pass + the refinement pass
+
+
 def test_no_zoom_in_in_slice_mode():
     vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
     model = BallModel(radius_mm=12.0)  # small enough to zoom in on in volume mode (above)

@@ -19,6 +19,7 @@ from conftest import REPO, save_nifti
 pytest.importorskip("gradio")
 
 from core.clicks import first_click  # noqa: E402
+from core.engine import CubePolicy  # noqa: E402
 from core.errors import InputError  # noqa: E402
 from core.geometry import take_slice  # noqa: E402
 from core.io import load_image, load_label  # noqa: E402
@@ -220,8 +221,8 @@ def test_zoom_in_setting_reaches_the_engine_and_redoes_the_object(sample, engine
     session, view = H.change_settings(session, spy, Settings())  # zoom-in off: redone
     assert spy.calls[1][1]["zoom_in"] is False and "Redone 1" in view.status
     assert session.current.result.passes == 2 and session.current.result.cube.spacing == 3.0
-    # the shared engine goes back to the default policy for a call without zoom-in
-    assert engine.reconstructor.policy.zoom_in is False
+    # the setting travels with each call: the shared engine's own policy never changes
+    assert engine.reconstructor.policy == CubePolicy()
     # in slice mode zoom-in changes nothing: ticking it there redoes nothing
     session, _ = H.change_settings(session, spy, Settings(mode="slice"))
     n = len(spy.calls)

@@ -260,10 +260,14 @@ def test_zoom_in_checkbox_reaches_the_engine_in_volume_mode_only(
     widget.mode.value = "volume"
     assert widget.zoom_in.enabled
     qtbot.waitUntil(lambda: not widget.busy and widget.result.mode == "volume", timeout=60_000)
-    assert widget.result.passes == 3 and fast_model.policy.zoom_in is True
-    # the shared model goes back to the default policy for a call without one
-    widget.session.predict(widget._volume(), widget.prompts())
-    assert fast_model.policy.zoom_in is False
+    assert widget.result.passes == 3
+    # the policy travels with each call: a call without one gets the default, and the shared
+    # model's own policy never changes
+    from core.engine import CubePolicy
+
+    plain = widget.session.predict(widget._volume(), widget.prompts())
+    assert plain.passes == 2 and plain.cube.spacing == 3.0
+    assert fast_model.policy == CubePolicy()
 
 
 def test_box_prompt_drawn_on_the_slice_reconstructs(make_napari_viewer, qtbot, fast_model):

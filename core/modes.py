@@ -1,0 +1,20 @@
+"""The engine's modes and which cube options apply in each, without importing torch.
+
+Front ends (the napari widget, the web demo) read these to build their controls and to know
+whether a setting changes a result, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MODES", "ZOOM_IN_MODES", "zoom_in_applies"]
+
+MODES = ("volume", "slice")  # "volume": the model sees the 3D volume; "slice": only the slice
+
+# The engine's optional zoom-in (core.engine.CubePolicy) runs in volume mode only: it hurt
+# slice mode on both validation sets (see core.engine's module docstring).
+ZOOM_IN_MODES = ("volume",)
+
+
+def zoom_in_applies(mode: str) -> bool:
+    """Whether the zoom-in option changes a result in ``mode``."""
+    return mode in ZOOM_IN_MODES
