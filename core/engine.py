@@ -166,7 +166,8 @@ class Reconstructor:
         self.cfg = model.cfg if hasattr(model, "cfg") else model.get_base_model().cfg
         self.policy = policy or CubePolicy()
         self.base_model = self.model
-        self.merged: dict[str, torch.nn.Module] = {}  # "folder@write time" -> merged copy
+        # (folder, its weights' write time) -> the base with that adapter merged in
+        self.merged: dict[tuple[Path, int], torch.nn.Module] = {}
         self.name = name
         self._norm_cache: tuple | None = None
 
@@ -210,10 +211,10 @@ class Reconstructor:
         folder = Path(resolve_adapter(adapter)).resolve()
         weights = folder / ADAPTER_WEIGHTS
         stamp = weights.stat().st_mtime_ns if weights.exists() else 0
-        key = f"{folder}@{stamp}"
+        key = (folder, stamp)
         if key not in self.merged:
             merged = self._merge(folder)
-            for k in [k for k in self.merged if k.rpartition("@")[0] == str(folder)]:
+            for k in [k for k in self.merged if k[0] == folder]:
                 del self.merged[k]  # the same folder's older weights
             self.merged[key] = merged
         self.model, self.name = self.merged[key], folder.name

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from core.geometry import take_slice
-from core.modes import zoom_in_applies
 from gradio_app.outputs import save_mask
 from gradio_app.render import (
     SliceView,
@@ -202,7 +201,7 @@ def _status(s: Session, view: View, redone: int) -> str:
     t = r.timings
     parts = [
         f"**Object {k}** ({prompts}) · {st.mode} mode"
-        + (" with zoom-in" if st.zoom_in and zoom_in_applies(st.mode) else "")
+        + (" with zoom-in" if st.zoom_in else "")  # off where it does not apply
         + f" · {st.weights} weights",
         f"reconstruction **{t['total']:.0f} ms** (model {t.get('model', 0):.0f} ms in "
         f"{r.passes} pass{'es' if r.passes > 1 else ''}, mesh {t.get('mesh', 0):.0f} ms)",
