@@ -2,7 +2,8 @@
 
 Seeds -> data (a cache, or a raw folder preprocessed first; train/validation split by case)
 -> model (the shipped base, a checkpoint or random weights; LoRA adapters when enabled) ->
-AdamW with an explicit LR schedule -> epochs of (gradient accumulation, clipping, AMP on CUDA)
+AdamW with an explicit LR schedule -> epochs of (gradient accumulation, clipping, AMP on CUDA;
+a step whose gradient is not finite is skipped and logged, 10 in a row stop the run)
 -> validation on a fixed held-out set -> atomic checkpoints, metrics and a loss curve.
 
 Output folder (``training.output_dir``)::
@@ -11,7 +12,7 @@ Output folder (``training.output_dir``)::
     data_summary.json    caches, train/validation case ids and item counts
     train.log            human-readable log
     metrics.jsonl        one JSON object per epoch (train loss parts, val Dice per mode, lr,
-                         seconds, samples/s)
+                         seconds, samples/s, skipped steps)
     loss_curve.png       train loss and val Dice per epoch
     last.pt              after every epoch (resume point)
     best.pt              the epoch with the best validation Dice (best.safetensors + .json:
@@ -53,10 +54,16 @@ from core.self_refine import self_refine_batch
 from core.train_data import build_data, split_cases
 from core.train_outputs import RunLog, TrainResult, epoch_line, run_result, save_epoch
 
-__all__ = ["TrainResult", "train", "lr_at", "split_cases", "evaluate"]
+__all__ = ["TrainResult", "train", "lr_at", "split_cases", "evaluate", "TrainingDiverged"]
 
 Progress = Callable[[int, int, str], None]
 _TARGETS = ("occupancy", "sdf", "sdf_valid", "slice_mask")
+MAX_BAD_STEPS = 10  # steps in a row with a non-finite gradient before the run is called diverged
+
+
+class TrainingDiverged(ValueError):
+    """``MAX_BAD_STEPS`` steps in a row had a non-finite gradient: the settings (learning rate,
+    mixed precision) are the user's to change; the run's files up to its last epoch are kept."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,11 +431,13 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
         sps = samples_done / train_seconds if train_seconds else 0.0
         return run_result(out, history, best, step, stopped=stopped, sps=sps, frac=frac)
 
+    bad_in_a_row = 0
     for epoch in range(start_epoch, tc.epochs):
         data.train_ds.set_epoch(epoch)
         data.sampler.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
+        counted = skipped = 0  # micro-batches in the logged loss; steps skipped
         t0 = time.perf_counter()
         data_wait = 0.0  # time spent waiting for the data workers (they limit a GPU run)
         batches = iter(data.loader)
@@ -436,6 +445,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
             lr = get_lr(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            step_parts: dict[str, float] = {}
             for micro in range(tc.grad_accum):
                 if stop_requested():
                     kept = history[-1]["epoch"] if history else "none"
@@ -460,18 +470,40 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
                     loss, parts = compute_loss(outputs, batch, cfg.loss)
                     scaler.scale(loss / tc.grad_accum).backward()
                 for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v / (steps_per_epoch * tc.grad_accum)
+                    step_parts[k] = step_parts.get(k, 0.0) + v
+            scaler.unscale_(optimizer)  # a no-op without fp16's scaler
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
             if tc.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+                torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, norm)
+            # A step with a non-finite gradient is skipped, not applied: one would turn the
+            # weights into NaN for good. (fp16's scaler skips such steps itself and lowers its
+            # scale; every process sees the same all-reduced norm, so all skip together.)
+            if scaler.is_enabled() or torch.isfinite(norm):
+                scaler.step(optimizer)
+                scaler.update()
+                bad_in_a_row = 0
+                for k, v in step_parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                counted += tc.grad_accum
+            else:
+                skipped += 1
+                bad_in_a_row += 1
+                log(f"step {step}: non-finite gradient norm ({float(norm)}); step skipped")
+                if bad_in_a_row >= MAX_BAD_STEPS:
+                    kept = history[-1]["epoch"] if history else "none"
+                    raise TrainingDiverged(
+                        f"{out}: training diverged, {bad_in_a_row} steps in a row with "
+                        f"non-finite gradients (last at step {step}); last.pt holds epoch "
+                        f"{kept}. Lower training.learning_rate or turn training.amp off"
+                    )
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if progress:
                 msg = f"epoch {epoch + 1}/{tc.epochs} loss {parts['total']:.4f} lr {lr:.2e}"
                 progress(step, total_steps, msg)
         del batches
+        sums = {k: v / counted for k, v in sums.items()} if counted else {"total": math.nan}
         if d.world > 1:  # the logged loss is the mean over every process's batches
             t = torch.tensor(list(sums.values()), device=d.device, dtype=torch.float64)
             dist.all_reduce(t)
@@ -508,6 +540,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
             "train_seconds": seconds,
             "samples_per_s": steps_per_epoch * global_batch / seconds,
             "data_wait_s": data_wait,
+            "skipped_steps": skipped,
         }
         history.append(record)
         # Higher is better: validation Dice, or minus the training loss without validation.

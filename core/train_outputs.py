@@ -83,6 +83,8 @@ def epoch_line(r: dict, epochs: int, improved: bool) -> str:
     line += f" lr {r['lr']:.2e} {r['seconds']:.1f} s {r['samples_per_s']:.2f} samples/s"
     if r.get("data_wait_s") is not None and r.get("train_seconds"):
         line += f" ({100 * r['data_wait_s'] / r['train_seconds']:.0f} % waiting for data)"
+    if r.get("skipped_steps"):
+        line += f" ({r['skipped_steps']} steps skipped: non-finite gradients)"
     return line + (" *best*" if improved else "")
 
 

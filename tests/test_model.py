@@ -1,6 +1,7 @@
 """core.model's fast CPU paths compute exactly what the plain layers they replace compute
 (so the shipped weights mean the same thing): stride-2 patchify conv, 1x1x1 matrix products,
-the pointmap branch's pooled second layer, the decoder's split raw-cube skip."""
+the pointmap branch's pooled second layer, the decoder's split raw-cube skip; and CPU bf16
+training gradients where oneDNN gets them wrong."""
 
 import math
 
@@ -14,6 +15,7 @@ from core.model import (
     ModelConfig,
     PointPatchEmbed,
     Sam3DMed,
+    _Conv3,
     depth_to_space,
     patchify_conv,
     pointwise,
@@ -93,3 +95,24 @@ def test_decoder_mix_equals_the_concatenated_1x1_conv():
     torch.testing.assert_close(f1, ref_f1, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     assert np.isfinite(got.numpy()).all()
+
+
+def test_bf16_training_gradients_of_a_2_cubed_conv_are_right():
+    """oneDNN's bf16 conv3d weight gradient is garbage (1e20 to inf, about one call in three)
+    on a grid with a side of 2 (a 16^3 cube's coarsest level; torch 2.13 on CPU). ``_Conv3``
+    trains such grids in fp32: twenty backward passes under CPU autocast must all match fp32.
+    """
+    torch.manual_seed(0)
+    block = _Conv3(32, 32)
+    for trial in range(20):
+        x = _rand(2, 32, 2, 2, 2, seed=trial)
+        grads = []
+        for amp in (False, True):
+            block.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                y = block(x)
+            (y.float() * x).sum().backward()
+            grads.append(block[0].weight.grad.clone())
+        ref, got = grads
+        assert torch.isfinite(got).all(), f"trial {trial}: non-finite weight gradient"
+        torch.testing.assert_close(got, ref, atol=1e-2 * float(ref.abs().max()), rtol=0.05)

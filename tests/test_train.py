@@ -353,6 +353,7 @@ def test_cpu_amp_is_bf16_where_native_else_ignored(hearts_cache, tmp_path):
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert np.isfinite(rows[0]["train_loss"])
+    assert rows[0]["skipped_steps"] == 0  # bf16's gradients are right, none needed skipping
 
 
 @pytest.mark.parametrize("p_self", [0.0, 1.0], ids=["plain", "self_refine"])
@@ -580,3 +581,48 @@ def test_two_processes_match_one_process_with_the_same_global_batch(hearts_cache
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("epoch 1/1 step 2") == 1  # rank 0 alone writes the log
     assert "x 2" in log and "global batch 4" in log
+
+
+def _poison_losses(monkeypatch, bad_calls):
+    """Make the training losses of the given calls (1-based) infinite, so their gradients are
+    not finite (what a broken kernel or a too-high learning rate does)."""
+    import core.train
+
+    real, calls = core.train.compute_loss, []
+
+    def poisoned(outputs, batch, weights):
+        loss, parts = real(outputs, batch, weights)
+        calls.append(1)
+        if outputs["occupancy"].requires_grad and bad_calls(len(calls)):
+            return loss * float("inf"), {**parts, "total": float("inf")}
+        return loss, parts
+
+    monkeypatch.setattr(core.train, "compute_loss", poisoned)
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped_and_logged(
+    hearts_cache, tmp_path, monkeypatch
+):
+    _poison_losses(monkeypatch, lambda n: n == 2)  # the second of the epoch's two steps
+    result = train(make_cfg(hearts_cache, tmp_path / "run", "training.epochs=1"))
+    assert result.epochs_done == 1
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "step 1: non-finite gradient norm" in log and "1 steps skipped" in log
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["skipped_steps"] == 1
+    assert np.isfinite(row["train_loss"])  # the skipped step's loss is not in the mean
+    weights = state_of(tmp_path / "run" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_a_run_that_keeps_failing_stops_with_a_clear_error_and_keeps_its_epochs(
+    hearts_cache, tmp_path, monkeypatch
+):
+    import core.train
+    from core.train import TrainingDiverged
+
+    monkeypatch.setattr(core.train, "MAX_BAD_STEPS", 2)
+    _poison_losses(monkeypatch, lambda n: n > 2)  # epoch 1 is fine, epoch 2 is not
+    with pytest.raises(TrainingDiverged, match=r"2 steps in a row.*last\.pt holds epoch 1"):
+        train(make_cfg(hearts_cache, tmp_path / "run"))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
