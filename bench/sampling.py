@@ -68,16 +68,21 @@ def synthetic_cache(tmp: Path) -> Path:
     return tmp / "cache"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    """``--cache``, ``--config`` and ``--repo``: the data and the checkouts to time."""
     ap.add_argument("--cache", type=Path, default=None, help="a preprocessed cache")
     ap.add_argument(
         "--config",
         type=Path,
         default=REPO / "configs" / "base_synthetic_stage7.yaml",
-        help="training config whose model and sampling settings are used",
+        help="training config whose data, model and sampling settings are used",
     )
     ap.add_argument("--repo", type=Path, action="append", default=None, help="checkout to time")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_args(ap)
     ap.add_argument("--items", type=int, default=150)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)

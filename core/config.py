@@ -147,7 +147,8 @@ class DataSection:
     preprocess_crop_size : side, in pixels, of the model's square slice views (crop and full
         view). An alias of ``model.view_size``: ``[H, W]`` with ``H == W`` (or one int) sets
         ``model.view_size = H``; a non-square size is refused (the views are square).
-    num_workers : DataLoader worker processes (0: load in the training process)
+    num_workers : DataLoader worker processes (0: load in the training process); they start
+        once and live through the run, keeping their per-case caches
     """
 
     train_data: str = ""

@@ -235,8 +235,13 @@ class CubeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
+        """Item ``i`` of the epoch set by :meth:`set_epoch`, or, for ``(epoch, i)``, item ``i``
+        of that epoch (what ``core.train_data.EpochSampler`` asks for: data workers that live
+        through the whole run keep the copy of the dataset they started with, so they never
+        see ``set_epoch``)."""
+        epoch, i = (int(i[0]), int(i[1])) if isinstance(i, tuple) else (self.epoch, int(i))
+        rng = np.random.default_rng([self.seed, epoch, i])
         for attempt in range(len(self.items)):
             item = self._make(self.items[(i + attempt) % len(self.items)], rng)
             if item is not None:

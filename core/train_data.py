@@ -2,8 +2,11 @@
 train/validation split (no leakage), and the loaders.
 
 ``build_data`` turns ``cfg.data`` into a ``TrainData``: the training dataset, its
-``DistributedSampler`` (one process or many), the training loader, fixed validation loaders
-per prompt mode and a summary (``data_summary.json``).
+``DistributedSampler`` (one process or many, wrapped to pass the epoch along with each index),
+the training loader, fixed validation loaders per prompt mode and a summary
+(``data_summary.json``). The loaders' data workers live through the whole run
+(``persistent_workers``): they start once, and the per-case caches they fill (memory maps,
+class bounding boxes) serve every epoch instead of being rebuilt at each epoch's start.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from core.config import TrainConfig
@@ -23,7 +26,7 @@ from core.cubes import CubeDataset
 if TYPE_CHECKING:
     from core.train import Dist
 
-__all__ = ["TrainData", "build_data", "split_cases"]
+__all__ = ["TrainData", "EpochSampler", "build_data", "split_cases"]
 
 
 def split_cases(case_ids, *, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -110,20 +113,44 @@ def _fixed_val_loaders(cache, case_ids, cfg: TrainConfig, pin: bool) -> dict:
             seed=split_seed(cfg) + 1,
         )
         idx = np.unique(np.linspace(0, len(ds) - 1, min(cfg.training.val_items, len(ds))).round())
+        # a worker builds whole batches: more workers than batches would only sit idle
+        workers = min(cfg.data.num_workers, -(-len(idx) // cfg.training.batch_size))
         loaders[mode] = DataLoader(
             Subset(ds, [int(i) for i in idx]),
             batch_size=cfg.training.batch_size,
             shuffle=False,
-            num_workers=cfg.data.num_workers,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=pin,
         )
     return loaders
 
 
+class EpochSampler(Sampler):
+    """A ``DistributedSampler``'s indices, each as ``(epoch, index)``.
+
+    Items draw their randomness from (seed, epoch, index). Persistent data workers keep the
+    dataset copy they started with and never see ``CubeDataset.set_epoch``: the epoch travels
+    with each index instead, so an epoch's items are the same with any number of workers."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 @dataclass(frozen=True)
 class TrainData:
     train_ds: CubeDataset
-    sampler: DistributedSampler
+    sampler: EpochSampler
     loader: DataLoader
     val_loaders: dict
     steps_per_epoch: int
@@ -162,13 +189,16 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
     cuda = d.device.type == "cuda"
     # One sampler for one or many processes: a permutation seeded by (seed, epoch), so an
     # epoch's order survives a resume and N processes split exactly one process's batches.
-    sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, seed=tc.seed)
+    sampler = EpochSampler(
+        DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, seed=tc.seed)
+    )
     loader = DataLoader(
         train_ds,
         batch_size=tc.batch_size,
         sampler=sampler,
         drop_last=True,
         num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
         pin_memory=cuda,
     )
     if len(loader) < tc.grad_accum:

@@ -626,3 +626,30 @@ def test_a_run_that_keeps_failing_stops_with_a_clear_error_and_keeps_its_epochs(
     with pytest.raises(TrainingDiverged, match=r"2 steps in a row.*last\.pt holds epoch 1"):
         train(make_cfg(hearts_cache, tmp_path / "run"))
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_persistent_data_workers_draw_each_epochs_own_items(hearts_cache, tmp_path):
+    """The data workers live through the run (they keep the dataset copy they started with),
+    so the epoch reaches them with each index: two workers give each epoch the very items the
+    training process would draw itself, and epochs differ."""
+    from core.train import _setup_device
+    from core.train_data import build_data
+
+    def epochs_of(workers: int) -> list[list[torch.Tensor]]:
+        cfg = make_cfg(hearts_cache, tmp_path / f"w{workers}", f"data.num_workers={workers}")
+        data = build_data(cfg, _setup_device("cpu"), tmp_path, lambda *a: None, None, None)
+        assert data.loader.persistent_workers == (workers > 0)
+        seen = []
+        for epoch in range(2):  # as core.train does it
+            data.train_ds.set_epoch(epoch)
+            data.sampler.set_epoch(epoch)
+            batches = iter(data.loader)
+            seen.append([next(batches)["cube"] for _ in range(2)])
+            del batches
+        return seen
+
+    inline, workers = epochs_of(0), epochs_of(2)
+    for epoch in range(2):
+        for a, b in zip(inline[epoch], workers[epoch], strict=True):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not torch.equal(inline[0][0], inline[1][0])
