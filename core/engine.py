@@ -154,6 +154,11 @@ class Reconstructor:
         name: str = "base",
         precision: str = "auto",
     ):
+        if hasattr(model, "peft_config"):  # a peft model forwards .cfg; its base is not ours
+            raise TypeError(
+                "Reconstructor takes the base model, not a peft model: load adapters with "
+                "set_adapter(folder) or Reconstructor.from_pretrained(adapter=...)"
+            )
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         if precision not in ("auto", "fp32", "bf16"):
@@ -163,7 +168,7 @@ class Reconstructor:
         if precision == "auto":
             precision = "bf16" if _native_bf16(self.device) else "fp32"
         self.precision = precision
-        self.cfg = model.cfg if hasattr(model, "cfg") else model.get_base_model().cfg
+        self.cfg = model.cfg
         self.policy = policy or CubePolicy()
         self.base_model = self.model
         # (folder, its weights' write time) -> the base with that adapter merged in

@@ -75,7 +75,7 @@ class Session(QObject):
         model on first use. Call from a worker thread."""
         with self._lock:
             rec = self._reconstructor()
-            activate_adapter(rec, adapter)
+            rec.set_adapter(adapter)  # merged once per folder and write time, then reused
             return rec.predict(volume, prompts, policy=policy, **kwargs)
 
     def _reconstructor(self):
@@ -85,13 +85,6 @@ class Session(QObject):
             self._rec = Reconstructor.from_pretrained(self.base_weights)
             self._rec_base = self.base_weights
         return self._rec
-
-
-def activate_adapter(rec, adapter) -> None:
-    """Run ``rec`` with ``adapter`` (None, a shipped name or a folder); each folder is keyed by
-    its full path and weights' write time (``Reconstructor.set_adapter``), so two runs' folders
-    never shadow each other and an adapter retrained in place is reloaded."""
-    rec.set_adapter(adapter)
 
 
 def session_for(viewer) -> Session:

@@ -491,3 +491,11 @@ def test_adapters_with_norm_copies_switch_merge_and_unload(tmp_path, two_adapter
     clean = mgr.unload()
     assert clean is base and weights_hash(clean.state_dict()) == h0
     assert all(type(m) is torch.nn.GroupNorm for n, m in clean.named_modules() if n in norms)
+
+
+def test_reconstructor_refuses_a_peft_model_and_says_how_to_load_adapters():
+    from core.engine import Reconstructor
+
+    pm = trained_adapter(1)
+    with pytest.raises(TypeError, match=r"not a peft model.*set_adapter"):
+        Reconstructor(pm)
