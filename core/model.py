@@ -302,9 +302,10 @@ class _Conv3(nn.Sequential):
             x = x.contiguous(memory_format=torch.channels_last_3d)
         tiny = min(x.shape[2:]) < 3 and x.is_cpu and torch.is_grad_enabled()
         if tiny and torch.is_autocast_enabled("cpu"):
-            # oneDNN's bf16 conv3d weight gradient on CPU is garbage (1e20 to inf, about one
-            # call in three) when a side is 2 (torch 2.13): grids that small (the 2^3 level of
-            # a 16^3 cube) train in fp32. Sides of 3 and up, and inference, are fine.
+            # oneDNN's bf16 conv3d weight gradient on CPU is garbage (1e20 to inf, in a quarter
+            # to all of the calls, by shape) when a side is 2 (torch 2.13): grids that small
+            # (the 2^3 level of a 16^3 cube) train in fp32. Sides of 3 and up, and inference,
+            # are fine.
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())
         return super().forward(x)

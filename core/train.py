@@ -477,19 +477,25 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, norm)
             # A step with a non-finite gradient is skipped, not applied: one would turn the
-            # weights into NaN for good. (fp16's scaler skips such steps itself and lowers its
-            # scale; every process sees the same all-reduced norm, so all skip together.)
-            if scaler.is_enabled() or torch.isfinite(norm):
+            # weights into NaN for good. Every process sees the same all-reduced norm, so all
+            # skip together. fp16's scaler skips such steps itself (and lowers its scale).
+            finite = bool(torch.isfinite(norm))
+            if finite or scaler.is_enabled():
                 scaler.step(optimizer)
                 scaler.update()
+            if finite:
                 bad_in_a_row = 0
                 for k, v in step_parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 counted += tc.grad_accum
             else:
                 skipped += 1
-                bad_in_a_row += 1
-                log(f"step {step}: non-finite gradient norm ({float(norm)}); step skipped")
+                if scaler.is_enabled() and math.isfinite(step_parts.get("total", math.nan)):
+                    # an fp16 overflow while the scaler finds its scale: routine, not divergence
+                    log(f"step {step}: fp16 gradient overflow; scale now {scaler.get_scale():g}")
+                else:
+                    bad_in_a_row += 1
+                    log(f"step {step}: non-finite gradient norm ({float(norm)}); step skipped")
                 if bad_in_a_row >= MAX_BAD_STEPS:
                     kept = history[-1]["epoch"] if history else "none"
                     raise TrainingDiverged(
@@ -545,7 +551,11 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
         history.append(record)
         # Higher is better: validation Dice, or minus the training loss without validation.
         metric = val["val_dice"] if val else -record["train_loss"]
-        improved = best["metric"] is None or metric > best["metric"]
+        # NaN (an epoch whose every step was skipped) never counts as best, and any number
+        # beats a NaN that an older run may have stored
+        improved = math.isfinite(metric) and (
+            best["metric"] is None or not math.isfinite(best["metric"]) or metric > best["metric"]
+        )
         if improved:
             best = {"metric": metric, "epoch": epoch + 1, "dice": val.get("val_dice")}
         log(epoch_line(record, tc.epochs, improved))

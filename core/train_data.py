@@ -11,11 +11,14 @@ class bounding boxes) serve every epoch instead of being rebuilt at each epoch's
 
 from __future__ import annotations
 
+import itertools
+import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler, Subset
 from torch.utils.data.distributed import DistributedSampler
@@ -119,32 +122,51 @@ def _fixed_val_loaders(cache, case_ids, cfg: TrainConfig, pin: bool) -> dict:
             Subset(ds, [int(i) for i in idx]),
             batch_size=cfg.training.batch_size,
             shuffle=False,
-            num_workers=workers,
-            persistent_workers=workers > 0,
+            **_worker_args(workers, split_seed(cfg)),
             pin_memory=pin,
         )
     return loaders
 
 
+def _ignore_sigint(_worker_id: int) -> None:
+    """Data workers leave Ctrl-C to the training process (which stops the run and ends them);
+    otherwise each would run the CLI's handler too."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_args(workers: int, seed: int) -> dict:
+    """DataLoader settings shared by the training and validation loaders: workers that live
+    through the run, and a generator of the loader's own for the workers' base seed, so that
+    creating an iterator draws nothing from the global RNG (which then goes the same way in a
+    run and in its resumed continuation, whatever the number of workers)."""
+    return {
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "worker_init_fn": _ignore_sigint if workers > 0 else None,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+
+
 class EpochSampler(Sampler):
-    """A ``DistributedSampler``'s indices, each as ``(epoch, index)``.
+    """A ``DistributedSampler``'s first ``limit`` indices, each as ``(epoch, index)``.
 
     Items draw their randomness from (seed, epoch, index). Persistent data workers keep the
     dataset copy they started with and never see ``CubeDataset.set_epoch``: the epoch travels
     with each index instead, so an epoch's items are the same with any number of workers."""
 
-    def __init__(self, sampler: DistributedSampler):
+    def __init__(self, sampler: DistributedSampler, limit: int | None = None):
         self.sampler = sampler
+        self.limit = len(sampler) if limit is None else min(int(limit), len(sampler))
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
         epoch = self.sampler.epoch
-        return ((epoch, int(i)) for i in self.sampler)
+        return ((epoch, int(i)) for i in itertools.islice(self.sampler, self.limit))
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return self.limit
 
 
 @dataclass(frozen=True)
@@ -189,27 +211,28 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
     cuda = d.device.type == "cuda"
     # One sampler for one or many processes: a permutation seeded by (seed, epoch), so an
     # epoch's order survives a resume and N processes split exactly one process's batches.
-    sampler = EpochSampler(
-        DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, seed=tc.seed)
-    )
+    per_rank = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, seed=tc.seed)
+    batches = len(per_rank) // tc.batch_size
+    if batches < tc.grad_accum:
+        raise ValueError(
+            f"{train_cache}: {len(train_ds)} training items are too few for batch_size "
+            f"{tc.batch_size} x grad_accum {tc.grad_accum} x {d.world} process(es)"
+        )
+    steps = batches // tc.grad_accum
+    if tc.steps_per_epoch is not None:
+        steps = min(steps, tc.steps_per_epoch)
+    # Only the items an epoch trains on: persistent workers would otherwise go on building
+    # the rest of the permutation, delaying the next epoch's first batch.
+    sampler = EpochSampler(per_rank, limit=steps * tc.grad_accum * tc.batch_size)
     loader = DataLoader(
         train_ds,
         batch_size=tc.batch_size,
         sampler=sampler,
         drop_last=True,
-        num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0,
+        **_worker_args(cfg.data.num_workers, tc.seed),
         pin_memory=cuda,
     )
-    if len(loader) < tc.grad_accum:
-        raise ValueError(
-            f"{train_cache}: {len(train_ds)} training items are too few for batch_size "
-            f"{tc.batch_size} x grad_accum {tc.grad_accum} x {d.world} process(es)"
-        )
     val_loaders = _fixed_val_loaders(val_cache, val_ids, cfg, cuda) if val_ids else {}
-    steps = len(loader) // tc.grad_accum
-    if tc.steps_per_epoch is not None:
-        steps = min(steps, tc.steps_per_epoch)
     summary = {
         "train_cache": str(train_cache),
         "val_cache": str(val_cache) if val_ids else None,

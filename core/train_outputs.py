@@ -101,6 +101,7 @@ def _save_curve(path: Path, history: list[dict]) -> None:
         ax1.plot(ep, [h.get("val_loss") for h in history], "s--", label="validation")
     ax1.set(xlabel="epoch", ylabel="loss", title="loss")
     ax1.legend()
+    plotted = False
     for key, label in (
         ("val_dice", "mean"),
         ("val_dice_volume", "volume mode"),
@@ -108,8 +109,12 @@ def _save_curve(path: Path, history: list[dict]) -> None:
     ):
         if any(h.get(key) is not None for h in history):
             ax2.plot(ep, [h.get(key) for h in history], "o-", label=label)
+            plotted = True
     ax2.set(xlabel="epoch", ylabel="Dice", title="validation Dice (occupancy)", ylim=(0, 1))
-    ax2.legend()
+    if plotted:
+        ax2.legend()
+    else:
+        ax2.text(0.5, 0.5, "no validation cases", ha="center", transform=ax2.transAxes)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80)

@@ -639,6 +639,8 @@ def test_persistent_data_workers_draw_each_epochs_own_items(hearts_cache, tmp_pa
         cfg = make_cfg(hearts_cache, tmp_path / f"w{workers}", f"data.num_workers={workers}")
         data = build_data(cfg, _setup_device("cpu"), tmp_path, lambda *a: None, None, None)
         assert data.loader.persistent_workers == (workers > 0)
+        # only the batches an epoch trains on: workers build nothing to throw away
+        assert len(data.loader) == data.steps_per_epoch == 2
         seen = []
         for epoch in range(2):  # as core.train does it
             data.train_ds.set_epoch(epoch)
@@ -653,3 +655,56 @@ def test_persistent_data_workers_draw_each_epochs_own_items(hearts_cache, tmp_pa
         for a, b in zip(inline[epoch], workers[epoch], strict=True):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert not torch.equal(inline[0][0], inline[1][0])
+
+
+def test_resume_with_data_workers_and_lora_dropout_continues_exactly(hearts_cache, tmp_path):
+    """LoRA dropout draws from the global RNG in the training process; the data loaders must
+    not (a persistent worker's loader draws its seed once per run, a resumed run's again), or
+    a resumed run would drift from the run it continues."""
+    cfg0 = make_cfg(hearts_cache, tmp_path / "x")
+    torch.manual_seed(1)
+    base = save_weights_safetensors(Sam3DMed(cfg0.model), tmp_path / "base.safetensors", cfg0.model)
+    extra = [f"training.init_checkpoint={json.dumps(str(base))}", "lora.enabled=true",
+             "lora.rank=2", "lora.max_trainable_fraction=0.05", "lora.dropout=0.1",
+             "data.num_workers=1"]  # fmt: skip
+    train(make_cfg(hearts_cache, tmp_path / "a", *extra))
+    seen = []
+    stopped = train(
+        make_cfg(hearts_cache, tmp_path / "b", *extra),
+        progress=lambda d, t, m: seen.append(d),
+        should_stop=lambda: bool(seen) and seen[-1] >= 2,
+    )
+    assert stopped.stopped and stopped.epochs_done == 1
+    train(make_cfg(hearts_cache, tmp_path / "b", *extra), resume=True)
+    assert max_diff(state_of(tmp_path / "a" / "last.pt"), state_of(tmp_path / "b" / "last.pt")) == 0
+
+
+def test_an_epoch_of_skipped_steps_is_never_the_best(hearts_cache, tmp_path, monkeypatch):
+    """Without validation the best epoch is the lowest training loss; an epoch whose every step
+    was skipped has none (NaN), and must not hold "best" against the epochs after it."""
+    _poison_losses(monkeypatch, lambda n: n <= 2)  # all of epoch 1 (2 steps)
+    result = train(make_cfg(hearts_cache, tmp_path / "run", "data.val_fraction=0"))
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["skipped_steps"] == 2 and np.isnan(rows[0]["train_loss"])
+    assert np.isfinite(rows[1]["train_loss"]) and rows[1]["skipped_steps"] == 0
+    assert result.best_epoch == 2
+
+
+def test_fp16_overflows_are_skipped_but_a_non_finite_loss_still_stops_the_run(
+    hearts_cache, tmp_path, monkeypatch
+):
+    """With fp16's GradScaler (CUDA; here a CPU scaler stands in), the scaler skips steps whose
+    gradients overflow; they are counted and logged, and a loss that stays non-finite still
+    ends the run as diverged instead of training on NaN."""
+    import core.train
+    from core.train import TrainingDiverged
+
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(
+        core.train.torch.amp, "GradScaler", lambda *a, **k: real_scaler("cpu", enabled=True)
+    )
+    monkeypatch.setattr(core.train, "MAX_BAD_STEPS", 2)
+    _poison_losses(monkeypatch, lambda n: True)
+    with pytest.raises(TrainingDiverged, match="2 steps in a row"):
+        train(make_cfg(hearts_cache, tmp_path / "run"))
+    assert "non-finite gradient norm" in (tmp_path / "run" / "train.log").read_text()
