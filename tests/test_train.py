@@ -549,11 +549,15 @@ def test_cli_train_then_ctrl_c_stops_cleanly(hearts_cache, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_the_same_global_batch(hearts_cache, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1], ids=["inline", "data_workers"])
+def test_two_processes_match_one_process_with_the_same_global_batch(
+    hearts_cache, tmp_path, workers
+):
     """torchrun with 2 x batch 2 takes the same optimizer steps on the same samples as one
-    process with batch 4: equal step counts and (float-close) equal weights, loss, Dice."""
+    process with batch 4: equal step counts and (float-close) equal weights, loss, Dice; with
+    persistent data workers too (each process's sampler hands its share to its workers)."""
     common = [*TINY, *FAST[1:], "training.epochs=1", "training.steps_per_epoch=2",
-              "training.grad_clip=0.5"]  # fmt: skip
+              "training.grad_clip=0.5", f"data.num_workers={workers}"]  # fmt: skip
     single = load_config(None, [*common, "training.batch_size=4",
                                 f"data.train_data={json.dumps(str(hearts_cache))}",
                                 f"training.output_dir={json.dumps(str(tmp_path / 'one'))}"])  # fmt: skip
