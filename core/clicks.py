@@ -34,6 +34,7 @@ __all__ = [
     "check_click_in_volume",
     "first_click",
     "next_click",
+    "fix_clicked_error",
     "simulate_clicks",
 ]
 
@@ -353,6 +354,28 @@ def next_click(pred, gt, *, spacing=(1.0, 1.0, 1.0), axis: int = AXIAL_AXIS) -> 
         k = int(np.argmin((((idx - centroid) * sp) ** 2).sum(axis=1)))
         idx = idx[k : k + 1]
     return Click.from_voxel(idx[0] + origin, axis, positive=is_fn)
+
+
+def fix_clicked_error(pred: np.ndarray, gt: np.ndarray, voxel, positive: bool) -> np.ndarray:
+    """``pred`` with the error a click lands in fixed: what a perfect answer to the click does.
+
+    The error is the one :func:`next_click` chose the click from: the 26-connected component,
+    holding ``voxel``, of the misses (``gt & ~pred``) for a positive click or of the false
+    positives (``pred & ~gt``) for a negative one. Training uses it to move a run of simulated
+    corrective clicks on to the next error. Returns a copy; ``pred`` unchanged when the voxel
+    holds no error of that kind.
+    """
+    out = np.array(pred, dtype=bool, copy=True)
+    g = np.asarray(gt, dtype=bool)
+    err = (g & ~out) if positive else (out & ~g)
+    v = tuple(int(round(float(x))) for x in voxel)
+    if not all(0 <= a < n for a, n in zip(v, err.shape, strict=True)) or not err[v]:
+        return out
+    block = mask_block(err)  # label the errors' bounding box only: the same components
+    lab, _ = ndimage.label(err[block], structure=_ERROR_CONNECTIVITY)
+    comp = lab == lab[tuple(a - b.start for a, b in zip(v, block, strict=True))]
+    out[block][comp] = positive
+    return out
 
 
 def simulate_clicks(

@@ -26,11 +26,11 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from core.clicks import AXIAL_AXIS, Box, Click, PromptSet, next_click
+from core.clicks import AXIAL_AXIS, Box, Click, PromptSet, fix_clicked_error, next_click
 from core.cube import Cube, axis_directions, sample_into_cube
 from core.engine import CubePolicy
 from core.errors import InputError
-from core.geometry import mask_bbox, mask_block
+from core.geometry import mask_bbox
 from core.io import spacing_of, voxel_to_world, world_to_voxel
 from core.model import ModelConfig
 from core.prompts import box_from_mask, interior_point
@@ -338,14 +338,9 @@ class CubeDataset(Dataset):
                 break
             ax = int(rng.integers(0, 3))
             prompts = prompts.add(Click.from_voxel(vol_vox, ax, click.positive))
-            # A user's click fixes the region it lands in; reflect that so the next one moves on.
-            v = tuple(int(round(x)) for x in click.voxel())
-            err = pred != occ
-            if err[v]:  # label the errors' bounding box only: the same components
-                block = mask_block(err)
-                lab, _ = ndimage.label(err[block])
-                fix = lab == lab[tuple(a - b.start for a, b in zip(v, block, strict=True))]
-                pred[block][fix] = occ[block][fix]
+            # A user's click fixes the error it lands in (the 26-connected miss or false
+            # positive next_click chose it from); reflect that so the next one moves on.
+            pred = fix_clicked_error(pred, occ, click.voxel(), click.positive)
         return prompts
 
 

@@ -12,6 +12,7 @@ from core.clicks import (
     PromptSet,
     check_click_in_volume,
     first_click,
+    fix_clicked_error,
     next_click,
     simulate_clicks,
 )
@@ -284,3 +285,34 @@ def test_simulate_clicks_validation():
         simulate_clicks(lambda p: np.zeros((3, 3, 3)), gt, n_clicks=2, spacing=(1, 1, 1))
     with pytest.raises(ValueError, match="spacing"):
         simulate_clicks(toy_predict(), gt, n_clicks=2, spacing=(1, 0, 1))
+
+
+def test_fixing_a_clicked_error_fixes_its_own_kind_26_connected_only():
+    """A click answers the error next_click chose it from: a positive click fixes the miss it
+    lands in (with every miss voxel 26-connected to it), not a false positive touching it."""
+    gt = np.zeros((12, 12, 12), bool)
+    gt[2:6, 2:6, 2:6] = True
+    pred = gt.copy()
+    pred[2:6, 2:6, 4:6] = False  # a miss ...
+    pred[2:6, 2:6, 6:7] = True  # ... sharing a face with a false positive
+    pred[6, 6, 7] = True  # a false positive touching the first only at a corner (26-connected)
+    gt[8, 8, 8] = True  # a miss touching nothing
+    click = next_click(pred, gt)
+    assert click.positive  # the larger error: the 4x4x2 miss (32 voxels against 17)
+    fixed = fix_clicked_error(pred, gt, click.voxel(), click.positive)
+    assert fixed[2:6, 2:6, 4:6].all()  # the miss is filled
+    assert fixed[2:6, 2:6, 6:7].all() and fixed[6, 6, 7]  # the false positives stay
+    assert not fixed[8, 8, 8]  # another miss, not connected: left for a later click
+    assert not np.array_equal(fixed, pred) and pred[2:6, 2:6, 4:6].sum() == 0  # a copy
+    # a negative click into the false positive clears it with its corner neighbour
+    fixed2 = fix_clicked_error(fixed, gt, (3, 3, 6), False)
+    assert not fixed2[2:6, 2:6, 6:7].any() and not fixed2[6, 6, 7]
+    # a voxel holding no error of the click's kind (or outside) changes nothing
+    assert np.array_equal(fix_clicked_error(fixed2, gt, (3, 3, 3), True), fixed2)
+    assert np.array_equal(fix_clicked_error(fixed2, gt, (30, 3, 3), False), fixed2)
+    # repeated next_click + fix converges to the ground truth, one error component per click
+    clicks = 0
+    while (c := next_click(fixed2, gt)) is not None:
+        fixed2 = fix_clicked_error(fixed2, gt, c.voxel(), c.positive)
+        clicks += 1
+    assert clicks == 1 and np.array_equal(fixed2, gt)
