@@ -4,7 +4,8 @@ on the same weights and inputs, alternating in one process (so machine drift hit
     .venv/bin/python bench/forward_ab.py [--ref 8504320~1] [--threads 2] [--repeats 20]
 
 The default ref is the code before the faster forward (commit 8504320). Inputs are random
-(no NaN in the pointmaps), batch 1, bf16 autocast where the CPU has native bf16.
+(no NaN in the pointmaps), batch 1, bf16 autocast where it is the faster (CPUs with AMX:
+core.precision).
 """
 
 from __future__ import annotations

@@ -163,8 +163,8 @@ class Reconstructor:
         self.device = torch.device(device)
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-        # bf16 halves CPU inference time where the CPU has native bf16 (AVX512-BF16/AMX);
-        # elsewhere it would be emulated and slower, so "auto" keeps fp32 there.
+        # "auto": bf16 where it is the faster (CUDA; CPUs with AMX), else fp32 (CPUs with
+        # AVX512-BF16 alone run this model slower in bf16: core.precision).
         if precision == "auto":
             precision = "bf16" if _native_bf16(self.device) else "fp32"
         self.precision = precision
@@ -420,12 +420,13 @@ class Reconstructor:
 
 
 def _native_bf16(device: torch.device) -> bool:
+    """Whether bf16 is the faster precision on ``device`` (CUDA: where supported; CPU:
+    :func:`core.precision.fast_cpu_bf16`)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    from core.precision import fast_cpu_bf16
+
+    return fast_cpu_bf16()
 
 
 def _ms(t0: float) -> float:

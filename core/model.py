@@ -290,6 +290,28 @@ def depth_to_space(x, r: int = 2):
     return x.reshape(b, co, d * r, h * r, w * r)
 
 
+def conv3d(x, weight, bias=None, *, stride: int = 1, padding: int = 0):
+    """``F.conv3d``, through oneDNN for CPU fp32 inference too.
+
+    torch picks oneDNN for an fp32 CPU convolution by a rule made for 2D: a batch of one whose
+    N*C*D*H is at most 20480 goes to its im2col path instead, 3-4 times slower for this
+    model's 3^3 convs at 16^3 and 8^3 (BENCHMARKS, session 16). bf16 always runs on oneDNN, and
+    training (gradients on) keeps ``F.conv3d``'s autograd.
+    """
+    if (
+        x.is_cpu
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+    ):
+        return torch.ops.aten.mkldnn_convolution(
+            x, weight, bias, [padding] * 3, [stride] * 3, [1, 1, 1], 1
+        )
+    return F.conv3d(x, weight, bias, stride=stride, padding=padding)
+
+
 class _Conv3(nn.Sequential):
     """3^3 conv + GroupNorm + GELU. (oneDNN on CPU is slow for exactly 16 input channels at
     32^3, several times slower than 24 or 32: widths here avoid 16.)"""
@@ -308,7 +330,10 @@ class _Conv3(nn.Sequential):
             # are fine.
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())
-        return super().forward(x)
+        conv, norm, act = self
+        if type(conv) is not nn.Conv3d:  # a LoRA-wrapped conv (peft): its own forward
+            return act(norm(conv(x)))
+        return act(norm(conv3d(x, conv.weight, conv.bias, padding=1)))
 
 
 def patchify_weight(w: torch.Tensor) -> torch.Tensor:
@@ -320,7 +345,7 @@ def patchify_weight(w: torch.Tensor) -> torch.Tensor:
 def patchify_conv(x, proj: nn.Conv3d):
     """``proj(space_to_depth(x))`` for a 1x1x1 ``proj``, computed as the equal 2^3 stride-2
     conv: no reordering copy, half the time on CPU."""
-    return F.conv3d(x, patchify_weight(proj.weight), proj.bias, stride=2)
+    return conv3d(x, patchify_weight(proj.weight), proj.bias, stride=2)
 
 
 def channel_matmul(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -366,7 +391,7 @@ class CubeEncoder(nn.Module):
         w, b = patchify_weight(p.weight), p.bias
         if side is not None:
             w, b = torch.cat([w, side[0]]), torch.cat([b, side[1]])
-        y = F.conv3d(x.contiguous(memory_format=torch.channels_last_3d), w, b, stride=2)
+        y = conv3d(x.contiguous(memory_format=torch.channels_last_3d), w, b, stride=2)
         c1 = p.weight.shape[0]
         f1 = self.e1.conv(y[:, :c1])
         f2 = self.e2(f1)

@@ -82,11 +82,11 @@ def lr_at(step: int, *, peak: float, warmup: int, total: int, schedule: str, min
 
 
 def _cpu_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (oneDNN with AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether bf16 autocast is the faster precision on this CPU (AMX:
+    :func:`core.precision.fast_cpu_bf16`)."""
+    from core.precision import fast_cpu_bf16
+
+    return fast_cpu_bf16()
 
 
 def _seed_everything(seed: int) -> None:
@@ -373,14 +373,14 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
         min_ratio=tc.min_lr_ratio,
     )
     # CUDA: on by default (bf16, or fp16 with a GradScaler). CPU: only when asked for
-    # (``training.amp=true``) and only as bf16 on CPUs with native bf16 (AVX512-BF16/AMX),
-    # where it is about 20 % faster; elsewhere it would be emulated, so it stays off.
+    # (``training.amp=true``) and only as bf16 on CPUs with AMX, where it is about 20 % faster;
+    # with AVX512-BF16 alone it is slower than fp32, and without it emulated: off there.
     if cuda:
         use_amp = tc.amp in ("auto", True)
     else:
         use_amp = tc.amp is True and _cpu_bf16()
         if tc.amp is True and not use_amp:
-            log("training.amp ignored: this CPU has no native bf16")
+            log("training.amp ignored: bf16 is slower than fp32 on this CPU (no AMX)")
     fp16 = cuda and (
         tc.amp_dtype == "fp16" or (tc.amp_dtype == "auto" and not torch.cuda.is_bf16_supported())
     )

@@ -253,3 +253,18 @@ def test_mask_on_volume_level_and_prompted_component():
         r = (1 - level) * 8
         assert abs(m.sum() / (4 / 3 * np.pi * r**3) - 1) < 0.25
     assert not mask_on_volume(prob * 0.2, cube, aff, shape, prompts).any()
+
+
+@pytest.mark.parametrize(("bf16_kernels", "amx", "expected"), [
+    (True, True, "bf16"), (True, False, "fp32"), (False, False, "fp32"),
+])  # fmt: skip
+def test_auto_precision_is_bf16_only_on_cpus_with_amx(monkeypatch, bf16_kernels, amx, expected):
+    """bf16 autocast was the slower precision on a CPU with AVX512-BF16 but no AMX (BENCHMARKS,
+    session 16); "auto" takes it only with AMX, and training's CPU AMP follows the same rule."""
+    from core.train import _cpu_bf16
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_kernels)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert Reconstructor(BallModel(10.0)).precision == expected
+    assert _cpu_bf16() == (expected == "bf16")
+    assert Reconstructor(BallModel(10.0), precision="bf16").precision == "bf16"  # as asked

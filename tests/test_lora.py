@@ -169,7 +169,11 @@ def test_conv_targets_adapt_the_encoders_first_convolutions(tmp_path, batch, bas
     saving, loading into a fresh base and merging."""
     targets = ("to_qkv", *LORA_CONV_TARGETS)
     pm = apply_lora(make_model(BASE_SEED), rank=2, targets=targets)
-    assert_same_outputs(outputs(pm.eval(), batch), base_ref)  # B starts at zero
+    # B starts at zero: the base's outputs, to float rounding (peft's wrapped 3D convs run
+    # torch's own conv, the plain base core.model.conv3d's oneDNN call)
+    fresh = outputs(pm.eval(), batch)
+    for k in base_ref:
+        torch.testing.assert_close(fresh[k], base_ref[k], rtol=0, atol=1e-5)
     modules = dict(make_model().named_modules())
     convs = [modules[n] for n in LORA_CONV_TARGETS]
     assert all(isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) for m in convs)

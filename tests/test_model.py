@@ -116,3 +116,30 @@ def test_bf16_training_gradients_of_a_2_cubed_conv_are_right():
         ref, got = grads
         assert torch.isfinite(got).all(), f"trial {trial}: non-finite weight gradient"
         torch.testing.assert_close(got, ref, atol=1e-2 * float(ref.abs().max()), rtol=0.05)
+
+
+def test_oneDNN_conv3d_equals_torch_conv3d_for_inference_and_training():
+    """``core.model.conv3d`` sends fp32 CPU inference to oneDNN (torch's own rule would pick its
+    3-4x slower im2col path for these batch-1 3D convs); the numbers must not change, and with
+    gradients on it must stay torch's differentiable conv."""
+    from core.model import conv3d
+
+    torch.manual_seed(0)
+    for shape, cout, stride, padding, k in (
+        ((1, 48, 16, 16, 16), 48, 1, 1, 3),
+        ((1, 96, 8, 8, 8), 96, 1, 1, 3),
+        ((1, 48, 16, 16, 16), 96, 2, 0, 2),
+    ):
+        x = _rand(*shape)
+        w, b = _rand(cout, shape[1], k, k, k, seed=1) * 0.05, _rand(cout, seed=2)
+        ref = F.conv3d(x, w, b, stride=stride, padding=padding)
+        with torch.inference_mode():
+            got = conv3d(x, w, b, stride=stride, padding=padding)
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        for xx in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+            with torch.inference_mode():
+                got = conv3d(xx, w, b, stride=stride, padding=padding)
+            torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    w = w.clone().requires_grad_()
+    conv3d(x, w, b, stride=2).sum().backward()  # training: a gradient, as F.conv3d gives
+    assert w.grad is not None and torch.isfinite(w.grad).all()

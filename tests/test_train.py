@@ -338,7 +338,7 @@ def test_two_epoch_run_writes_everything_a_user_looks_for(hearts_cache, tmp_path
         train(cfg)
 
 
-def test_cpu_amp_is_bf16_where_native_else_ignored(hearts_cache, tmp_path):
+def test_cpu_amp_is_bf16_where_fast_else_ignored(hearts_cache, tmp_path):
     from core.train import _cpu_bf16
 
     cfg = make_cfg(hearts_cache, tmp_path / "run", "training.amp=true", "training.epochs=1")
@@ -348,7 +348,7 @@ def test_cpu_amp_is_bf16_where_native_else_ignored(hearts_cache, tmp_path):
     if _cpu_bf16():
         assert "precision: bf16 autocast" in log
     else:
-        assert "precision: fp32" in log and "no native bf16" in log
+        assert "precision: fp32" in log and "no AMX" in log
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
