@@ -305,6 +305,7 @@ def conv3d(x, weight, bias=None, *, stride: int = 1, padding: int = 0):
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled  # a user's torch.backends.mkldnn.flags(enabled=False)
     ):
         return torch.ops.aten.mkldnn_convolution(
             x, weight, bias, [padding] * 3, [stride] * 3, [1, 1, 1], 1
@@ -331,8 +332,8 @@ class _Conv3(nn.Sequential):
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())
         conv, norm, act = self
-        if type(conv) is not nn.Conv3d:  # a LoRA-wrapped conv (peft): its own forward
-            return act(norm(conv(x)))
+        if type(conv) is not nn.Conv3d or conv._forward_hooks or conv._forward_pre_hooks:
+            return act(norm(conv(x)))  # a LoRA-wrapped conv (peft), or hooks: the module's call
         return act(norm(conv3d(x, conv.weight, conv.bias, padding=1)))
 
 

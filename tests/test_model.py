@@ -120,26 +120,40 @@ def test_bf16_training_gradients_of_a_2_cubed_conv_are_right():
 
 def test_oneDNN_conv3d_equals_torch_conv3d_for_inference_and_training():
     """``core.model.conv3d`` sends fp32 CPU inference to oneDNN (torch's own rule would pick its
-    3-4x slower im2col path for these batch-1 3D convs); the numbers must not change, and with
-    gradients on it must stay torch's differentiable conv."""
+    3-4x slower im2col path for these batch-1 3D convs); the numbers must not change, a user's
+    ``mkldnn.flags(enabled=False)`` is obeyed, and with gradients on it stays torch's conv."""
+    from torch.profiler import profile
+
     from core.model import conv3d
 
+    def ops(fn) -> set[str]:
+        with profile() as prof:
+            fn()
+        return {e.key for e in prof.key_averages()}
+
     torch.manual_seed(0)
-    for shape, cout, stride, padding, k in (
-        ((1, 48, 16, 16, 16), 48, 1, 1, 3),
-        ((1, 96, 8, 8, 8), 96, 1, 1, 3),
-        ((1, 48, 16, 16, 16), 96, 2, 0, 2),
+    for shape, cout, stride, padding, k, bias in (
+        ((1, 48, 16, 16, 16), 48, 1, 1, 3, True),
+        ((1, 96, 8, 8, 8), 96, 1, 1, 3, True),
+        ((1, 48, 16, 16, 16), 96, 2, 0, 2, True),
+        ((3, 24, 5, 2, 1), 24, 1, 1, 3, False),  # a batch, odd sides, no bias
     ):
-        x = _rand(*shape)
-        w, b = _rand(cout, shape[1], k, k, k, seed=1) * 0.05, _rand(cout, seed=2)
-        ref = F.conv3d(x, w, b, stride=stride, padding=padding)
-        with torch.inference_mode():
-            got = conv3d(x, w, b, stride=stride, padding=padding)
-        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
-        for xx in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+        base = _rand(shape[0], shape[1] + 8, *shape[2:]).contiguous(
+            memory_format=torch.channels_last_3d
+        )
+        w = _rand(cout, shape[1], k, k, k, seed=1) * 0.05
+        b = _rand(cout, seed=2) if bias else None
+        # contiguous, channels-last, and a channel slice of a channels-last tensor (the encoder's)
+        for x in (base[:, : shape[1]].contiguous(), base[:, : shape[1]]):
+            ref = F.conv3d(x, w, b, stride=stride, padding=padding)
             with torch.inference_mode():
-                got = conv3d(xx, w, b, stride=stride, padding=padding)
+                got = conv3d(x, w, b, stride=stride, padding=padding)
             torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    x, w, b = _rand(1, 48, 16, 16, 16), _rand(48, 48, 3, 3, 3, seed=1), _rand(48, seed=2)
+    with torch.inference_mode():
+        assert "aten::mkldnn_convolution" in ops(lambda: conv3d(x, w, b, padding=1))
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert "aten::mkldnn_convolution" not in ops(lambda: conv3d(x, w, b, padding=1))
     w = w.clone().requires_grad_()
-    conv3d(x, w, b, stride=2).sum().backward()  # training: a gradient, as F.conv3d gives
+    conv3d(x, w, b, padding=1).sum().backward()  # training: torch's differentiable conv
     assert w.grad is not None and torch.isfinite(w.grad).all()
