@@ -6,6 +6,7 @@ training gradients where oneDNN gets them wrong."""
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,6 +119,7 @@ def test_bf16_training_gradients_of_a_2_cubed_conv_are_right():
         torch.testing.assert_close(got, ref, atol=1e-2 * float(ref.abs().max()), rtol=0.05)
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")
 def test_oneDNN_conv3d_equals_torch_conv3d_for_inference_and_training():
     """``core.model.conv3d`` sends fp32 CPU inference to oneDNN (torch's own rule would pick its
     3-4x slower im2col path for these batch-1 3D convs); the numbers must not change, a user's
