@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     from core.checkpoint import load_weights
     from core.config import load_config
     from core.model import Sam3DMed
-    from core.train import Dist, _cpu_bf16, evaluate
+    from core.precision import fast_cpu_bf16
+    from core.train import Dist, evaluate
     from core.train_data import build_data
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(REPO / "configs" / "base_synthetic_stage2.yaml"))
     ap.add_argument("--val_items", type=int, default=48)
     a = ap.parse_args(argv)
-    bf16 = _cpu_bf16()
+    bf16 = fast_cpu_bf16()
     device = torch.device("cpu")
     base = load_config(a.config, [f"training.val_items={a.val_items}"])
     with tempfile.TemporaryDirectory() as tmp:

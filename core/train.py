@@ -50,6 +50,7 @@ from core.checkpoint import load_checkpoint, load_weights, set_rng_state
 from core.config import INIT_RANDOM, TrainConfig
 from core.losses import compute_loss, dice_score
 from core.model import INPUTS, Sam3DMed
+from core.precision import fast_cpu_bf16
 from core.self_refine import self_refine_batch
 from core.train_data import build_data, split_cases
 from core.train_outputs import RunLog, TrainResult, epoch_line, run_result, save_epoch
@@ -79,14 +80,6 @@ def lr_at(step: int, *, peak: float, warmup: int, total: int, schedule: str, min
         return peak
     t = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def _cpu_bf16() -> bool:
-    """Whether bf16 autocast is the faster precision on this CPU (AMX:
-    :func:`core.precision.fast_cpu_bf16`)."""
-    from core.precision import fast_cpu_bf16
-
-    return fast_cpu_bf16()
 
 
 def _seed_everything(seed: int) -> None:
@@ -378,7 +371,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
     if cuda:
         use_amp = tc.amp in ("auto", True)
     else:
-        use_amp = tc.amp is True and _cpu_bf16()
+        use_amp = tc.amp is True and fast_cpu_bf16()
         if tc.amp is True and not use_amp:
             log("training.amp ignored: bf16 is slower than fp32 on this CPU (no AMX)")
     fp16 = cuda and (

@@ -125,3 +125,41 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU (none available)")
         for it in gpu_items:
             it.add_marker(skip)
+
+
+# training tests (test_train*.py)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    import torch
+
+    # Two OpenMP threads on a busy two-core machine spin against each other (10x slower).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def hearts_raw(tmp_path_factory):
+    """4 synthetic hearts, 32^3 at 6 mm (the training tests' data)."""
+    from core.synthetic import write_heart_dataset
+
+    root = tmp_path_factory.mktemp("hearts") / "raw"
+    write_heart_dataset(root, 4, shape=(32, 32, 32), spacing=6.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hearts_cache(hearts_raw):
+    """``hearts_raw`` preprocessed (5 classes, 2 slices per axis)."""
+    from core.preprocess import PreprocessConfig, preprocess_dataset
+
+    out = hearts_raw.parent / "cache"
+    cfg = PreprocessConfig(
+        input_dir=str(hearts_raw), out_dir=str(out), classes=5, spacing=6.0, slices_per_axis=2
+    )
+    assert preprocess_dataset(cfg).n_done == 4
+    return out

@@ -261,10 +261,10 @@ def test_mask_on_volume_level_and_prompted_component():
 def test_auto_precision_is_bf16_only_on_cpus_with_amx(monkeypatch, bf16_kernels, amx, expected):
     """bf16 autocast was the slower precision on a CPU with AVX512-BF16 but no AMX (BENCHMARKS,
     session 16); "auto" takes it only with AMX, and training's CPU AMP follows the same rule."""
-    from core.train import _cpu_bf16
+    from core.precision import fast_cpu_bf16
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_kernels)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert Reconstructor(BallModel(10.0)).precision == expected
-    assert _cpu_bf16() == (expected == "bf16")
+    assert fast_cpu_bf16() == (expected == "bf16")  # training's CPU AMP rule
     assert Reconstructor(BallModel(10.0), precision="bf16").precision == "bf16"  # as asked

@@ -62,34 +62,8 @@ def make_cfg(data, out, *extra) -> TrainConfig:
     return load_config(None, [*TINY, *FAST, *paths, *extra])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two OpenMP threads on a busy two-core machine spin against each other (10x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def hearts_raw(tmp_path_factory):
-    from core.synthetic import write_heart_dataset
-
-    root = tmp_path_factory.mktemp("hearts") / "raw"
-    write_heart_dataset(root, 4, shape=(32, 32, 32), spacing=6.0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def hearts_cache(hearts_raw):
-    from core.preprocess import PreprocessConfig, preprocess_dataset
-
-    out = hearts_raw.parent / "cache"
-    cfg = PreprocessConfig(
-        input_dir=str(hearts_raw), out_dir=str(out), classes=5, spacing=6.0, slices_per_axis=2
-    )
-    assert preprocess_dataset(cfg).n_done == 4
-    return out
+# one thread, the tiny synthetic hearts and their cache: tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def state_of(path) -> dict:
@@ -338,24 +312,6 @@ def test_two_epoch_run_writes_everything_a_user_looks_for(hearts_cache, tmp_path
         train(cfg)
 
 
-def test_cpu_amp_is_bf16_where_fast_else_ignored(hearts_cache, tmp_path):
-    from core.train import _cpu_bf16
-
-    cfg = make_cfg(hearts_cache, tmp_path / "run", "training.amp=true", "training.epochs=1")
-    result = train(cfg)
-    log = (tmp_path / "run" / "train.log").read_text()
-    assert result.epochs_done == 1
-    if _cpu_bf16():
-        assert "precision: bf16 autocast" in log
-    else:
-        assert "precision: fp32" in log and "no AMX" in log
-    rows = [
-        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert np.isfinite(rows[0]["train_loss"])
-    assert rows[0]["skipped_steps"] == 0  # bf16's gradients are right, none needed skipping
-
-
 @pytest.mark.parametrize("p_self", [0.0, 1.0], ids=["plain", "self_refine"])
 def test_resume_continues_exactly(hearts_cache, tmp_path, monkeypatch, p_self):
     import core.train
@@ -585,130 +541,3 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("epoch 1/1 step 2") == 1  # rank 0 alone writes the log
     assert "x 2" in log and "global batch 4" in log
-
-
-def _poison_losses(monkeypatch, bad_calls):
-    """Make the training losses of the given calls (1-based) infinite, so their gradients are
-    not finite (what a broken kernel or a too-high learning rate does)."""
-    import core.train
-
-    real, calls = core.train.compute_loss, []
-
-    def poisoned(outputs, batch, weights):
-        loss, parts = real(outputs, batch, weights)
-        calls.append(1)
-        if outputs["occupancy"].requires_grad and bad_calls(len(calls)):
-            return loss * float("inf"), {**parts, "total": float("inf")}
-        return loss, parts
-
-    monkeypatch.setattr(core.train, "compute_loss", poisoned)
-
-
-def test_a_step_with_a_non_finite_gradient_is_skipped_and_logged(
-    hearts_cache, tmp_path, monkeypatch
-):
-    _poison_losses(monkeypatch, lambda n: n == 2)  # the second of the epoch's two steps
-    result = train(make_cfg(hearts_cache, tmp_path / "run", "training.epochs=1"))
-    assert result.epochs_done == 1
-    log = (tmp_path / "run" / "train.log").read_text()
-    assert "step 1: non-finite gradient norm" in log and "1 steps skipped" in log
-    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
-    assert row["skipped_steps"] == 1
-    assert np.isfinite(row["train_loss"])  # the skipped step's loss is not in the mean
-    weights = state_of(tmp_path / "run" / "last.pt")
-    assert all(torch.isfinite(v).all() for v in weights.values())
-
-
-def test_a_run_that_keeps_failing_stops_with_a_clear_error_and_keeps_its_epochs(
-    hearts_cache, tmp_path, monkeypatch
-):
-    import core.train
-    from core.train import TrainingDiverged
-
-    monkeypatch.setattr(core.train, "MAX_BAD_STEPS", 2)
-    _poison_losses(monkeypatch, lambda n: n > 2)  # epoch 1 is fine, epoch 2 is not
-    with pytest.raises(TrainingDiverged, match=r"2 steps in a row.*last\.pt holds epoch 1"):
-        train(make_cfg(hearts_cache, tmp_path / "run"))
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
-
-
-def test_persistent_data_workers_draw_each_epochs_own_items(hearts_cache, tmp_path):
-    """The data workers live through the run (they keep the dataset copy they started with),
-    so the epoch reaches them with each index: two workers give each epoch the very items the
-    training process would draw itself, and epochs differ."""
-    from core.train import _setup_device
-    from core.train_data import build_data
-
-    def epochs_of(workers: int) -> list[list[torch.Tensor]]:
-        cfg = make_cfg(hearts_cache, tmp_path / f"w{workers}", f"data.num_workers={workers}")
-        data = build_data(cfg, _setup_device("cpu"), tmp_path, lambda *a: None, None, None)
-        assert data.loader.persistent_workers == (workers > 0)
-        # only the batches an epoch trains on: workers build nothing to throw away
-        assert len(data.loader) == data.steps_per_epoch == 2
-        seen = []
-        for epoch in range(2):  # as core.train does it
-            data.train_ds.set_epoch(epoch)
-            data.sampler.set_epoch(epoch)
-            batches = iter(data.loader)
-            seen.append([next(batches)["cube"] for _ in range(2)])
-            del batches
-        return seen
-
-    inline, workers = epochs_of(0), epochs_of(2)
-    for epoch in range(2):
-        for a, b in zip(inline[epoch], workers[epoch], strict=True):
-            torch.testing.assert_close(a, b, atol=0, rtol=0)
-    assert not torch.equal(inline[0][0], inline[1][0])
-
-
-def test_resume_with_data_workers_and_lora_dropout_continues_exactly(hearts_cache, tmp_path):
-    """LoRA dropout draws from the global RNG in the training process; the data loaders must
-    not (a persistent worker's loader draws its seed once per run, a resumed run's again), or
-    a resumed run would drift from the run it continues."""
-    cfg0 = make_cfg(hearts_cache, tmp_path / "x")
-    torch.manual_seed(1)
-    base = save_weights_safetensors(Sam3DMed(cfg0.model), tmp_path / "base.safetensors", cfg0.model)
-    extra = [f"training.init_checkpoint={json.dumps(str(base))}", "lora.enabled=true",
-             "lora.rank=2", "lora.max_trainable_fraction=0.05", "lora.dropout=0.1",
-             "data.num_workers=1"]  # fmt: skip
-    train(make_cfg(hearts_cache, tmp_path / "a", *extra))
-    seen = []
-    stopped = train(
-        make_cfg(hearts_cache, tmp_path / "b", *extra),
-        progress=lambda d, t, m: seen.append(d),
-        should_stop=lambda: bool(seen) and seen[-1] >= 2,
-    )
-    assert stopped.stopped and stopped.epochs_done == 1
-    train(make_cfg(hearts_cache, tmp_path / "b", *extra), resume=True)
-    assert max_diff(state_of(tmp_path / "a" / "last.pt"), state_of(tmp_path / "b" / "last.pt")) == 0
-
-
-def test_an_epoch_of_skipped_steps_is_never_the_best(hearts_cache, tmp_path, monkeypatch):
-    """Without validation the best epoch is the lowest training loss; an epoch whose every step
-    was skipped has none (NaN), and must not hold "best" against the epochs after it."""
-    _poison_losses(monkeypatch, lambda n: n <= 2)  # all of epoch 1 (2 steps)
-    result = train(make_cfg(hearts_cache, tmp_path / "run", "data.val_fraction=0"))
-    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["skipped_steps"] == 2 and np.isnan(rows[0]["train_loss"])
-    assert np.isfinite(rows[1]["train_loss"]) and rows[1]["skipped_steps"] == 0
-    assert result.best_epoch == 2
-
-
-def test_fp16_overflows_are_skipped_but_a_non_finite_loss_still_stops_the_run(
-    hearts_cache, tmp_path, monkeypatch
-):
-    """With fp16's GradScaler (CUDA; here a CPU scaler stands in), the scaler skips steps whose
-    gradients overflow; they are counted and logged, and a loss that stays non-finite still
-    ends the run as diverged instead of training on NaN."""
-    import core.train
-    from core.train import TrainingDiverged
-
-    real_scaler = torch.amp.GradScaler
-    monkeypatch.setattr(
-        core.train.torch.amp, "GradScaler", lambda *a, **k: real_scaler("cpu", enabled=True)
-    )
-    monkeypatch.setattr(core.train, "MAX_BAD_STEPS", 2)
-    _poison_losses(monkeypatch, lambda n: True)
-    with pytest.raises(TrainingDiverged, match="2 steps in a row"):
-        train(make_cfg(hearts_cache, tmp_path / "run"))
-    assert "non-finite gradient norm" in (tmp_path / "run" / "train.log").read_text()
