@@ -4,8 +4,8 @@ on the same weights and inputs, alternating in one process (so machine drift hit
     .venv/bin/python bench/forward_ab.py [--ref 8504320~1] [--threads 2] [--repeats 20]
 
 The default ref is the code before the faster forward (commit 8504320). Inputs are random
-(no NaN in the pointmaps), batch 1, bf16 autocast where it is the faster (CPUs with AMX:
-core.precision).
+(no NaN in the pointmaps), batch 1, bf16 autocast where it is the faster (core.precision:
+AMX, or measured).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     import torch
 
     from core.engine import _native_bf16
+    from core.model import random_batch
     from core.weights import load_model
 
     torch.set_num_threads(a.threads)
@@ -52,16 +53,7 @@ def main(argv=None) -> int:
     new = load_model(None).eval()
     old = ref.Sam3DMed(ref.ModelConfig(**vars(new.cfg))).eval()
     old.load_state_dict(new.state_dict())
-    g = torch.Generator().manual_seed(0)
-    s, c = new.cfg.view_size, new.cfg.cube_size
-    batch = {
-        "cube": torch.rand(1, 7, c, c, c, generator=g),
-        "crop_view": torch.rand(1, 5, s, s, generator=g),
-        "crop_pointmap": torch.randn(1, 3, s, s, generator=g) * 30,
-        "full_view": torch.rand(1, 5, s, s, generator=g),
-        "full_pointmap": torch.randn(1, 3, s, s, generator=g) * 30,
-        "center": torch.zeros(1, 3),
-    }
+    batch = random_batch(new.cfg, generator=torch.Generator().manual_seed(0))
     bf16 = _native_bf16(torch.device("cpu"))
     times = {"ref": [], "this": []}
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -62,7 +62,7 @@ from core.errors import InputError
 from core.geometry import take_slice
 from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
 from core.io import Volume, spacing_of, voxel_to_world, world_to_voxel
-from core.model import Sam3DMed
+from core.model import CUBE_CHANNELS, Sam3DMed
 from core.modes import zoom_in_applies
 from core.samples import MODES, build_inputs, first_pass_cube
 from core.transforms import warp
@@ -163,8 +163,9 @@ class Reconstructor:
         self.device = torch.device(device)
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-        # "auto": bf16 where it is the faster (CUDA; CPUs with AMX), else fp32 (CPUs with
-        # AVX512-BF16 alone run this model slower in bf16: core.precision).
+        # "auto": bf16 where it is the faster (CUDA; CPUs with AMX; CPUs with AVX512-BF16
+        # alone where core.precision measures it faster: about a second, once per process),
+        # else fp32.
         if precision == "auto":
             precision = "bf16" if _native_bf16(self.device) else "fp32"
         self.precision = precision
@@ -251,21 +252,40 @@ class Reconstructor:
 
     @torch.inference_mode()
     def _run(
-        self, image, affine, prompts, cube, mode, previous, timings
+        self, image, affine, prompts, cube, mode, previous, timings, *, like: dict | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict]:
-        """One model pass; adds its input building and its forward to ``timings``."""
+        """One model pass; adds its input building and its forward to ``timings``.
+
+        ``like``: the inputs of an earlier pass of this call with the same prompts, mode and
+        cube (the refinement pass): only the previous-prediction channel is rebuilt, and the
+        slice's condition tokens, which do not read the cube, are reused where the model
+        offers them (``Sam3DMed.condition``) and the model is the same. Same result, less
+        work."""
         t = time.perf_counter()
-        inp = build_inputs(image, affine, prompts, cube, self.cfg, mode=mode, previous=previous)
+        if like is None:
+            inp = build_inputs(image, affine, prompts, cube, self.cfg, mode=mode, previous=previous)
+        else:
+            inp = dict(like)
+            inp["cube"] = like["cube"].copy()
+            inp["cube"][_PREVIOUS] = 0.0 if previous is None else previous
         batch = {
             k: torch.from_numpy(np.asarray(inp[k]))[None].to(self.device)
             for k in ("cube", "crop_view", "crop_pointmap", "full_view", "full_pointmap", "center")
         }
         timings["inputs"] = round(timings.get("inputs", 0.0) + _ms(t), 2)
         t = time.perf_counter()
+        split = callable(getattr(self.model, "condition", None))
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         ):
-            out = self.model(batch)
+            if split:
+                cond = inp.get("_condition")  # only in ``like``'s copy
+                if cond is None or cond[0] is not self.model:
+                    cond = (self.model, self.model.condition(batch))
+                inp["_condition"] = cond
+                out = self.model(batch, condition=cond[1])
+            else:
+                out = self.model(batch)
         prob = torch.sigmoid(out["occupancy"][0, 0].float()).cpu().numpy()
         slice_prob = torch.sigmoid(out["slice_mask"][0, 0].float()).cpu().numpy()
         timings["forward"] = round(timings.get("forward", 0.0) + _ms(t), 2)
@@ -367,7 +387,7 @@ class Reconstructor:
                     if not own.any():  # an empty previous is no previous: same output
                         break
                     prob, slice_prob, inp = self._run(
-                        image, affine, prompts, cube, mode, own, timings
+                        image, affine, prompts, cube, mode, own, timings, like=inp
                     )
                     passes += 1
         timings["model"] = _ms(t)
@@ -417,6 +437,9 @@ class Reconstructor:
         ext = float(((pts.max(0) - pts.min(0) + 1) * spacing_of(affine)).max())
         sp = max(spacing, ext / (pol.target_fill * self.cfg.cube_size))
         return Cube(center, sp, axis_directions(affine), self.cfg.cube_size)
+
+
+_PREVIOUS = CUBE_CHANNELS.index("previous")
 
 
 def _native_bf16(device: torch.device) -> bool:

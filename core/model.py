@@ -26,6 +26,7 @@ from torch import nn
 __all__ = [
     "ModelConfig",
     "Sam3DMed",
+    "random_batch",
     "INPUTS",
     "CUBE_CHANNELS",
     "VIEW_CHANNELS",
@@ -483,6 +484,20 @@ INPUTS = (
 )
 
 
+def random_batch(cfg: ModelConfig, b: int = 1, *, generator=None) -> dict:
+    """A batch of random inputs of the right shapes (timing, tests): cube and views uniform
+    in [0, 1), pointmaps within about 30 mm of the centre (the origin), no NaN."""
+    c, s = cfg.cube_size, cfg.view_size
+    return {
+        "cube": torch.rand(b, len(CUBE_CHANNELS), c, c, c, generator=generator),
+        "crop_view": torch.rand(b, len(VIEW_CHANNELS), s, s, generator=generator),
+        "crop_pointmap": torch.randn(b, 3, s, s, generator=generator) * 30,
+        "full_view": torch.rand(b, len(VIEW_CHANNELS), s, s, generator=generator),
+        "full_pointmap": torch.randn(b, 3, s, s, generator=generator) * 30,
+        "center": torch.zeros(b, 3),
+    }
+
+
 class Sam3DMed(nn.Module):
     """The model. ``forward(batch)`` takes a dict of tensors keyed by :data:`INPUTS`.
 
@@ -512,7 +527,11 @@ class Sam3DMed(nn.Module):
         for p in (self.group_embed, self.view_pos, self.latent_pos):
             nn.init.normal_(p, std=0.02)
 
-    def forward(self, batch: dict) -> dict:
+    def condition(self, batch: dict) -> dict:
+        """Everything that does not read ``batch["cube"]``: the slice's condition tokens
+        (``ctx``) and the 2D head's ``slice_mask`` logits. A pass that changes only the cube
+        (the engine's refinement pass: its own mask as the previous prediction) hands them
+        back to :meth:`forward` instead of computing them again."""
         cfg = self.cfg
         center = batch["center"].float()
         crop_tok, crop_feats = self.view_encoder(batch["crop_view"])
@@ -529,6 +548,17 @@ class Sam3DMed(nn.Module):
             ],
             1,
         )
+        b, s = ctx.shape[0], cfg.view_size // cfg.patch
+        crop_map = (crop_tok + self.view_pos).transpose(1, 2).reshape(b, cfg.dim, s, s)
+        return {"ctx": ctx, "slice_mask": self.mask_head(crop_map, crop_feats)}
+
+    def forward(self, batch: dict, condition: dict | None = None) -> dict:
+        """``condition``: :meth:`condition` of a batch with the same views, pointmaps and
+        centre (None: computed here)."""
+        cfg = self.cfg
+        if condition is None:
+            condition = self.condition(batch)
+        ctx = condition["ctx"]
         cube = batch["cube"]
         f1, f2, f3, cube_skip = self.cube_encoder(cube, side=self.decoder.cube_skip())
         b = cube.shape[0]
@@ -539,12 +569,7 @@ class Sam3DMed(nn.Module):
         n = cfg.latent_size
         zmap = z.transpose(1, 2).reshape(b, cfg.dim, n, n, n)
         out = self.decoder(zmap, (f1, f2), cube_skip)
-        s = cfg.view_size // cfg.patch
-        crop_map = (crop_tok + self.view_pos).transpose(1, 2).reshape(b, cfg.dim, s, s)
-        result = {
-            "occupancy": out[:, :1],
-            "slice_mask": self.mask_head(crop_map, crop_feats),
-        }
+        result = {"occupancy": out[:, :1], "slice_mask": condition["slice_mask"]}
         if cfg.predict_sdf:
             result["sdf"] = torch.tanh(out[:, 1:2])
         return result

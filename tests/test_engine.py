@@ -13,9 +13,11 @@ from torch import nn
 from core.clicks import Click, PromptSet
 from core.engine import CubePolicy, Reconstructor
 from core.errors import InputError
+from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
 from core.io import Volume, voxel_to_world
 from core.metrics import dice
-from core.model import ModelConfig, Sam3DMed
+from core.model import INPUTS, ModelConfig, Sam3DMed
+from core.samples import build_inputs
 
 
 class BallModel(nn.Module):
@@ -227,6 +229,55 @@ def test_real_model_runs_in_both_modes():
         assert res.slice_mask.shape == (40, 40)
 
 
+def test_the_refinement_pass_reuses_the_slice_condition_with_the_same_result():
+    """The refinement pass rebuilds only the previous-prediction channel and reuses the
+    slice's condition tokens: the same mask, probabilities and slice mask as a model that
+    computes everything each pass, with the view encoder run once (crop + full) instead of
+    once per pass."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(cube_size=32, view_size=32, dim=32, depth=1, heads=2)
+    model = Sam3DMed(cfg).eval()
+    with torch.no_grad():
+        model.decoder.head.bias[:8] += 1.0  # a non-empty first mask, so the pass runs
+
+    class Whole(nn.Module):  # the same network without its condition split
+        def __init__(self, m):
+            super().__init__()
+            self.m, self.cfg = m, m.cfg
+
+        def forward(self, batch):
+            return self.m(batch)
+
+    calls = []
+    model.view_encoder.register_forward_hook(lambda *_: calls.append(1))
+    policy = CubePolicy(zoom_in=False, max_zoom_out=0, refine_passes=1)
+    vol, prompts = _volume(shape=(40, 40, 40)), PromptSet((Click(1, 20, 20, 20),))
+    split = Reconstructor(model, policy=policy, precision="fp32").predict(vol, prompts)
+    n_split = len(calls)
+    calls.clear()
+    whole = Reconstructor(Whole(model), policy=policy, precision="fp32").predict(vol, prompts)
+    assert split.passes == whole.passes == 2
+    assert (n_split, len(calls)) == (2, 4)
+    np.testing.assert_array_equal(split.cube_probability, whole.cube_probability)
+    np.testing.assert_array_equal(split.mask, whole.mask)
+    np.testing.assert_array_equal(split.slice_mask, whole.slice_mask)
+    assert 0 < split.mask.sum() < split.mask.size
+    # and it is the pass it stands for: the first pass's own mask as the previous prediction
+    one = Reconstructor(
+        model, policy=CubePolicy(zoom_in=False, max_zoom_out=0, refine_passes=0), precision="fp32"
+    ).predict(vol, prompts)
+    own = (one.cube_probability > 0.5).astype(np.float32)
+    inp = build_inputs(
+        normalize_intensity(vol.data, "ct", ct_window=DEFAULT_CT_WINDOW),
+        vol.affine, prompts, one.cube, cfg, mode="volume", previous=own,
+    )  # fmt: skip
+    with torch.no_grad():
+        out = model({k: torch.from_numpy(np.asarray(inp[k]))[None] for k in INPUTS})
+    expected = torch.sigmoid(out["occupancy"][0, 0]).numpy()
+    np.testing.assert_allclose(split.cube_probability, expected, atol=1e-6, rtol=0)
+    assert np.abs(one.cube_probability - expected).max() > 1e-3  # the pass changed something
+
+
 def test_mask_on_volume_level_and_prompted_component():
     from core.cube import Cube, axis_directions
     from core.engine import mask_on_volume
@@ -255,16 +306,60 @@ def test_mask_on_volume_level_and_prompted_component():
     assert not mask_on_volume(prob * 0.2, cube, aff, shape, prompts).any()
 
 
-@pytest.mark.parametrize(("bf16_kernels", "amx", "expected"), [
-    (True, True, "bf16"), (True, False, "fp32"), (False, False, "fp32"),
+@pytest.mark.parametrize(("bf16_kernels", "amx", "measured", "expected"), [
+    (True, True, None, "bf16"),  # AMX: bf16 without measuring
+    (True, False, (100.0, 65.0), "bf16"),  # AVX512-BF16 alone, measured faster (AMD, s. 17)
+    (True, False, (100.0, 95.0), "fp32"),  # faster by less than 10 %: fp32, the exact one
+    (True, False, (150.0, 180.0), "fp32"),  # measured slower (session 16's Intel)
+    (False, False, None, "fp32"),  # no bf16 kernels: never, and nothing measured
 ])  # fmt: skip
-def test_auto_precision_is_bf16_only_on_cpus_with_amx(monkeypatch, bf16_kernels, amx, expected):
-    """bf16 autocast was the slower precision on a CPU with AVX512-BF16 but no AMX (BENCHMARKS,
-    session 16); "auto" takes it only with AMX, and training's CPU AMP follows the same rule."""
+def test_auto_precision_is_bf16_where_it_is_the_faster(
+    monkeypatch, bf16_kernels, amx, measured, expected
+):
+    """CPUs with AVX512-BF16 but no AMX disagree (bf16 20 % slower on one, 30 % faster on
+    another: BENCHMARKS), so there "auto" measures; training's CPU AMP follows the same rule."""
+    import core.precision
     from core.precision import fast_cpu_bf16
 
+    monkeypatch.delenv("SAM3D_CPU_BF16", raising=False)
+    calls = []
+    monkeypatch.setattr(core.precision, "measure_cpu_bf16", lambda: calls.append(1) or measured)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_kernels)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert Reconstructor(BallModel(10.0)).precision == expected
     assert fast_cpu_bf16() == (expected == "bf16")  # training's CPU AMP rule
+    assert len(calls) == (2 if measured else 0)
     assert Reconstructor(BallModel(10.0), precision="bf16").precision == "bf16"  # as asked
+    assert Reconstructor(BallModel(10.0), precision="fp32").precision == "fp32"
+    assert len(calls) == (2 if measured else 0)  # an explicit precision measures nothing
+
+
+def test_the_environment_decides_cpu_bf16_without_measuring(monkeypatch):
+    import core.precision
+    from core.precision import fast_cpu_bf16
+
+    monkeypatch.setattr(core.precision, "measure_cpu_bf16", lambda: pytest.fail("measured"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for value, expected in (("1", "bf16"), ("0", "fp32"), (" 1 ", "bf16")):
+        monkeypatch.setenv("SAM3D_CPU_BF16", value)
+        assert Reconstructor(BallModel(10.0)).precision == expected
+        assert fast_cpu_bf16() == (expected == "bf16")
+    monkeypatch.setenv("SAM3D_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match="SAM3D_CPU_BF16 must be 0 or 1, got 'yes'"):
+        fast_cpu_bf16()
+
+
+def test_the_cpu_bf16_measurement_times_both_precisions_once():
+    """The real measurement: two positive times, cached for the process, and the caller's
+    random stream untouched."""
+    from core.precision import measure_cpu_bf16
+
+    measure_cpu_bf16.cache_clear()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    fp32_ms, bf16_ms = measure_cpu_bf16()
+    assert torch.equal(torch.rand(3), expected)
+    assert 0 < fp32_ms < 60_000 and 0 < bf16_ms < 60_000
+    assert measure_cpu_bf16() == (fp32_ms, bf16_ms)
+    assert measure_cpu_bf16.cache_info().hits == 1  # cached, not measured again

@@ -159,3 +159,34 @@ def test_oneDNN_conv3d_equals_torch_conv3d_for_inference_and_training():
     w = w.clone().requires_grad_()
     conv3d(x, w, b, padding=1).sum().backward()  # training: torch's differentiable conv
     assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+def test_a_reused_condition_gives_what_the_full_forward_gives():
+    """The refinement pass changes only the cube (its own mask as the previous prediction):
+    the slice's condition of another batch with the same views is reused, and the result is
+    the full forward's; a different slice's condition changes it."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(cube_size=32, view_size=16, patch=8, dim=32, heads=4)
+    model = Sam3DMed(cfg).eval()
+    b = 2
+    batch = {
+        "cube": _rand(b, len(CUBE_CHANNELS), 32, 32, 32),
+        "crop_view": _rand(b, 5, 16, 16, seed=1),
+        "crop_pointmap": _rand(b, 3, 16, 16, seed=2) * 30,
+        "full_view": _rand(b, 5, 16, 16, seed=3),
+        "full_pointmap": _rand(b, 3, 16, 16, seed=4) * 30,
+        "center": _rand(b, 3, seed=5),
+    }
+    refined = {**batch, "cube": batch["cube"].clone()}
+    refined["cube"][:, CUBE_CHANNELS.index("previous")] = (_rand(b, 32, 32, 32, seed=6) > 0).float()
+    with torch.no_grad():
+        cond = model.condition(batch)
+        full = model(refined)
+        reused = model(refined, condition=cond)
+        other = model(
+            refined, condition=model.condition({**batch, "crop_view": -batch["crop_view"]})
+        )
+    for key in ("occupancy", "sdf", "slice_mask"):
+        torch.testing.assert_close(reused[key], full[key], atol=0, rtol=0)
+    assert not torch.equal(full["occupancy"], model(batch)["occupancy"])  # the cube counts
+    assert not torch.allclose(other["occupancy"], full["occupancy"])  # and so does the slice
