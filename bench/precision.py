@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
 
     from core.model import random_batch
-    from core.precision import ENV_VAR, fast_cpu_bf16, measure_cpu_bf16
+    from core.precision import ENV_VAR, cache_file, cpu_bf16_timing, env_choice, fast_cpu_bf16
     from core.weights import load_model
 
     torch.set_num_threads(a.threads)
@@ -86,11 +86,14 @@ def main(argv=None) -> int:
     print("| what | fp32 | bf16 autocast | bf16 / fp32 |\n| --- | --- | --- | --- |")
     for r in rows:
         print("| " + " | ".join(r) + " |")
-    if os.environ.get(ENV_VAR, "").strip():
+    if env_choice() is not None:
         how = f"{ENV_VAR}={os.environ[ENV_VAR].strip()}"
-    elif measure_cpu_bf16.cache_info().currsize:
-        fp32_ms, bf16_ms = measure_cpu_bf16()
-        how = f"measured: fp32 {fp32_ms:.0f} ms, bf16 {bf16_ms:.0f} ms on random weights"
+    elif cpu_bf16_timing.cache_info().currsize:
+        tm = cpu_bf16_timing()
+        how = (
+            f"measured once on random weights, fp32 {tm.fp32_ms:.0f} ms, bf16 {tm.bf16_ms:.0f} ms, "
+            f"pairs bf16/fp32 {', '.join(f'{r:.2f}' for r in tm.ratios)}; kept in {cache_file()}"
+        )
     else:
         how = "from the CPU's flags"
     print(f"\ncore.precision.fast_cpu_bf16(): {decided} ({how}; {took:.2f} s)")

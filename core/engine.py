@@ -252,15 +252,24 @@ class Reconstructor:
 
     @torch.inference_mode()
     def _run(
-        self, image, affine, prompts, cube, mode, previous, timings, *, like: dict | None = None
+        self,
+        model,
+        image,
+        affine,
+        prompts,
+        cube,
+        mode,
+        previous,
+        timings,
+        *,
+        like: dict | None = None,
     ) -> tuple[np.ndarray, np.ndarray, dict]:
-        """One model pass; adds its input building and its forward to ``timings``.
+        """One pass of ``model``; adds its input building and its forward to ``timings``.
 
         ``like``: the inputs of an earlier pass of this call with the same prompts, mode and
         cube (the refinement pass): only the previous-prediction channel is rebuilt, and the
         slice's condition tokens, which do not read the cube, are reused where the model
-        offers them (``Sam3DMed.condition``) and the model is the same. Same result, less
-        work."""
+        offers them (``Sam3DMed.condition``) and computed them. Same result, less work."""
         t = time.perf_counter()
         if like is None:
             inp = build_inputs(image, affine, prompts, cube, self.cfg, mode=mode, previous=previous)
@@ -274,18 +283,18 @@ class Reconstructor:
         }
         timings["inputs"] = round(timings.get("inputs", 0.0) + _ms(t), 2)
         t = time.perf_counter()
-        split = callable(getattr(self.model, "condition", None))
+        split = callable(getattr(model, "condition", None))
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         ):
             if split:
                 cond = inp.get("_condition")  # only in ``like``'s copy
-                if cond is None or cond[0] is not self.model:
-                    cond = (self.model, self.model.condition(batch))
+                if cond is None or cond[0] is not model:
+                    cond = (model, model.condition(batch))
                 inp["_condition"] = cond
-                out = self.model(batch, condition=cond[1])
+                out = model(batch, condition=cond[1])
             else:
-                out = self.model(batch)
+                out = model(batch)
         prob = torch.sigmoid(out["occupancy"][0, 0].float()).cpu().numpy()
         slice_prob = torch.sigmoid(out["slice_mask"][0, 0].float()).cpu().numpy()
         timings["forward"] = round(timings.get("forward", 0.0) + _ms(t), 2)
@@ -337,6 +346,7 @@ class Reconstructor:
                 if not 0 <= idx < volume.shape[ax]:
                     raise InputError(volume.path, f"prompt slice {idx} is outside axis {ax}")
         t0 = time.perf_counter()
+        model = self.model  # read once: every pass of this call runs the same weights
         timings: dict[str, float] = {}
         image = self._normalized(volume, modality, ct_window)
         affine = volume.affine
@@ -356,7 +366,9 @@ class Reconstructor:
             prev_prob = None
 
         t = time.perf_counter()
-        prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, prev_prob, timings)
+        prob, slice_prob, inp = self._run(
+            model, image, affine, prompts, cube, mode, prev_prob, timings
+        )
         passes = 1
         if previous is None:
             for _ in range(pol.max_zoom_out):
@@ -365,7 +377,9 @@ class Reconstructor:
                 cube = _recentered(cube, prob > 0.5).with_spacing(
                     cube.spacing * pol.zoom_out_factor
                 )
-                prob, slice_prob, inp = self._run(image, affine, prompts, cube, mode, None, timings)
+                prob, slice_prob, inp = self._run(
+                    model, image, affine, prompts, cube, mode, None, timings
+                )
                 passes += 1
             else:
                 pass
@@ -378,7 +392,7 @@ class Reconstructor:
                     if spacing < cube.spacing * 0.8:
                         cube = _recentered(cube, fg).with_spacing(spacing)
                         prob, slice_prob, inp = self._run(
-                            image, affine, prompts, cube, mode, None, timings
+                            model, image, affine, prompts, cube, mode, None, timings
                         )
                         passes += 1
             if mode == "volume":
@@ -387,7 +401,7 @@ class Reconstructor:
                     if not own.any():  # an empty previous is no previous: same output
                         break
                     prob, slice_prob, inp = self._run(
-                        image, affine, prompts, cube, mode, own, timings, like=inp
+                        model, image, affine, prompts, cube, mode, own, timings, like=inp
                     )
                     passes += 1
         timings["model"] = _ms(t)

@@ -50,7 +50,7 @@ from core.checkpoint import load_checkpoint, load_weights, set_rng_state
 from core.config import INIT_RANDOM, TrainConfig
 from core.losses import compute_loss, dice_score
 from core.model import INPUTS, Sam3DMed
-from core.precision import fast_cpu_bf16
+from core.precision import env_choice, fast_cpu_bf16
 from core.self_refine import self_refine_batch
 from core.train_data import build_data, split_cases
 from core.train_outputs import RunLog, TrainResult, epoch_line, run_result, save_epoch
@@ -178,6 +178,19 @@ def _setup_device(device_opt: str) -> Dist:
     if owns:  # preprocessing a raw folder on rank 0 can take a while: a generous timeout
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=2))
     return Dist(rank, world, device, owns)
+
+
+def _cpu_amp(d: Dist) -> bool:
+    """``training.amp=true`` on CPU: bf16 where ``core.precision`` finds it the faster. Rank 0
+    decides (measuring at most once) and every rank follows; a bad ``SAM3D_CPU_BF16`` fails
+    every rank alike, before any of them waits for the answer."""
+    env_choice()
+    use = d.master and fast_cpu_bf16()
+    if d.world > 1:
+        box = [use]
+        dist.broadcast_object_list(box, src=0)
+        use = bool(box[0])
+    return use
 
 
 def _shipped_base() -> Path | None:
@@ -367,16 +380,12 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
     )
     # CUDA: on by default (bf16, or fp16 with a GradScaler). CPU: only when asked for
     # (``training.amp=true``) and only as bf16 where it is the faster precision
-    # (``core.precision``: AMX, or measured on CPUs with AVX512-BF16 alone; some run it 30 %
-    # faster, some 20 % slower). Every rank follows rank 0's answer.
+    # (``core.precision``: AMX, or measured once on CPUs with AVX512-BF16 alone; some run it
+    # 30 % faster, some 20 % slower). Every rank follows rank 0's answer (``_cpu_amp``).
     if cuda:
         use_amp = tc.amp in ("auto", True)
     else:
-        use_amp = tc.amp is True and d.master and fast_cpu_bf16()
-        if tc.amp is True and d.world > 1:
-            box = [use_amp]
-            dist.broadcast_object_list(box, src=0)
-            use_amp = bool(box[0])
+        use_amp = tc.amp is True and _cpu_amp(d)
         if tc.amp is True and not use_amp:
             log("training.amp ignored: bf16 is not faster than fp32 on this CPU (core.precision)")
     fp16 = cuda and (

@@ -6,6 +6,8 @@ Volumes are built here (two ellipsoids on a noisy background) rather than with
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +16,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# core.precision keeps its measured CPU answer in a cache folder: the tests' own, never the
+# user's (subprocesses inherit it).
+os.environ.setdefault("SAM3D_CACHE_DIR", tempfile.mkdtemp(prefix="sam3d-test-cache-"))
 
 
 def oblique_affine(spacing=(1.5, 2.0, 3.0), angles=(0.3, -0.2, 0.25), origin=(-40.0, 25.0, 10.0)):

@@ -306,39 +306,48 @@ def test_mask_on_volume_level_and_prompted_component():
     assert not mask_on_volume(prob * 0.2, cube, aff, shape, prompts).any()
 
 
-@pytest.mark.parametrize(("bf16_kernels", "amx", "measured", "expected"), [
-    (True, True, None, "bf16"),  # AMX: bf16 without measuring
-    (True, False, (100.0, 65.0), "bf16"),  # AVX512-BF16 alone, measured faster (AMD, s. 17)
-    (True, False, (100.0, 95.0), "fp32"),  # faster by less than 10 %: fp32, the exact one
-    (True, False, (150.0, 180.0), "fp32"),  # measured slower (session 16's Intel)
-    (False, False, None, "fp32"),  # no bf16 kernels: never, and nothing measured
+@pytest.mark.parametrize(("kernels", "amx", "avx512_bf16", "ratios", "expected"), [
+    (True, True, True, None, "bf16"),  # AMX: bf16 without measuring
+    (True, False, True, (0.7,) * 5, "bf16"),  # AVX512-BF16 alone, measured faster (AMD)
+    (True, False, True, (0.95,) * 5, "fp32"),  # faster by less than 10 %: fp32, the exact one
+    (True, False, True, (1.2,) * 5, "fp32"),  # measured slower (session 16's Intel)
+    (True, False, True, (0.6, 0.6, 0.6, 1.1, 1.2), "fp32"),  # pairs disagree: fp32
+    (True, False, True, (0.6, 0.6, 0.6, 0.6, 1.1), "bf16"),  # one slow pair is noise
+    (True, False, False, None, "fp32"),  # AVX512 without bf16: emulated, never measured
+    (False, False, False, None, "fp32"),  # no bf16 kernels: never, and nothing measured
 ])  # fmt: skip
 def test_auto_precision_is_bf16_where_it_is_the_faster(
-    monkeypatch, bf16_kernels, amx, measured, expected
+    monkeypatch, kernels, amx, avx512_bf16, ratios, expected
 ):
     """CPUs with AVX512-BF16 but no AMX disagree (bf16 20 % slower on one, 30 % faster on
     another: BENCHMARKS), so there "auto" measures; training's CPU AMP follows the same rule."""
     import core.precision
-    from core.precision import fast_cpu_bf16
+    from core.precision import CpuBf16Timing, fast_cpu_bf16
 
     monkeypatch.delenv("SAM3D_CPU_BF16", raising=False)
     calls = []
-    monkeypatch.setattr(core.precision, "measure_cpu_bf16", lambda: calls.append(1) or measured)
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_kernels)
+
+    def timing():
+        calls.append(1)
+        return CpuBf16Timing(100.0, 100.0 * sorted(ratios)[2], ratios)
+
+    monkeypatch.setattr(core.precision, "cpu_bf16_timing", timing)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: kernels)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     assert Reconstructor(BallModel(10.0)).precision == expected
     assert fast_cpu_bf16() == (expected == "bf16")  # training's CPU AMP rule
-    assert len(calls) == (2 if measured else 0)
+    assert len(calls) == (2 if ratios else 0)
     assert Reconstructor(BallModel(10.0), precision="bf16").precision == "bf16"  # as asked
     assert Reconstructor(BallModel(10.0), precision="fp32").precision == "fp32"
-    assert len(calls) == (2 if measured else 0)  # an explicit precision measures nothing
+    assert len(calls) == (2 if ratios else 0)  # an explicit precision measures nothing
 
 
 def test_the_environment_decides_cpu_bf16_without_measuring(monkeypatch):
     import core.precision
     from core.precision import fast_cpu_bf16
 
-    monkeypatch.setattr(core.precision, "measure_cpu_bf16", lambda: pytest.fail("measured"))
+    monkeypatch.setattr(core.precision, "cpu_bf16_timing", lambda: pytest.fail("measured"))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     for value, expected in (("1", "bf16"), ("0", "fp32"), (" 1 ", "bf16")):
         monkeypatch.setenv("SAM3D_CPU_BF16", value)
@@ -349,17 +358,70 @@ def test_the_environment_decides_cpu_bf16_without_measuring(monkeypatch):
         fast_cpu_bf16()
 
 
-def test_the_cpu_bf16_measurement_times_both_precisions_once():
-    """The real measurement: two positive times, cached for the process, and the caller's
-    random stream untouched."""
+def test_the_cpu_bf16_measurement_times_pairs_and_leaves_the_random_stream():
     from core.precision import measure_cpu_bf16
 
-    measure_cpu_bf16.cache_clear()
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    fp32_ms, bf16_ms = measure_cpu_bf16()
+    timing = measure_cpu_bf16(pairs=2)
     assert torch.equal(torch.rand(3), expected)
-    assert 0 < fp32_ms < 60_000 and 0 < bf16_ms < 60_000
-    assert measure_cpu_bf16() == (fp32_ms, bf16_ms)
-    assert measure_cpu_bf16.cache_info().hits == 1  # cached, not measured again
+    assert 0 < timing.fp32_ms < 60_000 and 0 < timing.bf16_ms < 60_000
+    assert len(timing.ratios) == 2 and all(r > 0 for r in timing.ratios)
+
+
+@pytest.fixture
+def fresh_timing_cache(monkeypatch, tmp_path):
+    """An empty cache folder and an empty in-process cache (restored empty afterwards)."""
+    import core.precision
+    from core.precision import CpuBf16Timing
+
+    monkeypatch.setenv("SAM3D_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return CpuBf16Timing(80.0, 60.0, (0.75, 0.74, 0.76, 0.8, 0.7))
+
+    monkeypatch.setattr(core.precision, "measure_cpu_bf16", measure)
+    core.precision.cpu_bf16_timing.cache_clear()
+    yield calls
+    core.precision.cpu_bf16_timing.cache_clear()
+
+
+def test_a_machine_measures_once_and_keeps_the_answer_on_disk(fresh_timing_cache):
+    import json
+
+    from core.precision import cache_file, cpu_bf16_timing
+
+    calls = fresh_timing_cache
+    first = cpu_bf16_timing()
+    assert calls == [1] and first.bf16_faster
+    (row,) = json.loads(cache_file().read_text()).values()
+    assert row["bf16"] is True and row["fp32_ms"] == 80.0
+    cpu_bf16_timing.cache_clear()  # a new process on the same machine: read, not measured
+    assert cpu_bf16_timing() == first and calls == [1]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads != 1 else 2)
+        cpu_bf16_timing.cache_clear()
+        cpu_bf16_timing()  # another thread count is another answer
+        assert calls == [1, 1] and len(json.loads(cache_file().read_text())) == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_broken_timing_cache_is_measured_around(fresh_timing_cache):
+    import json
+
+    from core.precision import cache_file, cpu_bf16_timing
+
+    calls = fresh_timing_cache
+    cache_file().parent.mkdir(parents=True)
+    cache_file().write_text("{not json")
+    assert cpu_bf16_timing().bf16_faster and calls == [1]
+    assert len(json.loads(cache_file().read_text())) == 1  # rewritten whole
+    cache_file().unlink()
+    cache_file().mkdir()  # cannot be written: still an answer, never an error
+    cpu_bf16_timing.cache_clear()
+    assert cpu_bf16_timing().bf16_faster and calls == [1, 1]

@@ -36,6 +36,47 @@ def test_cpu_amp_is_bf16_where_fast_else_ignored(hearts_cache, tmp_path):
     assert rows[0]["skipped_steps"] == 0  # bf16's gradients are right, none needed skipping
 
 
+def _cpu_amp_on_rank(rank, init_file, envs, out):
+    """One process of a 2-process gloo group: its own SAM3D_CPU_BF16, then core.train's CPU
+    AMP decision; writes what it decided (or the error it raised)."""
+    import os
+    from datetime import timedelta
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from core.train import Dist, _cpu_amp
+
+    os.environ["SAM3D_CPU_BF16"] = envs[rank]
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+        timeout=timedelta(seconds=60),
+    )  # fmt: skip
+    try:
+        try:
+            answer = _cpu_amp(Dist(rank, 2, torch.device("cpu"), False))
+        except ValueError as e:
+            answer = str(e)
+        Path(out, f"{rank}.json").write_text(json.dumps(answer))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("envs", "expected"), [
+    (("1", "0"), True),  # rank 0 finds bf16 faster: every rank takes it
+    (("0", "1"), False),
+    (("yes", "yes"), "SAM3D_CPU_BF16 must be 0 or 1, got 'yes'"),  # every rank fails, none waits
+])  # fmt: skip
+def test_every_rank_follows_rank_0s_cpu_amp_decision(tmp_path, envs, expected):
+    """Only rank 0 decides (and measures, where it must); a rank that decided alone could
+    train in another precision than its peers."""
+    torch.multiprocessing.spawn(
+        _cpu_amp_on_rank, args=(str(tmp_path / "init"), envs, str(tmp_path)), nprocs=2
+    )
+    got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    assert got == [expected, expected]
+
+
 def _poison_losses(monkeypatch, bad_calls):
     """Make the training losses of the given calls (1-based) infinite, so their gradients are
     not finite (what a broken kernel or a too-high learning rate does)."""
