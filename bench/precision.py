@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
 
     from core.model import random_batch
-    from core.precision import ENV_VAR, cache_file, cpu_bf16_timing, env_choice, fast_cpu_bf16
+    from core.precision import ENV_VAR, cache_file, env_choice, fast_cpu_bf16, known_timing
     from core.weights import load_model
 
     torch.set_num_threads(a.threads)
@@ -88,8 +88,8 @@ def main(argv=None) -> int:
         print("| " + " | ".join(r) + " |")
     if env_choice() is not None:
         how = f"{ENV_VAR}={os.environ[ENV_VAR].strip()}"
-    elif cpu_bf16_timing.cache_info().currsize:
-        tm = cpu_bf16_timing()
+    elif known_timing() is not None:
+        tm = known_timing()
         how = (
             f"measured once on random weights, fp32 {tm.fp32_ms:.0f} ms, bf16 {tm.bf16_ms:.0f} ms, "
             f"pairs bf16/fp32 {', '.join(f'{r:.2f}' for r in tm.ratios)}; kept in {cache_file()}"

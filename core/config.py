@@ -202,7 +202,7 @@ class TrainingSection:
     grad_clip : max global gradient norm (0 disables)
     amp : mixed precision: "auto" (on when training on CUDA, off on CPU), true or false.
         On CPU ``true`` means bf16 autocast, used only where it is the faster precision
-        (AMX, or measured once per process on CPUs with AVX512-BF16 alone: core.precision).
+        (AMX, or measured once per machine on CPUs with AVX512-BF16 alone: core.precision).
     amp_dtype : "auto" (bf16 where supported, else fp16 with a GradScaler), "bf16", "fp16"
     seed : seeds torch, numpy, random, the case split and the data
     device : "auto" (CUDA when available), "cpu" or "cuda"

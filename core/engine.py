@@ -164,7 +164,7 @@ class Reconstructor:
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         # "auto": bf16 where it is the faster (CUDA; CPUs with AMX; CPUs with AVX512-BF16
-        # alone where core.precision measures it faster: about a second, once per process),
+        # alone where core.precision measures it faster: about a second, once per machine),
         # else fp32.
         if precision == "auto":
             precision = "bf16" if _native_bf16(self.device) else "fp32"

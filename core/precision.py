@@ -11,20 +11,22 @@ alone it depends on the CPU: on session 16's Intel VM a click's two forward pass
 batch 1, 5 alternating pairs after a warm-up, about a second) and bf16 is taken only if the
 median pair is at least 10 % faster and at most one pair is not faster at all; otherwise
 fp32, the exact one. The answer is kept for the process and in a small JSON file
-(``$SAM3D_CACHE_DIR``, else ``$XDG_CACHE_HOME/sam3d``, else ``~/.cache/sam3d``) keyed by the
-CPU's model, torch's version and the thread count, so a machine measures once.
+(``cpu_precision.json`` in ``$SAM3D_CACHE_DIR``, else ``$XDG_CACHE_HOME/sam3d``, else
+``~/.cache/sam3d``; delete it to measure again) keyed by the CPU's model, torch's version and
+the thread count, so a machine measures once.
 
 ``SAM3D_CPU_BF16=1`` or ``=0`` in the environment decides without measuring.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import math
 import os
 import platform
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ __all__ = [
     "measure_cpu_bf16",
     "CpuBf16Timing",
     "cache_file",
+    "known_timing",
     "ENV_VAR",
     "MIN_GAIN",
 ]
@@ -91,11 +94,15 @@ def fast_cpu_bf16() -> bool:
         return False
     if amx:
         return True
-    return cpu_bf16_timing().bf16_faster
+    try:
+        return cpu_bf16_timing().bf16_faster
+    except Exception as e:  # the timing itself failed: fp32 always works
+        warnings.warn(f"could not time bf16 on this CPU, using fp32: {e}", stacklevel=2)
+        return False
 
 
 def cache_file() -> Path:
-    """Where measured answers are kept."""
+    """Where measured answers are kept (delete it to measure again)."""
     root = os.environ.get("SAM3D_CACHE_DIR")
     if root:
         return Path(root) / "cpu_precision.json"
@@ -105,45 +112,75 @@ def cache_file() -> Path:
 
 
 def _cpu_key() -> str:
-    name = platform.processor() or platform.machine()
+    """The CPU (model name, family, model, stepping), torch's version and thread count."""
+    fields = {"model name": platform.processor() or platform.machine()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if name in ("model name", "cpu family", "model", "stepping"):
+                fields[name] = value.strip()
+            elif not name and len(fields) > 1:  # the first processor's block ends
                 break
     except OSError:
         pass
-    return f"{name} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    cpu = fields.pop("model name")
+    if fields:
+        cpu += " (" + ", ".join(f"{k} {v}" for k, v in fields.items()) + ")"
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-@functools.cache
+# Answers known to this process, by _cpu_key().
+_KNOWN: dict[str, CpuBf16Timing] = {}
+
+
+def known_timing() -> CpuBf16Timing | None:
+    """The answer this process has already measured or read for this CPU key, if any."""
+    return _KNOWN.get(_cpu_key())
+
+
+def _row_timing(row) -> CpuBf16Timing | None:
+    """A cache row as a timing, or None when it is not a well-formed one."""
+    try:
+        fp32, bf16 = float(row["fp32_ms"]), float(row["bf16_ms"])
+        ratios = row["ratios"]
+        if not isinstance(ratios, list) or not ratios:
+            return None
+        ratios = tuple(float(r) for r in ratios)
+        values = (fp32, bf16, *ratios)
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            return None
+        return CpuBf16Timing(fp32, bf16, ratios)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def cpu_bf16_timing() -> CpuBf16Timing:
-    """This machine's :func:`measure_cpu_bf16`, from the cache file when it holds this CPU,
-    torch version and thread count; else measured and written there (atomically). A cache
-    that cannot be read or written is measured around, never an error."""
+    """This machine's :func:`measure_cpu_bf16`: known to this process, or read from the
+    cache file when it holds this CPU key, or measured and written there (atomically). A
+    cache that cannot be found, read or written, or a malformed row, is measured around,
+    never an error."""
     from core.atomic import write_json
 
-    path, key = cache_file(), _cpu_key()
+    key = _cpu_key()
+    if key in _KNOWN:
+        return _KNOWN[key]
     try:
+        path = cache_file()
         table = json.loads(path.read_text())
-        if not isinstance(table, dict):
-            table = {}
-    except (OSError, ValueError):
+    except Exception:  # no home, no file, not JSON, nested too deep: measure
+        path, table = None, {}
+    if not isinstance(table, dict):
         table = {}
-    row = table.get(key)
-    if isinstance(row, dict):
+    timing = _row_timing(table.get(key))
+    if timing is None:
+        timing = measure_cpu_bf16()
+        table[key] = {**asdict(timing), "bf16": timing.bf16_faster, "measured": time.ctime()}
         try:
-            return CpuBf16Timing(
-                float(row["fp32_ms"]), float(row["bf16_ms"]), tuple(map(float, row["ratios"]))
-            )
-        except (KeyError, TypeError, ValueError):
+            write_json(path if path is not None else cache_file(), table)
+        except Exception:  # read-only home, no home: the answer still holds for the process
             pass
-    timing = measure_cpu_bf16()
-    table[key] = {**asdict(timing), "bf16": timing.bf16_faster, "measured": time.ctime()}
-    try:
-        write_json(path, table)
-    except OSError:
-        pass
+    _KNOWN[key] = timing
     return timing
 
 

@@ -6,7 +6,9 @@ Volumes are built here (two ellipsoids on a noisy background) rather than with
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,8 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # core.precision keeps its measured CPU answer in a cache folder: the tests' own, never the
-# user's (subprocesses inherit it).
-os.environ.setdefault("SAM3D_CACHE_DIR", tempfile.mkdtemp(prefix="sam3d-test-cache-"))
+# user's (subprocesses inherit it), removed when the session ends.
+os.environ["SAM3D_CACHE_DIR"] = tempfile.mkdtemp(prefix="sam3d-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SAM3D_CACHE_DIR"], ignore_errors=True)
 
 
 def oblique_affine(spacing=(1.5, 2.0, 3.0), angles=(0.3, -0.2, 0.25), origin=(-40.0, 25.0, 10.0)):

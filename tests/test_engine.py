@@ -372,7 +372,7 @@ def test_the_cpu_bf16_measurement_times_pairs_and_leaves_the_random_stream():
 
 @pytest.fixture
 def fresh_timing_cache(monkeypatch, tmp_path):
-    """An empty cache folder and an empty in-process cache (restored empty afterwards)."""
+    """An empty cache folder, nothing known to this process, and a counted fake measurement."""
     import core.precision
     from core.precision import CpuBf16Timing
 
@@ -384,12 +384,18 @@ def fresh_timing_cache(monkeypatch, tmp_path):
         return CpuBf16Timing(80.0, 60.0, (0.75, 0.74, 0.76, 0.8, 0.7))
 
     monkeypatch.setattr(core.precision, "measure_cpu_bf16", measure)
-    core.precision.cpu_bf16_timing.cache_clear()
-    yield calls
-    core.precision.cpu_bf16_timing.cache_clear()
+    monkeypatch.setattr(core.precision, "_KNOWN", {})  # this process knows nothing yet
+    return calls
 
 
-def test_a_machine_measures_once_and_keeps_the_answer_on_disk(fresh_timing_cache):
+def _new_process(monkeypatch):
+    """What a new process on the same machine knows: only the cache file."""
+    import core.precision
+
+    monkeypatch.setattr(core.precision, "_KNOWN", {})
+
+
+def test_a_machine_measures_once_and_keeps_the_answer_on_disk(fresh_timing_cache, monkeypatch):
     import json
 
     from core.precision import cache_file, cpu_bf16_timing
@@ -399,19 +405,19 @@ def test_a_machine_measures_once_and_keeps_the_answer_on_disk(fresh_timing_cache
     assert calls == [1] and first.bf16_faster
     (row,) = json.loads(cache_file().read_text()).values()
     assert row["bf16"] is True and row["fp32_ms"] == 80.0
-    cpu_bf16_timing.cache_clear()  # a new process on the same machine: read, not measured
+    assert cpu_bf16_timing() == first and calls == [1]  # known to this process
+    _new_process(monkeypatch)  # a new process on the same machine: read, not measured
     assert cpu_bf16_timing() == first and calls == [1]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1 if threads != 1 else 2)
-        cpu_bf16_timing.cache_clear()
         cpu_bf16_timing()  # another thread count is another answer
         assert calls == [1, 1] and len(json.loads(cache_file().read_text())) == 2
     finally:
         torch.set_num_threads(threads)
 
 
-def test_a_broken_timing_cache_is_measured_around(fresh_timing_cache):
+def test_a_broken_timing_cache_is_measured_around(fresh_timing_cache, monkeypatch):
     import json
 
     from core.precision import cache_file, cpu_bf16_timing
@@ -423,5 +429,69 @@ def test_a_broken_timing_cache_is_measured_around(fresh_timing_cache):
     assert len(json.loads(cache_file().read_text())) == 1  # rewritten whole
     cache_file().unlink()
     cache_file().mkdir()  # cannot be written: still an answer, never an error
-    cpu_bf16_timing.cache_clear()
+    _new_process(monkeypatch)
     assert cpu_bf16_timing().bf16_faster and calls == [1, 1]
+
+
+@pytest.mark.parametrize("row", [
+    {"fp32_ms": 80.0, "bf16_ms": 60.0, "ratios": []},  # a median of nothing would raise
+    {"fp32_ms": 80.0, "bf16_ms": 60.0, "ratios": "07"},
+    {"fp32_ms": 80.0, "bf16_ms": 60.0, "ratios": {"0.5": 1}},
+    {"fp32_ms": 80.0, "bf16_ms": 60.0, "ratios": [0.5, -1.0]},
+    {"fp32_ms": "NaN", "bf16_ms": 60.0, "ratios": [0.5]},
+    {"fp32_ms": 80.0, "ratios": [0.5]},
+    [1, 2],
+    "bf16",
+])  # fmt: skip
+def test_a_malformed_cache_row_is_measured_again(fresh_timing_cache, row):
+    import json
+
+    from core.precision import _cpu_key, cache_file, cpu_bf16_timing
+
+    cache_file().parent.mkdir(parents=True)
+    cache_file().write_text(json.dumps({_cpu_key(): row}))
+    assert cpu_bf16_timing().bf16_faster and fresh_timing_cache == [1]
+    assert json.loads(cache_file().read_text())[_cpu_key()]["ratios"] == [
+        0.75,
+        0.74,
+        0.76,
+        0.8,
+        0.7,
+    ]
+
+
+def test_a_cache_too_deep_to_parse_or_no_home_is_measured_around(fresh_timing_cache, monkeypatch):
+    from pathlib import Path
+
+    from core.precision import cache_file, cpu_bf16_timing
+
+    cache_file().parent.mkdir(parents=True)
+    cache_file().write_text("[" * 100_000 + "]" * 100_000)  # RecursionError in json
+    assert cpu_bf16_timing().bf16_faster and fresh_timing_cache == [1]
+    _new_process(monkeypatch)
+    monkeypatch.delenv("SAM3D_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert cpu_bf16_timing().bf16_faster and fresh_timing_cache == [1, 1]
+
+
+def test_a_failed_timing_falls_back_to_fp32_with_a_warning(monkeypatch):
+    import core.precision
+    from core.precision import fast_cpu_bf16
+
+    def broken():
+        raise RuntimeError("oneDNN: could not create a primitive")
+
+    monkeypatch.delenv("SAM3D_CPU_BF16", raising=False)
+    monkeypatch.setattr(core.precision, "cpu_bf16_timing", broken)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    with pytest.warns(UserWarning, match="could not time bf16 on this CPU, using fp32: oneDNN"):
+        assert not fast_cpu_bf16()
+    with pytest.warns(UserWarning):
+        assert Reconstructor(BallModel(10.0)).precision == "fp32"
