@@ -200,9 +200,9 @@ class TrainingSection:
     lr_schedule : "cosine" (down to ``min_lr_ratio`` x peak at the last step) or "constant"
     min_lr_ratio : final learning rate / peak for the cosine schedule
     grad_clip : max global gradient norm (0 disables)
-    amp : mixed precision: "auto" (on when training on CUDA, off on CPU), true or false.
-        On CPU ``true`` means bf16 autocast, used only where it is the faster precision
-        (AMX, or measured once per machine on CPUs with AVX512-BF16 alone: core.precision).
+    amp : mixed precision: "auto" or true (on CUDA; on a CPU as bf16 autocast where it is
+        the faster precision: AMX, or measured once per machine on CPUs with AVX512-BF16
+        alone, ``core.precision``; ``SAM3D_CPU_BF16=0`` keeps fp32), or false.
     amp_dtype : "auto" (bf16 where supported, else fp16 with a GradScaler), "bf16", "fp16"
     seed : seeds torch, numpy, random, the case split and the data
     device : "auto" (CUDA when available), "cpu" or "cuda"

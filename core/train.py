@@ -378,16 +378,13 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
         schedule=tc.lr_schedule,
         min_ratio=tc.min_lr_ratio,
     )
-    # CUDA: on by default (bf16, or fp16 with a GradScaler). CPU: only when asked for
-    # (``training.amp=true``) and only as bf16 where it is the faster precision
-    # (``core.precision``: AMX, or measured once on CPUs with AVX512-BF16 alone; some run it
-    # 30 % faster, some 20 % slower). Every rank follows rank 0's answer (``_cpu_amp``).
-    if cuda:
-        use_amp = tc.amp in ("auto", True)
-    else:
-        use_amp = tc.amp is True and _cpu_amp(d)
-        if tc.amp is True and not use_amp:
-            log("training.amp ignored: bf16 is not faster than fp32 on this CPU (core.precision)")
+    # "auto" and true: on CUDA (bf16, or fp16 with a GradScaler), and on a CPU as bf16 where it
+    # is the faster precision (``core.precision``: AMX, or measured once per machine on CPUs
+    # with AVX512-BF16 alone; some run it 30 % faster, some 20 % slower). Every rank follows
+    # rank 0's answer (``_cpu_amp``).
+    use_amp = tc.amp in ("auto", True) and (cuda or _cpu_amp(d))
+    if not cuda and tc.amp is True and not use_amp:
+        log("training.amp ignored: bf16 is not faster than fp32 on this CPU (core.precision)")
     fp16 = cuda and (
         tc.amp_dtype == "fp16" or (tc.amp_dtype == "auto" and not torch.cuda.is_bf16_supported())
     )

@@ -23,6 +23,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # user's (subprocesses inherit it), removed when the session ends.
 os.environ["SAM3D_CACHE_DIR"] = tempfile.mkdtemp(prefix="sam3d-test-cache-")
 atexit.register(shutil.rmtree, os.environ["SAM3D_CACHE_DIR"], ignore_errors=True)
+# The CPU precision of "auto" (engine and training) is fp32 in tests on every machine, so the
+# tests' numbers do not depend on the CPU; the tests of core.precision's rule and of CPU bf16
+# training set or clear SAM3D_CPU_BF16 themselves.
+os.environ["SAM3D_CPU_BF16"] = "0"
 
 
 def oblique_affine(spacing=(1.5, 2.0, 3.0), angles=(0.3, -0.2, 0.25), origin=(-40.0, 25.0, 10.0)):

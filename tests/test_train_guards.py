@@ -14,21 +14,30 @@ from test_train import make_cfg, max_diff, state_of
 
 from core.checkpoint import load_checkpoint, save_weights_safetensors
 from core.model import Sam3DMed
-from core.precision import fast_cpu_bf16
 from core.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_cpu_amp_is_bf16_where_fast_else_ignored(hearts_cache, tmp_path):
-    cfg = make_cfg(hearts_cache, tmp_path / "run", "training.amp=true", "training.epochs=1")
+@pytest.mark.parametrize(("amp", "faster", "expected"), [
+    ("true", "1", "precision: bf16 autocast"),
+    ("auto", "1", "precision: bf16 autocast"),  # "auto" on a CPU follows core.precision too
+    ("true", "0", "precision: fp32"),
+    ("auto", "0", "precision: fp32"),
+])  # fmt: skip
+def test_cpu_amp_is_bf16_where_faster_else_fp32(
+    hearts_cache, tmp_path, monkeypatch, amp, faster, expected
+):
+    """``training.amp`` true or auto on a CPU: bf16 autocast where core.precision finds it the
+    faster (SAM3D_CPU_BF16 stands in for the measurement), else fp32; an explicit true that
+    is not taken is logged."""
+    monkeypatch.setenv("SAM3D_CPU_BF16", faster)
+    cfg = make_cfg(hearts_cache, tmp_path / "run", f"training.amp={amp}", "training.epochs=1")
     result = train(cfg)
     log = (tmp_path / "run" / "train.log").read_text()
     assert result.epochs_done == 1
-    if fast_cpu_bf16():
-        assert "precision: bf16 autocast" in log
-    else:
-        assert "precision: fp32" in log and "not faster than fp32" in log
+    assert expected in log
+    assert ("not faster than fp32" in log) == (amp == "true" and faster == "0")
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
