@@ -301,6 +301,7 @@ def conv3d(x, weight, bias=None, *, stride: int = 1, padding: int = 0):
     """
     if (
         x.is_cpu
+        and x.dim() == 5  # an unbatched (C, D, H, W) input: F.conv3d handles it
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_grad_enabled()

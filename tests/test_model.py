@@ -156,6 +156,10 @@ def test_oneDNN_conv3d_equals_torch_conv3d_for_inference_and_training():
         assert "aten::mkldnn_convolution" in ops(lambda: conv3d(x, w, b, padding=1))
         with torch.backends.mkldnn.flags(enabled=False):
             assert "aten::mkldnn_convolution" not in ops(lambda: conv3d(x, w, b, padding=1))
+    with torch.inference_mode():  # an unbatched (C, D, H, W) input, as F.conv3d takes it
+        torch.testing.assert_close(
+            conv3d(x[0], w, b, padding=1), F.conv3d(x[0], w, b, padding=1), atol=1e-4, rtol=1e-4
+        )
     w = w.clone().requires_grad_()
     conv3d(x, w, b, padding=1).sum().backward()  # training: torch's differentiable conv
     assert w.grad is not None and torch.isfinite(w.grad).all()
