@@ -229,24 +229,34 @@ def test_real_model_runs_in_both_modes():
         assert res.slice_mask.shape == (40, 40)
 
 
+class Whole(nn.Module):
+    """The same network without its condition split: the engine computes everything."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m, self.cfg = m, m.cfg
+
+    def forward(self, batch):
+        return self.m(batch)
+
+
+def _tiny_model() -> Sam3DMed:
+    """A small random Sam3DMed whose first mask is not empty (so refinement passes run)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(cube_size=32, view_size=32, dim=32, depth=1, heads=2)
+    model = Sam3DMed(cfg).eval()
+    with torch.no_grad():
+        model.decoder.head.bias[:8] += 1.0
+    return model
+
+
 def test_the_refinement_pass_reuses_the_slice_condition_with_the_same_result():
     """The refinement pass rebuilds only the previous-prediction channel and reuses the
     slice's condition tokens: the same mask, probabilities and slice mask as a model that
     computes everything each pass, with the view encoder run once (crop + full) instead of
     once per pass."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(cube_size=32, view_size=32, dim=32, depth=1, heads=2)
-    model = Sam3DMed(cfg).eval()
-    with torch.no_grad():
-        model.decoder.head.bias[:8] += 1.0  # a non-empty first mask, so the pass runs
-
-    class Whole(nn.Module):  # the same network without its condition split
-        def __init__(self, m):
-            super().__init__()
-            self.m, self.cfg = m, m.cfg
-
-        def forward(self, batch):
-            return self.m(batch)
+    model = _tiny_model()
+    cfg = model.cfg
 
     calls = []
     model.view_encoder.register_forward_hook(lambda *_: calls.append(1))
@@ -276,6 +286,39 @@ def test_the_refinement_pass_reuses_the_slice_condition_with_the_same_result():
     expected = torch.sigmoid(out["occupancy"][0, 0]).numpy()
     np.testing.assert_allclose(split.cube_probability, expected, atol=1e-6, rtol=0)
     assert np.abs(one.cube_probability - expected).max() > 1e-3  # the pass changed something
+
+
+def test_a_corrective_click_on_another_slice_reuses_the_slice_condition():
+    """A corrective click off the reference slice, in the same cube, leaves the views as they
+    were: the condition is reused across calls, with the result of a model that computes
+    everything. A click on the reference slice, or weights changed in place, compute it
+    again."""
+    model = _tiny_model()
+    calls = []
+    model.view_encoder.register_forward_hook(lambda *_: calls.append(1))
+    policy = CubePolicy(zoom_in=False, max_zoom_out=0, refine_passes=0)
+    rec = Reconstructor(model, policy=policy, precision="fp32")
+    whole = Reconstructor(Whole(model), policy=policy, precision="fp32")
+    vol = _volume(shape=(40, 40, 40))
+    first = PromptSet((Click(1, 20, 20, 20),))
+    other = PromptSet((Click(1, 20, 20, 20), Click(2, 22, 18, 21, positive=False)))
+    same = PromptSet((Click(1, 20, 20, 20), Click(1, 20, 24, 18, positive=False)))
+    r1 = rec.predict(vol, first)
+    r2 = rec.predict(vol, other, previous=r1)
+    assert r2.cube == r1.cube and len(calls) == 2  # crop + full view, once for both calls
+    calls.clear()
+    w2 = whole.predict(vol, other, previous=whole.predict(vol, first))
+    assert len(calls) == 4
+    np.testing.assert_array_equal(r2.cube_probability, w2.cube_probability)
+    np.testing.assert_array_equal(r2.slice_mask, w2.slice_mask)
+    calls.clear()
+    r3 = rec.predict(vol, same, previous=r1)  # drawn on the reference slice's views
+    assert len(calls) == 2
+    with torch.no_grad():
+        model.view_encoder.stem[0].weight.mul_(1.5)  # a weight changed in place
+    r4 = rec.predict(vol, same, previous=r1)
+    assert len(calls) == 4
+    assert not np.array_equal(r4.slice_mask, r3.slice_mask)
 
 
 def test_mask_on_volume_level_and_prompted_component():
