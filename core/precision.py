@@ -167,9 +167,12 @@ def cpu_bf16_timing() -> CpuBf16Timing:
         return _KNOWN[key]
     try:
         path = cache_file()
-        table = json.loads(path.read_text())
-    except Exception:  # no home, no file, not JSON, nested too deep: measure
-        path, table = None, {}
+    except Exception:  # no home directory: nowhere to keep it, measured for the process
+        path = None
+    try:
+        table = json.loads(path.read_text()) if path is not None else {}
+    except Exception:  # no file, not JSON, nested too deep: measure
+        table = {}
     if not isinstance(table, dict):
         table = {}
     timing = _row_timing(table.get(key))
@@ -177,8 +180,9 @@ def cpu_bf16_timing() -> CpuBf16Timing:
         timing = measure_cpu_bf16()
         table[key] = {**asdict(timing), "bf16": timing.bf16_faster, "measured": time.ctime()}
         try:
-            write_json(path if path is not None else cache_file(), table)
-        except Exception:  # read-only home, no home: the answer still holds for the process
+            if path is not None:
+                write_json(path, table)
+        except Exception:  # read-only or not a folder: the answer still holds for the process
             pass
     _KNOWN[key] = timing
     return timing

@@ -349,6 +349,14 @@ def test_mask_on_volume_level_and_prompted_component():
     assert not mask_on_volume(prob * 0.2, cube, aff, shape, prompts).any()
 
 
+def _cpu_flags(monkeypatch, *, kernels: bool, amx: bool, avx512_bf16: bool) -> None:
+    """Make this CPU look like another to core.precision: oneDNN's bf16 kernels, AMX,
+    AVX512-BF16."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: kernels)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+
 @pytest.mark.parametrize(("kernels", "amx", "avx512_bf16", "ratios", "expected"), [
     (True, True, True, None, "bf16"),  # AMX: bf16 without measuring
     (True, False, True, (0.7,) * 5, "bf16"),  # AVX512-BF16 alone, measured faster (AMD)
@@ -375,9 +383,7 @@ def test_auto_precision_is_bf16_where_it_is_the_faster(
         return CpuBf16Timing(100.0, 100.0 * sorted(ratios)[2], ratios)
 
     monkeypatch.setattr(core.precision, "cpu_bf16_timing", timing)
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: kernels)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    _cpu_flags(monkeypatch, kernels=kernels, amx=amx, avx512_bf16=avx512_bf16)
     assert Reconstructor(BallModel(10.0)).precision == expected
     assert fast_cpu_bf16() == (expected == "bf16")  # training's CPU AMP rule
     assert len(calls) == (2 if ratios else 0)
@@ -391,7 +397,7 @@ def test_the_environment_decides_cpu_bf16_without_measuring(monkeypatch):
     from core.precision import fast_cpu_bf16
 
     monkeypatch.setattr(core.precision, "cpu_bf16_timing", lambda: pytest.fail("measured"))
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    _cpu_flags(monkeypatch, kernels=True, amx=False, avx512_bf16=True)  # a CPU that measures
     for value, expected in (("1", "bf16"), ("0", "fp32"), (" 1 ", "bf16")):
         monkeypatch.setenv("SAM3D_CPU_BF16", value)
         assert Reconstructor(BallModel(10.0)).precision == expected
@@ -531,9 +537,7 @@ def test_a_failed_timing_falls_back_to_fp32_with_a_warning(monkeypatch):
 
     monkeypatch.delenv("SAM3D_CPU_BF16", raising=False)
     monkeypatch.setattr(core.precision, "cpu_bf16_timing", broken)
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    _cpu_flags(monkeypatch, kernels=True, amx=False, avx512_bf16=True)
     with pytest.warns(UserWarning, match="could not time bf16 on this CPU, using fp32: oneDNN"):
         assert not fast_cpu_bf16()
     with pytest.warns(UserWarning):

@@ -25,7 +25,7 @@ from core.checkpoint import (
 )
 from core.config import LossSection, TrainConfig, load_config
 from core.losses import compute_loss, dice_score
-from core.model import ModelConfig, Sam3DMed
+from core.model import ModelConfig, Sam3DMed, random_batch
 from core.train import lr_at, split_cases, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_overfits_one_batch(hearts_cache):
 def test_checkpoint_round_trip_weights_only_and_atomic(tmp_path, monkeypatch):
     model = Sam3DMed(ModelConfig(cube_size=16, view_size=16, dim=32, depth=1, heads=2))
     opt = torch.optim.AdamW(model.parameters())
-    model(_random_inputs(model.cfg))["occupancy"].mean().backward()
+    model(random_batch(model.cfg))["occupancy"].mean().backward()
     opt.step()
     cfg = TrainConfig(model=model.cfg)
     path = tmp_path / "c.pt"
@@ -257,18 +257,6 @@ def test_safetensors_weights_round_trip(tmp_path):
     assert cfg2 == cfg and max_diff(state, model.state_dict()) == 0
     with pytest.raises(ValueError, match="differs"):
         save_weights_safetensors(model, tmp_path / "x.safetensors", ModelConfig())
-
-
-def _random_inputs(cfg: ModelConfig, b: int = 1) -> dict:
-    c, s = cfg.cube_size, cfg.view_size
-    return {
-        "cube": torch.rand(b, 7, c, c, c),
-        "crop_view": torch.rand(b, 5, s, s),
-        "crop_pointmap": torch.randn(b, 3, s, s) * 30,
-        "full_view": torch.rand(b, 5, s, s),
-        "full_pointmap": torch.randn(b, 3, s, s) * 30,
-        "center": torch.zeros(b, 3),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,7 +434,7 @@ def test_lora_run_trains_adapters_only_and_saves_them(hearts_cache, tmp_path):
 
     plain = load_model(base_path)
     tuned = lora.load_adapter(load_model(base_path), result.adapter_best)
-    x = _random_inputs(cfg.model)
+    x = random_batch(cfg.model)
     with torch.no_grad():
         assert torch.equal(plain(x)["occupancy"], base.eval()(x)["occupancy"])
         assert not torch.allclose(tuned(x)["occupancy"], plain(x)["occupancy"])
