@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from core.clicks import PromptSet, check_click_in_volume
+from core.clicks import Click, PromptSet, check_click_in_volume
 from core.cube import Cube, axis_directions, level_box, paste_block, sample_into_cube
 from core.errors import InputError
 from core.geometry import take_slice
@@ -177,6 +177,7 @@ class Reconstructor:
         self.name = name
         self._norm_cache: tuple | None = None
         self._cond_cache: tuple | None = None  # (model, version, view inputs, condition)
+        self.warm = False  # a prediction has run (warm_up or a first click)
 
     @classmethod
     def from_pretrained(
@@ -240,6 +241,25 @@ class Reconstructor:
             self.base_model.eval()
 
     # ----------------------------------------------------------------------------------------
+
+    def warm_up(self) -> dict | None:
+        """Run one click on a small built-in volume, once, so that the first real click runs
+        at full speed: a fresh process's first forward builds oneDNN's kernels for the cube's
+        and views' shapes (the same for every volume), and the mesh code loads. Front ends
+        call it in the background right after loading (the web app before serving, napari
+        when the Reconstruct widget opens). Returns the warm-up click's timings, or None when a
+        prediction has already run (nothing to do). Results are unchanged by it."""
+        if self.warm:
+            return None
+        n, spacing = self.cfg.cube_size, self.policy.default_spacing_mm
+        grid = (np.indices((n, n, n), dtype=np.float32) - (n - 1) / 2.0) * spacing
+        blob = ((grid / np.array([30.0, 24.0, 20.0])[:, None, None, None]) ** 2).sum(0) <= 1
+        affine = np.diag([spacing, spacing, spacing, 1.0])
+        volume = Volume(np.where(blob, 60.0, -80.0).astype(np.float32), affine, "warm-up")
+        centre = n // 2
+        res = self.predict(volume, PromptSet((Click(2, centre, centre, centre),)), mode="volume")
+        self._norm_cache = self._cond_cache = None  # hold nothing of the built-in volume
+        return res.timings
 
     def _normalized(self, volume: Volume, modality: str, ct_window) -> np.ndarray:
         # Keyed on the array object itself (kept alive by the cache, so its id cannot be
@@ -444,6 +464,7 @@ class Reconstructor:
                 surface = mask_to_mesh(field_, cube.affine, level=0.5)
             timings["mesh"] = _ms(t)
         timings["total"] = _ms(t0)
+        self.warm = True
         return Result(
             mask,
             np.asarray(affine),

@@ -23,7 +23,6 @@ here needs it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -38,6 +37,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from core.adapter_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_FORMAT_VERSION,
+    ADAPTER_INFO,
+    ADAPTER_WEIGHTS,
+    read_adapter_info,
+)
 from core.atomic import write_json
 from core.errors import InputError
 from core.model import LORA_TARGETS, ModelConfig
@@ -60,10 +66,6 @@ __all__ = [
     "unload_lora",
 ]
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_INFO = "sam3d_adapter.json"
-ADAPTER_FORMAT_VERSION = 1
 _RESERVED = (
     "format_version",
     "adapter_name",
@@ -344,45 +346,6 @@ def save_adapter(
 
 # --------------------------------------------------------------------------------------------
 # load
-
-
-def read_adapter_info(adapter_dir: str | os.PathLike) -> dict:
-    """Check an adapter folder's files and return its ``sam3d_adapter.json``.
-
-    Raises
-    ------
-    InputError
-        A missing folder or file, unreadable JSON, or not our format; names the file.
-    """
-    folder = Path(adapter_dir)
-    if not folder.is_dir():
-        raise InputError(folder, "adapter folder not found")
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, ADAPTER_INFO):
-        if not (folder / name).is_file():
-            raise InputError(
-                folder / name,
-                f"missing from the adapter folder (an adapter is {ADAPTER_WEIGHTS}, "
-                f"{ADAPTER_CONFIG} and {ADAPTER_INFO})",
-            )
-    parsed = {}
-    for name in (ADAPTER_CONFIG, ADAPTER_INFO):
-        try:
-            parsed[name] = json.loads((folder / name).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(folder / name, f"not readable JSON ({exc})") from exc
-    info = parsed[ADAPTER_INFO]
-    if not isinstance(info, dict) or not isinstance(info.get("base_hash"), str):
-        raise InputError(folder / ADAPTER_INFO, "not a sam3d adapter: no 'base_hash'")
-    if not isinstance(info.get("model"), dict):
-        raise InputError(folder / ADAPTER_INFO, "not a sam3d adapter: no 'model' config")
-    version = info.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= ADAPTER_FORMAT_VERSION:
-        raise InputError(
-            folder / ADAPTER_INFO,
-            f"format_version {version!r} is not one this sam3d-napari reads "
-            f"(1..{ADAPTER_FORMAT_VERSION})",
-        )
-    return info
 
 
 def _check_compatible(folder: Path, info: dict, cfg: ModelConfig, loaded_hash: str | None):

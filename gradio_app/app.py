@@ -513,7 +513,8 @@ def launch(
     checkpoint, adapter : base weights (None: shipped) and the adapter selected at start
     max_file_size : upload limit, e.g. "512mb"
     concurrency : model requests processed at once
-    preload : load every shipped adapter now (the first switch is then instant)
+    preload : load every shipped adapter now (the first switch is then instant) and warm the
+        model up (the first click is then as fast as the next)
     prevent_thread_lock : return once serving (tests); otherwise block until Ctrl-C
     """
     from core.engine import Reconstructor
@@ -526,7 +527,8 @@ def launch(
         engine.preload()
     if not quiet:
         print(
-            f"sam3d app: model loaded in {time.perf_counter() - t0:.1f} s "
+            f"sam3d app: model loaded{' and warmed up' if preload else ''} in "
+            f"{time.perf_counter() - t0:.1f} s "
             f"(weights: {', '.join(engine.choices)})",
             flush=True,
         )

@@ -55,11 +55,14 @@ class SharedEngine:
         return name
 
     def preload(self) -> None:
-        """Load every offered adapter now, so that the first switch is instant."""
+        """Load every offered adapter now, so that the first switch is instant, and warm the
+        model up (``Reconstructor.warm_up``), so that the first visitor's click runs at full
+        speed."""
         with self._lock:
             for name in self.choices[1:]:
                 self.reconstructor.set_adapter(name)
             self._use(self.default)
+            self.reconstructor.warm_up()
 
     def _use(self, name: str) -> None:
         if getattr(self.reconstructor, "name", BASE) != name:

@@ -49,6 +49,7 @@ ADAPTER_FOLDER = "adapter folder..."
 NEW_LABEL_MAP = "new label map"
 KEEP, OVERWRITE = "keep existing labels", "overwrite existing labels"
 OBJECT_COLOR = (1.0, 0.85, 0.1, 1.0)
+_LOADING = "Loading the model in the background..."
 _DRAG_PIXELS = 5  # a press and release further apart than this is a pan, not a click
 
 
@@ -67,6 +68,7 @@ class ReconstructWidget(Container):
         self._results: dict = {}  # (settings, actions) -> core.engine.Result
         self._shown = None  # the Result on screen
         self._worker = None
+        self._preload = None  # the worker loading and warming up the model
         self._pending = False
         self._negative_mode = False
         self._image = None
@@ -136,6 +138,7 @@ class ReconstructWidget(Container):
         viewer.bind_key("n", self._toggle_negative, overwrite=True)
         self.native.destroyed.connect(self._on_destroyed)
         self._on_image_changed(self.image.value)
+        self._start_preload()  # while the user opens an image and finds the slice
 
     # ------------------------------------------------------------------------------ choices
 
@@ -184,7 +187,7 @@ class ReconstructWidget(Container):
             if not path or str(path) in ("", "."):
                 raise ValueError("choose the adapter folder (Weights: adapter folder...)")
             p = path if path.is_dir() else path.parent  # a file inside the folder is fine
-            from core.lora import read_adapter_info
+            from core.adapter_files import read_adapter_info  # torch-free: GUI thread
 
             read_adapter_info(p)  # not an adapter: say so now, naming the folder
             return str(p)
@@ -254,6 +257,32 @@ class ReconstructWidget(Container):
             f"{layer.name}: click an organ (Shift+click or N: negative click)."
         )
         self.target.reset_choices()
+        self._start_preload()
+
+    def _start_preload(self):
+        """Load and warm up the model in the background (when the widget opens, and when an
+        image is chosen after the session's base weights changed) while the user opens an
+        image and finds the slice, so the first click costs about what every click does
+        (BENCHMARKS.md, "the first click")."""
+        from napari.qt.threading import create_worker
+
+        if self._preload is not None or self._worker is not None or self.session.ready:
+            return
+        self.timing.value = _LOADING
+        self._preload = create_worker(self.session.preload, _ignore_errors=True)
+        self._preload.errored.connect(self._on_preload_error)
+        self._preload.finished.connect(self._on_preload_finished)
+        self._preload.start()
+
+    def _on_preload_error(self, exc):
+        if self._alive:
+            self.timing.value = ""  # not ready: a click will try again and say why
+            self.status.show_message(f"Loading the model failed: {one_line(exc)}", "error")
+
+    def _on_preload_finished(self):
+        self._preload = None
+        if self._alive and self.timing.value == _LOADING:
+            self.timing.value = "Model ready."
 
     def _volume(self):
         img = self._image
@@ -386,7 +415,14 @@ class ReconstructWidget(Container):
 
     @property
     def busy(self) -> bool:
+        """A reconstruction is running."""
         return self._worker is not None
+
+    @property
+    def loading(self) -> bool:
+        """The model is loading and warming up in the background (a click meanwhile waits for
+        it)."""
+        return self._preload is not None
 
     def _key(self):
         return (self._settings(), tuple(self.editor.actions))
@@ -394,8 +430,6 @@ class ReconstructWidget(Container):
     def run(self, *_):
         """Reconstruct from the current prompts (in a worker thread)."""
         from napari.qt.threading import create_worker
-
-        from core.engine import CubePolicy
 
         if self._image is None:
             self.status.show_message("Choose an image first.", "warning")
@@ -428,7 +462,7 @@ class ReconstructWidget(Container):
             volume,
             prompts,
             adapter=adapter,
-            policy=CubePolicy(zoom_in=self._zoom_in()),
+            zoom_in=self._zoom_in(),
             mode=self.mode.value,
             modality=self.modality.value,
             previous=previous,

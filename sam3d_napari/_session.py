@@ -4,7 +4,9 @@ One :class:`Session` per viewer (:func:`session_for`): Reconstruct and Fine-tune
 same viewer see the same base weights, the same loaded model and the same list of adapters,
 so an adapter trained in Fine-tune is selectable in Reconstruct the moment it is saved.
 
-The model is loaded on first use, in a worker thread (never at import or on the GUI thread).
+The model is loaded in a worker thread (never at import or on the GUI thread): when the
+Reconstruct widget opens (:meth:`Session.preload`, which also warms it up), or else on first
+use.
 """
 
 from __future__ import annotations
@@ -69,14 +71,31 @@ class Session(QObject):
 
     # ---------------------------------------------------------------------------- inference
 
-    def predict(self, volume, prompts, *, adapter=None, policy=None, **kwargs):
+    def predict(self, volume, prompts, *, adapter=None, zoom_in=False, **kwargs):
         """``Reconstructor.predict`` with ``adapter`` (None, a shipped name or a folder)
-        active and the cube ``policy`` for this call (None: the engine's default); loads the
-        model on first use. Call from a worker thread."""
+        active and the engine's default cube policy, with its optional zoom-in if
+        ``zoom_in``; loads the model on first use. Call from a worker thread: everything that
+        imports torch happens here, never on the GUI thread (a first click would freeze the
+        window for the seconds torch's import takes)."""
+        from core.engine import CubePolicy
+
         with self._lock:
             rec = self._reconstructor()
             rec.set_adapter(adapter)  # merged once per folder and write time, then reused
-            return rec.predict(volume, prompts, policy=policy, **kwargs)
+            return rec.predict(volume, prompts, policy=CubePolicy(zoom_in=zoom_in), **kwargs)
+
+    @property
+    def ready(self) -> bool:
+        """The model is loaded and warmed up (a hint, read without the lock)."""
+        rec = self._rec
+        return rec is not None and rec.warm and self._rec_base == self.base_weights
+
+    def preload(self) -> None:
+        """Load the model and warm it up (``Reconstructor.warm_up``) so that the first click
+        runs at full speed instead of paying torch's import, the load and the first forward's
+        setup. Call from a worker thread; once warm it does nothing."""
+        with self._lock:
+            self._reconstructor().warm_up()
 
     def _reconstructor(self):
         from core.engine import Reconstructor

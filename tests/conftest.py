@@ -140,6 +140,18 @@ def pytest_collection_modifyitems(config, items):
             it.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_gui_test(request):
+    """A GUI test's worker threads (a reconstruction, the model's preload) end with the
+    test, so none runs on into the next one."""
+    yield
+    if request.node.get_closest_marker("gui") is None:
+        return
+    from qtpy.QtCore import QThreadPool
+
+    assert QThreadPool.globalInstance().waitForDone(120_000), "a worker outlived its test"
+
+
 # training tests (test_train*.py)
 
 

@@ -321,6 +321,28 @@ def test_a_corrective_click_on_another_slice_reuses_the_slice_condition():
     assert not np.array_equal(r4.slice_mask, r3.slice_mask)
 
 
+def test_warm_up_runs_one_click_once_and_changes_no_result():
+    """The warm-up runs the model on its built-in volume once (both volume-mode passes), does
+    nothing after that or after a real click, and leaves the next result as a cold engine
+    gives it."""
+    model = _tiny_model()
+    calls = []
+    model.cube_encoder.register_forward_hook(lambda *_: calls.append(1))
+    policy = CubePolicy(zoom_in=False, max_zoom_out=0, refine_passes=1)
+    vol, prompts = _volume(shape=(40, 40, 40)), PromptSet((Click(1, 20, 20, 20),))
+    rec = Reconstructor(model, policy=policy, precision="fp32")
+    assert not rec.warm
+    timings = rec.warm_up()
+    assert rec.warm and len(calls) == 2 and timings["total"] > 0 and "mesh" in timings
+    assert rec.warm_up() is None and len(calls) == 2
+    warmed = rec.predict(vol, prompts)
+    cold = Reconstructor(model, policy=policy, precision="fp32")
+    fresh = cold.predict(vol, prompts)
+    np.testing.assert_array_equal(warmed.cube_probability, fresh.cube_probability)
+    np.testing.assert_array_equal(warmed.slice_mask, fresh.slice_mask)
+    assert cold.warm and cold.warm_up() is None  # a real click warms it too
+
+
 def test_mask_on_volume_level_and_prompted_component():
     from core.cube import Cube, axis_directions
     from core.engine import mask_on_volume

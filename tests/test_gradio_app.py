@@ -38,6 +38,8 @@ def app():
     demo = launch(
         "127.0.0.1", free_port(), prevent_thread_lock=True, max_file_size=MAX_UPLOAD, quiet=True
     )
+    # warmed up before serving: the first visitor's click runs at full speed
+    assert demo.sam3d_engine.reconstructor.warm and demo.sam3d_engine.calls == 0
     yield demo
     close_app(demo)
     assert not demo.sam3d_files.root.exists()  # the app's temporary files are gone

@@ -77,7 +77,9 @@ def _organ_click(gt, label):
 # clicks -> voxels (no model needed)
 
 
-def test_clicks_on_an_oblique_volume_land_on_the_voxel_under_the_cursor(make_napari_viewer):
+def test_clicks_on_an_oblique_volume_land_on_the_voxel_under_the_cursor(
+    make_napari_viewer, fast_model
+):
     from core.io import voxel_to_world
     from sam3d_napari._layers import layer_transform
     from sam3d_napari._widgets import ReconstructWidget
@@ -103,7 +105,7 @@ def test_clicks_on_an_oblique_volume_land_on_the_voxel_under_the_cursor(make_nap
         np.testing.assert_allclose(voxel_to_world(a, points.data[-1]), world, atol=1e-6)
 
 
-def test_click_outside_the_volume_is_refused_with_a_message(make_napari_viewer):
+def test_click_outside_the_volume_is_refused_with_a_message(make_napari_viewer, fast_model):
     from sam3d_napari._testing import click
 
     viewer = make_napari_viewer()
@@ -114,7 +116,9 @@ def test_click_outside_the_volume_is_refused_with_a_message(make_napari_viewer):
     assert "outside" in widget.status.value and image.name in widget.status.value
 
 
-def test_negative_clicks_by_modifier_or_toggle_and_a_drag_is_not_a_click(make_napari_viewer):
+def test_negative_clicks_by_modifier_or_toggle_and_a_drag_is_not_a_click(
+    make_napari_viewer, fast_model
+):
     viewer = make_napari_viewer()
     widget, _, _ = _sample(viewer)
     widget.auto_run.value = False
@@ -140,6 +144,112 @@ def test_negative_clicks_by_modifier_or_toggle_and_a_drag_is_not_a_click(make_na
 
 # --------------------------------------------------------------------------------------------
 # with the shipped model
+
+
+def test_the_model_loads_and_warms_up_in_the_background_when_the_widget_opens(
+    make_napari_viewer, qtbot
+):
+    from sam3d_napari._widgets import ReconstructWidget
+
+    viewer = make_napari_viewer()
+    widget = ReconstructWidget(viewer)  # no image yet: the user opens one meanwhile
+    assert widget.loading and "Loading the model" in widget.timing.value
+    viewer.open_sample(PLUGIN, "heart")
+    qtbot.waitUntil(lambda: not widget.loading, timeout=60_000)
+    rec = widget.session._rec
+    assert widget.session.ready and rec.warm and widget.timing.value == "Model ready."
+    # the first click runs on the loaded, warmed model
+    gt = np.asarray(viewer.layers["heart labels (ground truth)"].data)
+    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
+    _wait(widget, qtbot)
+    assert widget.session._rec is rec and widget.result.mask.any()
+    # another image on a warm session loads nothing
+    viewer.add_image(np.zeros((8, 8, 8), np.float32), name="other")
+    widget.image.value = viewer.layers["other"]
+    assert not widget.loading
+
+
+GUI_THREAD_IMPORTS = """
+import json, sys, threading
+
+from conftest import REPO
+
+seen = []
+
+
+class Watch:  # records torch imports on the GUI (main) thread
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and threading.current_thread() is threading.main_thread():
+            seen.append(name)
+
+
+sys.meta_path.insert(0, Watch())
+import napari
+import numpy as np
+
+from core.clicks import first_click
+from core.io import voxel_to_world
+from core.weights import resolve_adapter
+from sam3d_napari._layers import meta_affine
+from sam3d_napari._reconstruct_widget import ADAPTER_FOLDER, ReconstructWidget
+from sam3d_napari._testing import click, wait_until
+
+if sys.argv[1] == "no_preload":
+    ReconstructWidget._start_preload = lambda self: None
+viewer = napari.Viewer(show=False)
+viewer.open_sample("sam3d-napari", "heart")
+_, widget = viewer.window.add_plugin_dock_widget("sam3d-napari", "Reconstruct (click to 3D)")
+widget.weights.value = ADAPTER_FOLDER  # checked on the GUI thread
+widget.adapter_dir.value = resolve_adapter("headneck-ct")
+gt = np.asarray(viewer.layers["heart labels (ground truth)"].data)
+world = voxel_to_world(meta_affine(widget.image_layer), first_click(gt == 2).voxel())
+for d in viewer.dims.not_displayed:
+    viewer.dims.set_point(d, world[d])
+click(viewer, world)
+wait_until(lambda: widget.result is not None and not widget.busy and not widget.loading, 300)
+print(json.dumps({"gui_thread_torch_imports": len(seen), "torch": "torch" in sys.modules,
+                  "mask": bool(widget.result.mask.any())}))
+viewer.close()
+"""
+
+
+@pytest.mark.parametrize("preload", ["preload", "no_preload"])
+def test_torch_is_never_imported_on_the_gui_thread(tmp_path, preload):
+    """torch's import takes seconds and holds the interpreter: on the GUI thread it froze
+    the window at the first click. The preload, the click and an adapter folder's check
+    leave it to worker threads."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = tmp_path / "gui_imports.py"
+    script.write_text(GUI_THREAD_IMPORTS)
+    env = {**__import__("os").environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+    res = subprocess.run(
+        [sys.executable, str(script), preload], cwd=REPO, capture_output=True, text=True,
+        env=env, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"gui_thread_torch_imports": 0, "torch": True, "mask": True}
+
+
+def test_a_model_that_fails_to_load_says_so_when_the_widget_opens(
+    make_napari_viewer, qtbot, tmp_path
+):
+    from sam3d_napari._session import session_for
+    from sam3d_napari._widgets import ReconstructWidget
+
+    viewer = make_napari_viewer()
+    session_for(viewer).set_base_weights(tmp_path / "missing.safetensors")
+    viewer.open_sample(PLUGIN, "heart")
+    widget = ReconstructWidget(viewer)
+    qtbot.waitUntil(lambda: not widget.loading, timeout=60_000)
+    assert "Loading the model failed" in widget.status.value
+    assert "missing.safetensors" in widget.status.value
+    assert not widget.session.ready and widget.timing.value == ""  # never "ready"
 
 
 def test_a_click_on_the_sample_organ_gives_aligned_labels_and_surface(
