@@ -9,6 +9,7 @@ the moment it opens (``Session.preload``). So this times:
     xvfb-run -a .venv/bin/python bench/napari_first_click.py --wait ready     # click once loaded
     xvfb-run -a .venv/bin/python bench/napari_first_click.py --wait 1         # click after 1 s
     xvfb-run -a .venv/bin/python bench/napari_first_click.py --no_preload     # as before
+    xvfb-run -a .venv/bin/python bench/napari_first_click.py --adapter headneck-ct --wait ready
 
 ``--wait S`` clicks S seconds after the widget opened (``ready``: when the preload is done;
 ``clicked_at_s`` says when that was). ``--dock_first`` docks the widget first and opens the
@@ -39,6 +40,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--wait", default="ready", help="seconds before the click, or 'ready'")
     ap.add_argument("--no_preload", action="store_true", help="load on the first click")
     ap.add_argument("--dock_first", action="store_true", help="dock, then open the sample")
+    ap.add_argument("--adapter", default=None, help="choose this shipped adapter on docking")
     a = ap.parse_args(argv)
     wait = None if a.wait == "ready" else float(a.wait)
 
@@ -56,14 +58,20 @@ def main(argv=None) -> dict:
     def dock():
         return viewer.window.add_plugin_dock_widget("sam3d-napari", "Reconstruct (click to 3D)")[1]
 
+    def dock_and_choose():
+        w = dock()
+        if a.adapter:
+            w.weights.value = a.adapter
+        return w
+
     t = time.perf_counter()
-    widget = dock() if a.dock_first else None
+    widget = dock_and_choose() if a.dock_first else None
     viewer.open_sample("sam3d-napari", "heart")  # a docked widget chooses it
     open_s = time.perf_counter() - t
     stall = StallMonitor().start()
     t_open = time.perf_counter()
     if widget is None:
-        widget = dock()
+        widget = dock_and_choose()
     else:
         t_open = t
     gt = np.asarray(viewer.layers["heart labels (ground truth)"].data)
@@ -93,6 +101,7 @@ def main(argv=None) -> dict:
         "preload": not a.no_preload,
         "wait": a.wait,
         "dock_first": a.dock_first,
+        "adapter": a.adapter,
         "open_s": round(open_s, 2),
         "first_click_s": round(first_s, 3),
         "first_click_engine_ms": res.timings["total"],

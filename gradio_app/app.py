@@ -514,7 +514,7 @@ def launch(
     max_file_size : upload limit, e.g. "512mb"
     concurrency : model requests processed at once
     preload : load every shipped adapter now (the first switch is then instant) and warm the
-        model up (the first click is then as fast as the next)
+        model up (the first click then skips the first forward's setup)
     prevent_thread_lock : return once serving (tests); otherwise block until Ctrl-C
     """
     from core.engine import Reconstructor

@@ -69,6 +69,7 @@ class ReconstructWidget(Container):
         self._shown = None  # the Result on screen
         self._worker = None
         self._preload = None  # the worker loading and warming up the model
+        self._preloaded = None  # the adapter it was started for
         self._pending = False
         self._negative_mode = False
         self._image = None
@@ -123,6 +124,7 @@ class ReconstructWidget(Container):
         self.mode.changed.connect(self._on_mode_changed)
         self.weights.changed.connect(self._on_weights_changed)
         self.adapter_dir.changed.connect(self._on_settings_changed)
+        self.adapter_dir.changed.connect(self._start_preload)
         self.run_button.changed.connect(self.run)
         self.box_button.changed.connect(self.start_box)
         self.undo_button.changed.connect(self.undo)
@@ -207,6 +209,7 @@ class ReconstructWidget(Container):
     def _on_weights_changed(self, value=None):
         self.adapter_dir.visible = self.weights.value == ADAPTER_FOLDER
         self._on_settings_changed()
+        self._start_preload()  # merge the adapter now, not at the next click
 
     def _on_settings_changed(self, *_):
         self._results.clear()
@@ -259,17 +262,25 @@ class ReconstructWidget(Container):
         self.target.reset_choices()
         self._start_preload()
 
-    def _start_preload(self):
-        """Load and warm up the model in the background (when the widget opens, and when an
-        image is chosen after the session's base weights changed) while the user opens an
-        image and finds the slice, so the first click costs about what every click does
-        (BENCHMARKS.md, "the first click")."""
+    def _start_preload(self, *_):
+        """Load and warm up the model in the background, with the chosen adapter merged, while
+        the user opens an image and finds the slice: when the widget opens, when the weights
+        change, and when an image is chosen after the session's base weights changed. The
+        first click then skips torch's import, the load, the merge and the first forward's
+        setup (BENCHMARKS.md, "the first click")."""
         from napari.qt.threading import create_worker
 
-        if self._preload is not None or self._worker is not None or self.session.ready:
+        try:
+            adapter = self.adapter
+        except ValueError:  # no adapter folder chosen yet, or not an adapter: said at a click
+            adapter = None
+        if self._preload is not None or self._worker is not None:
+            return
+        if adapter is None and self.session.ready:
             return
         self.timing.value = _LOADING
-        self._preload = create_worker(self.session.preload, _ignore_errors=True)
+        self._preloaded = adapter
+        self._preload = create_worker(self.session.preload, adapter, _ignore_errors=True)
         self._preload.errored.connect(self._on_preload_error)
         self._preload.finished.connect(self._on_preload_finished)
         self._preload.start()
@@ -281,8 +292,16 @@ class ReconstructWidget(Container):
 
     def _on_preload_finished(self):
         self._preload = None
-        if self._alive and self.timing.value == _LOADING:
+        if not self._alive:
+            return
+        if self.timing.value == _LOADING:
             self.timing.value = "Model ready."
+        try:
+            changed = self.adapter != self._preloaded
+        except ValueError:
+            changed = False
+        if changed:  # the weights changed while it ran
+            self._start_preload()
 
     def _volume(self):
         img = self._image

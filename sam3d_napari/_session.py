@@ -48,10 +48,9 @@ class Session(QObject):
     # ---------------------------------------------------------------------------- weights
 
     def set_base_weights(self, path: str | os.PathLike | None) -> None:
-        """Use other base weights (the model reloads on next use; adapters must match it)."""
-        with self._lock:
-            self.base_weights = None if path is None else str(path)
-            self._rec = None
+        """Use other base weights (the model reloads on next use; adapters must match it).
+        Never waits: a load or a reconstruction in progress finishes with the old weights."""
+        self.base_weights = None if path is None else str(path)
 
     def base_model_config(self) -> dict:
         """The base's ModelConfig as a dict (what a fine-tune must train on top of)."""
@@ -90,19 +89,23 @@ class Session(QObject):
         rec = self._rec
         return rec is not None and rec.warm and self._rec_base == self.base_weights
 
-    def preload(self) -> None:
-        """Load the model and warm it up (``Reconstructor.warm_up``) so that the first click
-        runs at full speed instead of paying torch's import, the load and the first forward's
-        setup. Call from a worker thread; once warm it does nothing."""
+    def preload(self, adapter=None) -> None:
+        """Load the model, merge ``adapter`` (None, a shipped name or a folder) and warm up
+        (``Reconstructor.warm_up``), so that the first click runs at full speed instead of
+        paying torch's import, the load, the adapter's merge and the first forward's setup.
+        Call from a worker thread; what is already done is not done again."""
         with self._lock:
-            self._reconstructor().warm_up()
+            rec = self._reconstructor()
+            rec.set_adapter(adapter)
+            rec.warm_up()
 
     def _reconstructor(self):
         from core.engine import Reconstructor
 
-        if self._rec is None or self._rec_base != self.base_weights:
-            self._rec = Reconstructor.from_pretrained(self.base_weights)
-            self._rec_base = self.base_weights
+        base = self.base_weights  # read once: set_base_weights may change it meanwhile
+        if self._rec is None or self._rec_base != base:
+            self._rec = Reconstructor.from_pretrained(base)
+            self._rec_base = base
         return self._rec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import oblique_affine, two_organs
+from conftest import REPO, oblique_affine, two_organs
 
 pytest.importorskip("napari")
 pytestmark = [
@@ -158,32 +158,46 @@ def test_the_model_loads_and_warms_up_in_the_background_when_the_widget_opens(
     qtbot.waitUntil(lambda: not widget.loading, timeout=60_000)
     rec = widget.session._rec
     assert widget.session.ready and rec.warm and widget.timing.value == "Model ready."
-    # the first click runs on the loaded, warmed model
+    assert rec.name == "base" and not rec.merged
+    # choosing an adapter merges it in the background too
+    from core.weights import list_shipped_adapters
+
+    shipped = list(list_shipped_adapters())
+    if shipped:
+        widget.weights.value = shipped[0]
+        assert widget.loading
+        qtbot.waitUntil(lambda: not widget.loading, timeout=120_000)
+        assert rec.name == shipped[0] and len(rec.merged) == 1
+    # the first click runs on the loaded, warmed model (and the merged adapter)
     gt = np.asarray(viewer.layers["heart labels (ground truth)"].data)
     _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
     _wait(widget, qtbot)
     assert widget.session._rec is rec and widget.result.mask.any()
-    # another image on a warm session loads nothing
+    assert len(rec.merged) == (1 if shipped else 0)  # merged once, by the preload
+    # another image on a warm session loads and merges nothing again
     viewer.add_image(np.zeros((8, 8, 8), np.float32), name="other")
     widget.image.value = viewer.layers["other"]
-    assert not widget.loading
+    qtbot.waitUntil(lambda: not widget.loading, timeout=60_000)
+    assert widget.session._rec is rec and len(rec.merged) == (1 if shipped else 0)
 
 
 GUI_THREAD_IMPORTS = """
-import json, sys, threading
+import builtins, json, sys, threading
 
-from conftest import REPO
-
+HEAVY = set(json.loads(sys.argv[2]))  # torch and the core modules that import it
 seen = []
+_import = builtins.__import__
 
 
-class Watch:  # records torch imports on the GUI (main) thread
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" and threading.current_thread() is threading.main_thread():
-            seen.append(name)
+def watch(name, globals=None, locals=None, fromlist=(), level=0):
+    # every import statement, also of a module already imported (another thread's import)
+    if level == 0 and threading.current_thread() is threading.main_thread():
+        names = [name] + [f"{name}.{f}" for f in fromlist or ()]
+        seen.extend(n for n in names if n.split(".")[0] == "torch" or n in HEAVY)
+    return _import(name, globals, locals, fromlist, level)
 
 
-sys.meta_path.insert(0, Watch())
+builtins.__import__ = watch
 import napari
 import numpy as np
 
@@ -195,7 +209,7 @@ from sam3d_napari._reconstruct_widget import ADAPTER_FOLDER, ReconstructWidget
 from sam3d_napari._testing import click, wait_until
 
 if sys.argv[1] == "no_preload":
-    ReconstructWidget._start_preload = lambda self: None
+    ReconstructWidget._start_preload = lambda self, *_: None
 viewer = napari.Viewer(show=False)
 viewer.open_sample("sam3d-napari", "heart")
 _, widget = viewer.window.add_plugin_dock_widget("sam3d-napari", "Reconstruct (click to 3D)")
@@ -207,33 +221,88 @@ for d in viewer.dims.not_displayed:
     viewer.dims.set_point(d, world[d])
 click(viewer, world)
 wait_until(lambda: widget.result is not None and not widget.busy and not widget.loading, 300)
-print(json.dumps({"gui_thread_torch_imports": len(seen), "torch": "torch" in sys.modules,
+print(json.dumps({"gui_thread_imports": sorted(set(seen)), "torch": "torch" in sys.modules,
                   "mask": bool(widget.result.mask.any())}))
 viewer.close()
 """
 
 
+def _torch_importing_core_modules() -> set[str]:
+    """The ``core`` modules whose import imports torch: those that import it at module level,
+    and those that import one of them at module level (read from the sources)."""
+    import ast
+
+    deps, direct = {}, set()
+    for path in (REPO / "core").glob("*.py"):
+        name = f"core.{path.stem}"
+        deps[name] = set()
+        for node in ast.parse(path.read_text()).body:  # module level only
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                mods = [node.module]
+            else:
+                continue
+            for m in mods:
+                if m.split(".")[0] == "torch":
+                    direct.add(name)
+                elif m.startswith("core."):
+                    deps[name].add(m)
+    heavy, grew = set(direct), True
+    while grew:
+        more = {n for n, d in deps.items() if d & heavy} - heavy
+        heavy |= more
+        grew = bool(more)
+    return heavy
+
+
+def test_the_torch_importing_core_modules_are_found():
+    heavy = _torch_importing_core_modules()
+    assert {"core.engine", "core.lora", "core.model", "core.config"} <= heavy
+    assert not {"core.adapter_files", "core.weights", "core.clicks", "core.io"} & heavy
+
+
 @pytest.mark.parametrize("preload", ["preload", "no_preload"])
 def test_torch_is_never_imported_on_the_gui_thread(tmp_path, preload):
-    """torch's import takes seconds and holds the interpreter: on the GUI thread it froze
-    the window at the first click. The preload, the click and an adapter folder's check
-    leave it to worker threads."""
+    """torch's import takes seconds and holds the interpreter: on the GUI thread it froze the
+    window at the first click. The preload, the click and an adapter folder's check leave
+    torch, and every core module that imports it, to worker threads. Every import statement
+    on the main thread is watched, also of modules a worker already imported."""
     import json
+    import os
     import subprocess
     import sys
 
-    from conftest import REPO
-
     script = tmp_path / "gui_imports.py"
     script.write_text(GUI_THREAD_IMPORTS)
-    env = {**__import__("os").environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+    heavy = json.dumps(sorted(_torch_importing_core_modules()))
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
     res = subprocess.run(
-        [sys.executable, str(script), preload], cwd=REPO, capture_output=True, text=True,
-        env=env, timeout=600,
+        [sys.executable, str(script), preload, heavy], cwd=REPO, capture_output=True,
+        text=True, env=env, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out == {"gui_thread_torch_imports": 0, "torch": True, "mask": True}
+    assert out == {"gui_thread_imports": [], "torch": True, "mask": True}
+
+
+def test_changing_the_base_weights_never_waits_for_a_load_in_progress(tmp_path):
+    """A preload or a reconstruction holds the session's lock for seconds; choosing other base
+    weights from the GUI thread must not wait for it. The next use loads them."""
+    import threading
+    from types import SimpleNamespace
+
+    from sam3d_napari._session import Session
+
+    session = Session()
+    session._rec, session._rec_base = SimpleNamespace(warm=True), None  # loaded, in use
+    assert session.ready
+    with session._lock:  # a load in progress
+        t = threading.Thread(target=session.set_base_weights, args=(tmp_path / "other",))
+        t.start()
+        t.join(timeout=10)
+        assert not t.is_alive()
+    assert session.base_weights == str(tmp_path / "other") and not session.ready
 
 
 def test_a_model_that_fails_to_load_says_so_when_the_widget_opens(
