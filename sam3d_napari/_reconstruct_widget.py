@@ -270,12 +270,12 @@ class ReconstructWidget(Container):
         setup (BENCHMARKS.md, "the first click")."""
         from napari.qt.threading import create_worker
 
+        if self._preload is not None or self._worker is not None:
+            return  # a running preload starts the next when it ends; a click loads anyway
         try:
             adapter = self.adapter
         except ValueError:  # no adapter folder chosen yet, or not an adapter: said at a click
             adapter = None
-        if self._preload is not None or self._worker is not None:
-            return
         if adapter is None and self.session.ready:
             return
         self.timing.value = _LOADING

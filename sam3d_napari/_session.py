@@ -5,8 +5,8 @@ same viewer see the same base weights, the same loaded model and the same list o
 so an adapter trained in Fine-tune is selectable in Reconstruct the moment it is saved.
 
 The model is loaded in a worker thread (never at import or on the GUI thread): when the
-Reconstruct widget opens (:meth:`Session.preload`, which also warms it up), or else on first
-use.
+Reconstruct widget opens or its weights change (:meth:`Session.preload`, which also merges the
+chosen adapter and warms up), or else on first use.
 """
 
 from __future__ import annotations
