@@ -28,6 +28,7 @@ from core.intensity import MODALITIES
 from core.modes import MODES, zoom_in_applies
 from sam3d_napari._commit import commit_mask, next_free_class
 from sam3d_napari._layers import meta_affine, slice_axis
+from sam3d_napari._preload import Preloader
 from sam3d_napari._prompt_editor import PromptEditor
 from sam3d_napari._qt_common import (
     StatusLabel,
@@ -49,7 +50,6 @@ ADAPTER_FOLDER = "adapter folder..."
 NEW_LABEL_MAP = "new label map"
 KEEP, OVERWRITE = "keep existing labels", "overwrite existing labels"
 OBJECT_COLOR = (1.0, 0.85, 0.1, 1.0)
-_LOADING = "Loading the model in the background..."
 _DRAG_PIXELS = 5  # a press and release further apart than this is a pan, not a click
 
 
@@ -68,8 +68,6 @@ class ReconstructWidget(Container):
         self._results: dict = {}  # (settings, actions) -> core.engine.Result
         self._shown = None  # the Result on screen
         self._worker = None
-        self._preload = None  # the worker loading and warming up the model
-        self._preloaded = None  # the adapter it was started for
         self._pending = False
         self._negative_mode = False
         self._image = None
@@ -98,6 +96,7 @@ class ReconstructWidget(Container):
         self.clear_button = PushButton(text="Clear")
         self.status = StatusLabel("Choose an image, then click an organ on a 2D slice.")
         self.timing = StatusLabel("")
+        self._preloader = Preloader(self.session, lambda: self.adapter, self.timing, self.status)
         self.class_id = SpinBox(label="Class id", min=1, max=65535, value=1)
         self.target = ComboBox(label="Label map", choices=self._target_choices)
         self.overlap = ComboBox(label="Already labelled", choices=[KEEP, OVERWRITE], value=KEEP)
@@ -263,45 +262,12 @@ class ReconstructWidget(Container):
         self._start_preload()
 
     def _start_preload(self, *_):
-        """Load and warm up the model in the background, with the chosen adapter merged, while
-        the user opens an image and finds the slice: when the widget opens, when the weights
-        change, and when an image is chosen after the session's base weights changed. The
-        first click then skips torch's import, the load, the merge and the first forward's
-        setup (BENCHMARKS.md, "the first click")."""
-        from napari.qt.threading import create_worker
-
-        if self._preload is not None or self._worker is not None:
-            return  # a running preload starts the next when it ends; a click loads anyway
-        try:
-            adapter = self.adapter
-        except ValueError:  # no adapter folder chosen yet, or not an adapter: said at a click
-            adapter = None
-        if adapter is None and self.session.ready:
-            return
-        self.timing.value = _LOADING
-        self._preloaded = adapter
-        self._preload = create_worker(self.session.preload, adapter, _ignore_errors=True)
-        self._preload.errored.connect(self._on_preload_error)
-        self._preload.finished.connect(self._on_preload_finished)
-        self._preload.start()
-
-    def _on_preload_error(self, exc):
-        if self._alive:
-            self.timing.value = ""  # not ready: a click will try again and say why
-            self.status.show_message(f"Loading the model failed: {one_line(exc)}", "error")
-
-    def _on_preload_finished(self):
-        self._preload = None
-        if not self._alive:
-            return
-        if self.timing.value == _LOADING:
-            self.timing.value = "Model ready."
-        try:
-            changed = self.adapter != self._preloaded
-        except ValueError:
-            changed = False
-        if changed:  # the weights changed while it ran
-            self._start_preload()
+        """Load and warm up the model in the background, with the chosen adapter merged
+        (``_preload.Preloader``): when the widget opens, when the weights change, and when an
+        image is chosen after the session's base weights changed. Not while a reconstruction
+        runs (it loads the model itself)."""
+        if self._worker is None:
+            self._preloader.start()
 
     def _volume(self):
         img = self._image
@@ -441,7 +407,7 @@ class ReconstructWidget(Container):
     def loading(self) -> bool:
         """The model is loading and warming up in the background (a click meanwhile waits for
         it)."""
-        return self._preload is not None
+        return self._preloader.running
 
     def _key(self):
         return (self._settings(), tuple(self.editor.actions))
@@ -615,7 +581,7 @@ class ReconstructWidget(Container):
     # ------------------------------------------------------------------------------ teardown
 
     def _on_destroyed(self, *_):
-        self._alive = False
+        self._alive = self._preloader.alive = False
         try:
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
         except ValueError:

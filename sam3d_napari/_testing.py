@@ -1,7 +1,8 @@
 """Helpers for the plugin's tests, benchmark and screenshot script (not used by the widgets).
 
 - :func:`click` replays a mouse press and release on a viewer through napari's own
-  mouse-callback machinery, at a world position (as a user's click on the canvas).
+  mouse-callback machinery, at a world position (as a user's click on the canvas);
+  :func:`click_voxel` goes to the slice through an image layer's voxel and clicks it.
 - :class:`StallMonitor` measures how long the Qt event loop goes without running: a precise
   timer ticks every few milliseconds on the GUI thread; a late tick is a stall.
 - :func:`tiny_base` writes small random base weights, so fine-tune tests run in seconds.
@@ -14,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["click", "StallMonitor", "tiny_base", "wait_until", "TINY_MODEL", "TINY_TRAINING"]
+__all__ = [
+    "click",
+    "click_voxel",
+    "StallMonitor",
+    "tiny_base",
+    "wait_until",
+    "TINY_MODEL",
+    "TINY_TRAINING",
+]
 
 #: A model small enough for tests on 2 CPU cores (as tests/conftest.py's tiny_model_config).
 TINY_MODEL = {
@@ -79,6 +88,20 @@ def click(viewer, world, *, modifiers=(), button: int = 1, drag_pixels: float = 
     else:
         end = start
     mouse_release_callbacks(viewer, _MouseEvent("mouse_release", world, modifiers, button, end))
+
+
+def click_voxel(viewer, image_layer, voxel, **kw) -> np.ndarray:
+    """Go to the slice through ``voxel`` (an index of ``image_layer``'s array, as in
+    ``core.clicks.Click.voxel()``) on the current view and :func:`click` its world point
+    (``kw``: as for :func:`click`). Returns the world point."""
+    from core.io import voxel_to_world
+    from sam3d_napari._layers import meta_affine
+
+    world = voxel_to_world(meta_affine(image_layer), np.asarray(voxel, float))
+    for d in viewer.dims.not_displayed:
+        viewer.dims.set_point(d, world[d])
+    click(viewer, world, **kw)
+    return world
 
 
 def wait_until(predicate, timeout: float = 120.0, interval: float = 0.01) -> None:

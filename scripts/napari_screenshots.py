@@ -38,14 +38,9 @@ def _wait(pred, timeout=600.0) -> None:
 
 def _click_organ(viewer, recon, gt, label):
     from core.clicks import first_click
-    from core.io import voxel_to_world
-    from sam3d_napari._layers import meta_affine
-    from sam3d_napari._testing import click
+    from sam3d_napari._testing import click_voxel
 
-    c = first_click(gt == label)
-    world = voxel_to_world(meta_affine(recon.image_layer), c.voxel())
-    viewer.dims.set_point(2, world[2])
-    click(viewer, world)
+    click_voxel(viewer, recon.image_layer, first_click(gt == label).voxel())
     _wait(lambda: not recon.busy and recon.result is not None)
 
 

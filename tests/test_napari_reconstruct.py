@@ -52,15 +52,9 @@ def _sample(viewer):
 
 def _click_voxel(viewer, widget, voxel, **kw):
     """A click on the canvas at the world point of ``voxel`` on the current view."""
-    from core.io import voxel_to_world
-    from sam3d_napari._layers import meta_affine
-    from sam3d_napari._testing import click
+    from sam3d_napari._testing import click_voxel
 
-    world = voxel_to_world(meta_affine(widget.image_layer), np.asarray(voxel, float))
-    for d in viewer.dims.not_displayed:  # go to the slice through the voxel
-        viewer.dims.set_point(d, world[d])
-    click(viewer, world, **kw)
-    return world
+    return click_voxel(viewer, widget.image_layer, voxel, **kw)
 
 
 def _wait(widget, qtbot, timeout=60_000):
@@ -202,11 +196,9 @@ import napari
 import numpy as np
 
 from core.clicks import first_click
-from core.io import voxel_to_world
 from core.weights import resolve_adapter
-from sam3d_napari._layers import meta_affine
 from sam3d_napari._reconstruct_widget import ADAPTER_FOLDER, ReconstructWidget
-from sam3d_napari._testing import click, wait_until
+from sam3d_napari._testing import click_voxel, wait_until
 
 if sys.argv[1] == "no_preload":
     ReconstructWidget._start_preload = lambda self, *_: None
@@ -216,10 +208,7 @@ _, widget = viewer.window.add_plugin_dock_widget("sam3d-napari", "Reconstruct (c
 widget.weights.value = ADAPTER_FOLDER  # checked on the GUI thread
 widget.adapter_dir.value = resolve_adapter("headneck-ct")
 gt = np.asarray(viewer.layers["heart labels (ground truth)"].data)
-world = voxel_to_world(meta_affine(widget.image_layer), first_click(gt == 2).voxel())
-for d in viewer.dims.not_displayed:
-    viewer.dims.set_point(d, world[d])
-click(viewer, world)
+click_voxel(viewer, widget.image_layer, first_click(gt == 2).voxel())
 wait_until(lambda: widget.result is not None and not widget.busy and not widget.loading, 300)
 print(json.dumps({"gui_thread_imports": sorted(set(seen)), "torch": "torch" in sys.modules,
                   "mask": bool(widget.result.mask.any())}))
