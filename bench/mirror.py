@@ -1,0 +1,102 @@
+"""Benchmark (tried, not kept): test-time mirroring on held-out *validation* cases.
+
+Each first click (``core.clicks.first_click``) is reconstructed twice: on the volume as it is
+and on the volume mirrored along one array axis (same affine, the click mirrored with it;
+the mirrored pass's probabilities flipped back). Prints Dice@1 of the plain pass, of the
+mirrored pass alone and of their average, per class and as the mean of the class means (as
+``sam3d eval`` aggregates). The mirror costs a second model pass per click.
+
+    .venv/bin/python bench/mirror.py                                   # held-out hearts
+    .venv/bin/python bench/mirror.py --which headneck --adapter headneck-ct [--mode slice]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def mirrored_click(click, axis: int, n: int):
+    """``click`` on the volume mirrored along array ``axis`` (``n`` voxels long)."""
+    if click.axis == axis:
+        return replace(click, slice_idx=n - 1 - click.slice_idx)
+    row_axis, col_axis = (a for a in range(3) if a != click.axis)
+    if row_axis == axis:
+        return replace(click, row=n - 1 - click.row)
+    return replace(click, col=n - 1 - click.col)
+
+
+def lr_axis(affine) -> int:
+    """The array axis closest to world x (left-right)."""
+    return int(np.argmax(np.abs(np.asarray(affine)[0, :3])))
+
+
+def main(argv=None) -> int:
+    import engine_val
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    engine_val.add_validation_args(ap)
+    ap.add_argument("--mode", default="volume", choices=("volume", "slice"))
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "mirror_val")
+    a = ap.parse_args(argv)
+
+    from core.clicks import PromptSet, first_click
+    from core.cube import paste_block
+    from core.datasets import discover
+    from core.engine import Reconstructor, _keep_prompted_components
+    from core.io import Volume, load_pair
+    from core.metrics import dice
+
+    root = engine_val.prepare(a, a.out)
+    if root is None:
+        return 0
+    rec = Reconstructor.from_pretrained(a.checkpoint, a.adapter)
+
+    def on_volume(res, shape):
+        return paste_block(res.cube_probability, res.cube, res.affine, (0, 0, 0), shape)
+
+    per_class: dict[int, list] = {}
+    for case in discover(str(root)).cases:
+        image, label = load_pair(case.image, case.label)
+        ax = lr_axis(image.affine)
+        flipped = Volume(np.ascontiguousarray(np.flip(image.data, ax)), image.affine, image.path)
+        for k in label.present_labels():
+            gt = label.data == k
+            click = first_click(gt)
+            prompts = PromptSet((click,))
+            plain = rec.predict(image, prompts, mode=a.mode, mesh=False)
+            mirror = rec.predict(
+                flipped,
+                PromptSet((mirrored_click(click, ax, image.shape[ax]),)),
+                mode=a.mode,
+                mesh=False,
+            )
+            p_mirror = np.flip(on_volume(mirror, image.shape), ax)
+            p_mean = (on_volume(plain, image.shape) + p_mirror) / 2
+            row = [
+                dice(plain.mask, gt),
+                dice(_keep_prompted_components(p_mirror > 0.5, prompts), gt),
+                dice(_keep_prompted_components(p_mean > 0.5, prompts), gt),
+            ]
+            per_class.setdefault(k, []).append(row)
+            print(case.case_id, k, " ".join(f"{x:.3f}" for x in row), flush=True)
+    print(f"\n| class | plain Dice@1 | mirrored | average | ({a.which}, {a.mode}) |")
+    print("| --- | --- | --- | --- | --- |")
+    means = {k: np.mean(v, axis=0) for k, v in sorted(per_class.items())}
+    for k, m in means.items():
+        print(f"| {k} | " + " | ".join(f"{x:.3f}" for x in m) + " | |")
+    overall = np.mean(list(means.values()), axis=0)
+    print("| **mean** | " + " | ".join(f"**{x:.3f}**" for x in overall) + " | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
