@@ -14,7 +14,8 @@ import numpy as np
 from core.atomic import write_json
 from core.clicks import Click, PromptSet, first_click
 from core.errors import InputError
-from core.io import LabelVolume, Volume, load_image, save_label
+from core.io import Volume, load_image
+from core.source_grid import SourceGrid, save_mask
 
 __all__ = ["parse_point", "predict_to_folder", "run_demo", "DEMO_SEED"]
 
@@ -39,17 +40,17 @@ def write_outputs(
     *,
     gt: np.ndarray | None = None,
     extra: dict | None = None,
+    grid: SourceGrid | None = None,
 ) -> dict:
-    """Write a Result's files; returns the paths."""
+    """Write a Result's files; returns the paths.
+
+    ``grid``: the input file's own grid; ``mask.nii.gz`` then has exactly its shape, array
+    order and affine (the engine works on the canonical RAS+ ``volume``)."""
     from core.mesh import save_mesh
     from core.viz import overlay_views
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "mask": save_label(
-            LabelVolume(result.mask.astype(np.uint8), volume.affine), out_dir / "mask.nii.gz"
-        )
-    }
+    paths = {"mask": save_mask(result.mask, volume.affine, out_dir / "mask.nii.gz", grid)}
     if result.mesh is not None:
         paths["mesh_glb"] = save_mesh(result.mesh, out_dir / "mesh.glb")
         paths["mesh_ply"] = save_mesh(result.mesh, out_dir / "mesh.ply")
@@ -99,13 +100,16 @@ def predict_to_folder(
 
     if not points:
         raise ValueError("give at least one --point ROW,COL on the structure")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(out_dir, "exists and is not a folder (--out names the output folder)")
     volume = load_image(volume_path)
     clicks = [Click(axis, slice_idx, r, c, True) for r, c in points]
     clicks += [Click(axis, slice_idx, r, c, False) for r, c in negatives]
     rec = Reconstructor.from_pretrained(checkpoint, adapter, policy=CubePolicy(zoom_in=zoom_in))
     result = rec.predict(volume, PromptSet(tuple(clicks)), mode=mode, modality=modality)
     extra = {"weights": rec.name, "cube_policy": asdict(rec.policy)}
-    return write_outputs(result, volume, Path(out_dir), extra=extra)
+    grid = SourceGrid.of_file(volume_path)
+    return write_outputs(result, volume, Path(out_dir), extra=extra, grid=grid)
 
 
 def run_demo(
@@ -115,7 +119,7 @@ def run_demo(
     left ventricle (class 2) on the axial slice through its centre, the 3D result written to
     ``out_dir`` with its Dice against the ground truth."""
     from core.engine import Reconstructor
-    from core.io import save_image
+    from core.io import save_image, save_label
     from core.metrics import dice
     from core.synthetic import HEART_LABELS, make_heart_phantom
 

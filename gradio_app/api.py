@@ -10,8 +10,8 @@ import numpy as np
 
 from core.clicks import Click, PromptSet, check_click_in_volume
 from core.errors import InputError
+from core.source_grid import SourceGrid, save_mask
 from gradio_app.handlers import _check_axis, _check_settings, _file_name, _read_volume
-from gradio_app.outputs import SourceGrid, save_mask
 from gradio_app.session import Settings
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from core.clicks import Box, Click, PromptSet, check_click_in_volume
 from core.errors import InputError
 from core.intensity import MODALITIES
 from core.modes import MODES, zoom_in_applies
-from gradio_app.outputs import SourceGrid
+from core.source_grid import SourceGrid
 from gradio_app.page import METRIC_COLUMNS, View, md_escape, render, slice_picture, slice_view
 from gradio_app.render import AXIS_NAMES
 from gradio_app.session import ObjectState, Session, Settings

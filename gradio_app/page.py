@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core.geometry import take_slice
-from gradio_app.outputs import save_mask
+from core.source_grid import save_mask
 from gradio_app.render import (
     SliceView,
     colour_of,

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from core.clicks import PromptSet
     from core.engine import Result
     from core.io import LabelVolume, Volume
-    from gradio_app.outputs import SourceGrid
+    from core.source_grid import SourceGrid
 
 __all__ = ["Settings", "ObjectState", "Session"]
 

@@ -69,6 +69,46 @@ def test_predict_writes_mask_on_the_input_grid(tiny_weights, hearts, tmp_path, c
     assert "mask" in capsys.readouterr().out
 
 
+def test_predict_mask_lines_up_with_a_non_ras_input_voxel_by_voxel(hearts, tmp_path):
+    """The clicks are on the canonical RAS+ grid (as documented); mask.nii.gz comes back in
+    the file's own axis order, flips and affine, so it lines up with the input voxel by voxel.
+    The same heart stored as RAS and as a permuted, flipped file gives the same voxels."""
+    ras = hearts / "heart_000" / "heart_000-image.nii.gz"
+    img = nib.load(str(ras))
+    # axes permuted and two of them flipped: the canonical grid is the RAS file's own grid
+    other = img.as_reoriented(np.array([[2, -1], [0, 1], [1, -1]]))
+    assert not np.allclose(other.affine, img.affine)
+    odd = tmp_path / "odd.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(other.dataobj), other.affine), str(odd))
+    args = ["--axis", "2", "--slice", "20", "--point", "20,20", "--mode", "slice"]
+    for name, vol in (("ras", ras), ("odd", odd)):
+        assert main(["predict", "--volume", str(vol), *args, "--out", str(tmp_path / name)]) == 0
+    m_ras = nib.load(str(tmp_path / "ras" / "mask.nii.gz"))
+    m_odd = nib.load(str(tmp_path / "odd" / "mask.nii.gz"))
+    assert m_odd.shape == other.shape
+    np.testing.assert_array_equal(m_odd.affine, other.affine)  # the file's own bits
+    expected = img.__class__(np.asarray(m_ras.dataobj), m_ras.affine).as_reoriented(
+        np.array([[2, -1], [0, 1], [1, -1]])
+    )
+    assert np.asarray(m_ras.dataobj).any()
+    np.testing.assert_array_equal(np.asarray(m_odd.dataobj), np.asarray(expected.dataobj))
+
+
+def test_predict_out_naming_an_existing_file_is_one_clear_line(
+    tiny_weights, hearts, tmp_path, capsys
+):
+    vol = hearts / "heart_000" / "heart_000-image.nii.gz"
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("keep me")
+    rc = main(
+        ["predict", "--volume", str(vol), "--slice", "20", "--point", "20,20"]
+        + ["--checkpoint", str(tiny_weights), "--out", str(not_a_folder)]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and str(not_a_folder) in err and "not a folder" in err
+    assert len(err.strip().splitlines()) == 1 and not_a_folder.read_text() == "keep me"
+
+
 def test_predict_bad_input_is_one_clear_line(tiny_weights, hearts, tmp_path, capsys):
     vol = hearts / "heart_000" / "heart_000-image.nii.gz"
     rc = main(

@@ -1,10 +1,11 @@
-"""Files handed back to the user: the mask on the input file's own grid, and meshes.
+"""Masks handed back on the input file's own grid.
 
 ``core.io.load_image`` reorients every volume to canonical RAS+ (the engine and the clicks work
-there). A user who uploads an LPS or otherwise oriented file expects the mask back on *that*
-file's grid: same shape, same array order, same affine. :class:`SourceGrid` remembers that grid
-and :func:`save_mask` undoes the reorientation (an exact axis permutation and flip, no
-resampling).
+there). A user whose file is LPS or otherwise oriented expects the mask back on *that* file's
+grid: same shape, same array order, same affine, so it lines up voxel by voxel with the input.
+:class:`SourceGrid` remembers that grid and :func:`save_mask` undoes the reorientation (an
+exact axis permutation and flip, no resampling). Used by ``sam3d predict`` and the web demo
+(the napari writer keeps the file's affine in the layer's metadata instead).
 """
 
 from __future__ import annotations
