@@ -31,6 +31,7 @@ __all__ = [
     "Click",
     "Box",
     "PromptSet",
+    "check_prompts_in_volume",
     "check_click_in_volume",
     "first_click",
     "next_click",
@@ -234,6 +235,46 @@ class PromptSet:
         if self.box is not None:
             return self.box.axis, self.box.slice_idx
         return self.mask[0], self.mask[1]
+
+
+def check_prompts_in_volume(prompts: PromptSet, shape: Sequence[int], *, path=None) -> None:
+    """Raise :class:`core.errors.InputError` (one line) unless every prompt fits ``shape``.
+
+    Clicks as :func:`check_click_in_volume`; a box must lie on an existing slice and overlap
+    its pixels (the part past the slice's edge is ignored); a mask must be on an existing
+    slice and have that slice's shape. ``path`` names the volume's file in the message.
+    """
+    shape = tuple(int(n) for n in shape)
+    for c in prompts.clicks:
+        check_click_in_volume(c, shape, path=path)
+    placed = []
+    if prompts.box is not None:
+        placed.append(("box", prompts.box.axis, prompts.box.slice_idx))
+    if prompts.mask is not None:
+        placed.append(("mask", *prompts.mask[:2]))
+    for what, axis, idx in placed:
+        if not 0 <= idx < shape[axis]:
+            raise InputError(
+                path, f"{what} prompt slice {idx} is outside axis {axis} (size {shape[axis]})"
+            )
+    if prompts.box is not None:
+        b = prompts.box
+        h, w = (n for a, n in enumerate(shape) if a != b.axis)
+        if b.r0 >= h or b.c0 >= w:
+            raise InputError(
+                path,
+                f"box (rows {b.r0}-{b.r1 - 1}, cols {b.c0}-{b.c1 - 1}) on axis {b.axis} slice "
+                f"{b.slice_idx} is outside the slice's {h} x {w} pixels",
+            )
+    if prompts.mask is not None:
+        axis, idx, m = prompts.mask
+        want = tuple(n for a, n in enumerate(shape) if a != axis)
+        if tuple(m.shape) != want:
+            raise InputError(
+                path,
+                f"mask prompt has shape {tuple(m.shape)}, but the slice along axis {axis} "
+                f"is {want[0]} x {want[1]} pixels",
+            )
 
 
 def _check_3d_bool(a, name: str) -> np.ndarray:

@@ -49,14 +49,14 @@ surface of the cube's probabilities at 0.5 in world mm (smoother than the voxel 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from core.clicks import Click, PromptSet, check_click_in_volume
+from core.clicks import Click, PromptSet, check_prompts_in_volume
 from core.cube import Cube, axis_directions, level_box, paste_block, sample_into_cube
 from core.errors import InputError
 from core.geometry import take_slice
@@ -267,6 +267,9 @@ class Reconstructor:
         key = (modality, tuple(ct_window))
         c = self._norm_cache
         if c is None or c[0] is not volume.data or c[1] != key:
+            bad = int(np.count_nonzero(~np.isfinite(volume.data)))
+            if bad:  # they would turn the whole cube into NaN: an empty mask, silently
+                raise InputError(volume.path, f"contains {bad} NaN/Inf voxels")
             norm = normalize_intensity(volume.data, modality, ct_window=ct_window)
             self._norm_cache = (volume.data, key, norm)
         return self._norm_cache[2]
@@ -366,23 +369,20 @@ class Reconstructor:
         Raises
         ------
         InputError
-            A click outside the volume (names the volume's file).
+            A click, box or mask outside the volume, a mask of another shape than its
+            slice, NaN or Inf voxels (names the volume's file).
         ValueError
             Prompts without a positive click, box or mask; unknown mode.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         prompts.validate()
-        for c in prompts.clicks:
-            check_click_in_volume(c, volume.shape, path=volume.path)
-        for item in (prompts.box, prompts.mask):
-            if item is not None:
-                ax, idx = (
-                    item.axis if hasattr(item, "axis") else item[0],
-                    (item.slice_idx if hasattr(item, "slice_idx") else item[1]),
-                )
-                if not 0 <= idx < volume.shape[ax]:
-                    raise InputError(volume.path, f"prompt slice {idx} is outside axis {ax}")
+        check_prompts_in_volume(prompts, volume.shape, path=volume.path)
+        if prompts.box is not None:  # a box drawn past the slice's edge: the part on it
+            b = prompts.box
+            h, w = (n for a, n in enumerate(volume.shape) if a != b.axis)
+            if b.r1 > h or b.c1 > w:
+                prompts = replace(prompts, box=replace(b, r1=min(b.r1, h), c1=min(b.c1, w)))
         t0 = time.perf_counter()
         model = self.model  # read once: every pass of this call runs the same weights
         timings: dict[str, float] = {}

@@ -10,7 +10,7 @@ import torch
 from conftest import oblique_affine
 from torch import nn
 
-from core.clicks import Click, PromptSet
+from core.clicks import Box, Click, PromptSet
 from core.engine import CubePolicy, Reconstructor
 from core.errors import InputError
 from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
@@ -216,6 +216,43 @@ def test_bad_prompts():
         rec.predict(vol, PromptSet((Click(2, 28, 3, 5, positive=False),)))
     with pytest.raises(ValueError, match="mode"):
         rec.predict(vol, PromptSet((Click(2, 28, 3, 5),)), mode="3d")
+
+
+def _one_line_input_error(call, *words):
+    with pytest.raises(InputError) as exc:
+        call()
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("vol.nii.gz: ")
+    for w in words:
+        assert w in msg, msg
+
+
+def test_prompts_that_do_not_fit_the_volume_are_one_line_errors():
+    vol = _volume()  # (60, 64, 56): an axial slice is 60 x 64, a coronal one 60 x 56
+    rec = Reconstructor(BallModel(10.0))
+    far_box = PromptSet(box=Box(2, 28, 100, 100, 120, 120))
+    _one_line_input_error(lambda: rec.predict(vol, far_box), "box", "outside", "60 x 64")
+    late_box = PromptSet(box=Box(2, 56, 10, 10, 20, 20))
+    _one_line_input_error(lambda: rec.predict(vol, late_box), "box", "slice 56", "axis 2")
+    wrong = PromptSet(mask=(1, 30, np.ones((60, 64), bool)))
+    _one_line_input_error(lambda: rec.predict(vol, wrong), "mask", "(60, 64)", "60 x 56")
+    # a box running past the slice's edge is fine: the part on the slice is the prompt
+    edge = rec.predict(vol, PromptSet(box=Box(2, 28, 50, 50, 90, 90)), mesh=False)
+    assert edge.prompts.box.rc == (50, 50, 60, 64) and edge.mask.any()
+    ok = PromptSet(mask=(1, 30, np.pad(np.ones((10, 10), bool), ((25, 25), (23, 23)))))
+    assert rec.predict(vol, ok, mesh=False).mask.any()
+
+
+def test_nan_voxels_are_a_one_line_error_not_an_empty_mask():
+    vol = _volume()
+    data = vol.data.copy()
+    data[20:30, 20:30, 28:30] = np.nan
+    data[0, 0, 0] = np.inf
+    bad = Volume(data, vol.affine, "vol.nii.gz")
+    rec = Reconstructor(BallModel(10.0))
+    click = PromptSet((Click(2, 28, 30, 30),))
+    _one_line_input_error(lambda: rec.predict(bad, click), "201 NaN/Inf voxels")
+    assert rec.predict(vol, click, mesh=False).mask.any()  # the same engine, a clean volume
 
 
 def test_real_model_runs_in_both_modes():
