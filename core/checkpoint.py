@@ -169,7 +169,7 @@ def save_weights_safetensors(model, path: str | os.PathLike, config, *, metadata
 
 
 def load_weights(path: str | os.PathLike, map_location="cpu"):
-    """Read model weights and their ``ModelConfig``.
+    """Read model weights and their ``ModelConfig`` (through :func:`core.weights.load_model`).
 
     Parameters
     ----------
@@ -181,20 +181,6 @@ def load_weights(path: str | os.PathLike, map_location="cpu"):
     state : dict of tensors (``Sam3DMed.state_dict()`` keys)
     config : ``ModelConfig``
     """
-    from core.model import ModelConfig
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
-    if path.suffix == ".pt":
-        ckpt = load_checkpoint(path, map_location)
-        if ckpt["config"].get("lora", {}).get("enabled"):
-            raise ValueError(
-                f"{path}: a LoRA run's checkpoint; start from its base weights and adapter instead"
-            )
-        return ckpt["model"], ModelConfig.from_dict(ckpt["config"]["model"])
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: weights must be a .safetensors file or a .pt checkpoint")
     from core.weights import load_model
 
     model = load_model(path, device=str(map_location or "cpu"))

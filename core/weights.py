@@ -245,7 +245,8 @@ def load_model(path: str | os.PathLike | None = None, *, device: str = "cpu") ->
 
     Parameters
     ----------
-    path : ``<name>``, ``<name>.safetensors`` or ``<name>.json``; None: the shipped base
+    path : ``<name>``, ``<name>.safetensors`` or ``<name>.json``; a full training run's
+        ``.pt`` checkpoint (``best.pt``); None: the shipped base
     device : torch device for the returned model
 
     Raises
@@ -260,6 +261,8 @@ def load_model(path: str | os.PathLike | None = None, *, device: str = "cpu") ->
             raise InputError(None, f"shipped base weights not found at {path}; {_TRAIN_HINT}")
     if Path(path).is_dir():
         raise InputError(path, "is a folder; pass the weights' .safetensors file")
+    if Path(path).suffix == ".pt":
+        return _model_of_checkpoint(Path(path), device)
     st_path, json_path = _pair(path)
     if not st_path.is_file():
         raise InputError(st_path, "weights file not found")
@@ -288,6 +291,32 @@ def load_model(path: str | os.PathLike | None = None, *, device: str = "cpu") ->
             "half-written or replaced without its JSON)",
         )
     model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval()
+
+
+def _model_of_checkpoint(path: Path, device: str) -> Sam3DMed:
+    """The model of a full training run's ``.pt`` checkpoint (``best.pt``, ``last.pt``;
+    read with ``weights_only=True``); a LoRA run's checkpoint names its adapter instead."""
+    from core.checkpoint import load_checkpoint
+    from core.model import ModelConfig, Sam3DMed
+
+    if not path.is_file():
+        raise InputError(path, "checkpoint file not found")
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as exc:
+        raise InputError(path, str(exc).removeprefix(f"{path}: ")) from None
+    if ckpt["config"].get("lora", {}).get("enabled"):
+        raise InputError(
+            path,
+            "a LoRA run's checkpoint: use its adapter instead (--adapter "
+            f"{path.parent / 'adapter_best'}) with the base it was trained on",
+        )
+    try:
+        model = Sam3DMed(ModelConfig.from_dict(ckpt["config"]["model"]))
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(path, f"weights do not fit the model it records ({exc})") from None
     return model.to(device).eval()
 
 

@@ -295,6 +295,11 @@ def test_two_epoch_run_writes_everything_a_user_looks_for(hearts_cache, tmp_path
     # the shipped-format export of best.pt holds the same weights
     state, _ = load_weights(out / "best.safetensors")
     assert max_diff(state, state_of(out / "best.pt")) == 0
+    # what the summary calls the best checkpoint loads as weights too (sam3d eval/predict)
+    from core.engine import Reconstructor
+
+    rec = Reconstructor.from_pretrained(out / "best.pt")
+    assert max_diff(rec.model.state_dict(), state) == 0
     # an existing run is never silently overwritten
     with pytest.raises(ValueError, match="already holds a training run"):
         train(cfg)
@@ -408,6 +413,8 @@ def test_base_weights_must_match_the_model_config(hearts_cache, tmp_path):
 
 def test_lora_run_trains_adapters_only_and_saves_them(hearts_cache, tmp_path):
     lora = pytest.importorskip("core.lora")
+    from core.weights import load_model
+
     cfg0 = make_cfg(hearts_cache, tmp_path / "l")
     torch.manual_seed(1)
     base = Sam3DMed(cfg0.model)
@@ -428,10 +435,13 @@ def test_lora_run_trains_adapters_only_and_saves_them(hearts_cache, tmp_path):
         assert info["base_hash"] == lora.base_hash(base)
         assert info["data"]["train_cases"] and info["training"]["lora"]["rank"] == 2
     assert result.best_weights is None  # a LoRA run exports its adapter, not full weights
+    from core.errors import InputError
+
+    with pytest.raises(InputError, match=r"a LoRA run's checkpoint: use its adapter") as exc:
+        load_model(tmp_path / "l" / "best.pt")
+    assert str(result.adapter_best) in str(exc.value)
 
     # the frozen base is untouched; the adapter changes the output
-    from core.weights import load_model
-
     plain = load_model(base_path)
     tuned = lora.load_adapter(load_model(base_path), result.adapter_best)
     x = random_batch(cfg.model)

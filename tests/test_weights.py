@@ -129,6 +129,30 @@ def _rewrite_json(path: Path, **changes) -> None:
 
 
 @pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "checkpoint file not found"),
+        (b"\x00garbage" * 10, "not a readable sam3d checkpoint"),
+        ("pickle", "not a readable sam3d checkpoint"),  # code in a pickle is never run
+        ("foreign", "not a sam3d checkpoint"),
+    ],
+)
+def test_bad_pt_checkpoints_are_refused_naming_the_file(tmp_path, content, message):
+    import torch
+
+    path = tmp_path / "best.pt"
+    if content == "pickle":
+        torch.save({"model": Path("x")}, path)  # an arbitrary object: weights_only refuses it
+    elif content == "foreign":
+        torch.save({"model": torch.zeros(2)}, path)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as err:
+        load_model(path)
+    assert err.value.path == str(path) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
     "damage, culprit, message",
     [
         (lambda p: p.unlink(), "w.safetensors", "weights file not found"),
