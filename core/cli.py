@@ -369,7 +369,8 @@ def _add_train(sub):
     p = sub.add_parser(
         "train",
         help="train the model (or a LoRA adapter) on a cache or a labelled dataset folder",
-        description="Train from a YAML config (configs/*.yaml) plus section.key=value "
+        description="Train from a YAML config (a file, or a shipped config by name: "
+        "lora_headneck, lora_heart, base_synthetic, ...) plus section.key=value "
         "overrides, e.g. training.epochs=50 lora.rank=8 data.preprocess_crop_size=[64,64] "
         "(values are read as YAML; give the overrides together, in one group). The flags "
         "below are shortcuts for common overrides and win over them. A raw dataset folder "

@@ -40,6 +40,8 @@ __all__ = [
     "LoraSection",
     "TrainConfig",
     "load_config",
+    "resolve_config",
+    "shipped_configs",
     "parse_override",
 ]
 
@@ -461,6 +463,37 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return parts[0], parts[1], value
 
 
+# The recipes shipped with the package (the repository's configs/ links here).
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped training configs (``lora_headneck``, ...)."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """A YAML file, or the name of a shipped config (``lora_headneck`` or
+    ``lora_headneck.yaml``; ``configs/lora_headneck.yaml`` works from any folder too).
+
+    Raises
+    ------
+    ValueError
+        Neither a file nor a shipped config; the message lists the shipped names.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.name if path.parent in (Path(), Path("configs")) else None
+    if name is not None:
+        shipped = SHIPPED_CONFIGS / (name if name.endswith((".yaml", ".yml")) else name + ".yaml")
+        if shipped.is_file():
+            return shipped
+    raise ValueError(
+        f"{path}: config file not found (shipped configs: {', '.join(shipped_configs())})"
+    )
+
+
 def load_config(yaml_path: str | os.PathLike | None = None, overrides=()) -> TrainConfig:
     """Read a YAML config (or start from the defaults) and apply dotted overrides.
 
@@ -479,9 +512,7 @@ def load_config(yaml_path: str | os.PathLike | None = None, overrides=()) -> Tra
 
     d: dict = {}
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ValueError(f"{path}: config file not found")
+        path = resolve_config(yaml_path)
         try:
             d = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
