@@ -1,12 +1,14 @@
 """Atomic file writes: write to a temporary file in the target folder, then rename.
 
 A process killed mid-write leaves at worst a ``.tmp-*`` file, never a truncated target.
+JSON is written strict (``json_text``): NaN and infinities become ``null``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_json", "write_text", "save_npy", "save_npz"]
+__all__ = ["atomic_path", "json_text", "write_json", "write_text", "save_npy", "save_npz"]
 
 
 @contextlib.contextmanager
@@ -46,9 +48,26 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
-    return write_text(
-        path, json.dumps(obj, indent=indent, sort_keys=False, default=_jsonable) + "\n"
-    )
+    return write_text(path, json_text(obj, indent=indent) + "\n")
+
+
+def json_text(obj, *, indent: int | None = None) -> str:
+    """``obj`` as strict JSON: NumPy values and paths converted, NaN and infinities written as
+    ``null`` (``json.dumps`` would write ``NaN``, which strict JSON readers reject)."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False, default=_jsonable)
+
+
+def _finite(o):
+    """``o`` with every non-finite float (in dicts, lists, tuples, arrays) replaced by None."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    return o
 
 
 def _jsonable(o):

@@ -8,12 +8,11 @@ a ``TrainResult``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.atomic import atomic_path, write_text
+from core.atomic import atomic_path, json_text, write_text
 
 __all__ = ["TrainResult", "RunLog", "epoch_line", "save_epoch", "run_result"]
 
@@ -190,7 +189,7 @@ def save_epoch(
         save_checkpoint(out / f"epoch_{epoch:03d}.pt", **ckpt)
     if base_hash is not None:
         _save_adapter(model, out / "adapter_last", base_hash, {"training": cfg.to_dict(), **meta})
-    write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    write_text(out / "metrics.jsonl", "".join(json_text(h) + "\n" for h in history))
     _save_curve(out / "loss_curve.png", history)
     save_checkpoint(out / "last.pt", **ckpt)
 

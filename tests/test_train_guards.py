@@ -182,13 +182,19 @@ def test_resume_with_data_workers_and_lora_dropout_continues_exactly(hearts_cach
     assert max_diff(state_of(tmp_path / "a" / "last.pt"), state_of(tmp_path / "b" / "last.pt")) == 0
 
 
+def _refuse(constant):
+    raise ValueError(f"not strict JSON: {constant}")
+
+
 def test_an_epoch_of_skipped_steps_is_never_the_best(hearts_cache, tmp_path, monkeypatch):
     """Without validation the best epoch is the lowest training loss; an epoch whose every step
-    was skipped has none (NaN), and must not hold "best" against the epochs after it."""
+    was skipped has none (NaN, null in metrics.jsonl: strict JSON), and must not hold "best"
+    against the epochs after it."""
     _poison_losses(monkeypatch, lambda n: n <= 2)  # all of epoch 1 (2 steps)
     result = train(make_cfg(hearts_cache, tmp_path / "run", "data.val_fraction=0"))
-    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["skipped_steps"] == 2 and np.isnan(rows[0]["train_loss"])
+    text = (tmp_path / "run" / "metrics.jsonl").read_text()
+    rows = [json.loads(r, parse_constant=_refuse) for r in text.splitlines()]
+    assert rows[0]["skipped_steps"] == 2 and rows[0]["train_loss"] is None
     assert np.isfinite(rows[1]["train_loss"]) and rows[1]["skipped_steps"] == 0
     assert result.best_epoch == 2
 
