@@ -351,14 +351,25 @@ def _run_eval(args) -> int:
         report = evaluate(cfg, progress=bar, policy=CubePolicy(zoom_in=args.zoom_in))
     finally:
         bar.close()
-    print(summary_table(report))
-    for cid, msg in report["failed_cases"].items():
+    evaluated = report["aggregate"]["n_structures"] > 0
+    if evaluated:
+        print(summary_table(report))
+    failed = report["failed_cases"]
+    for cid, msg in failed.items():
         print(f"  failed: {cid}: {msg}")
+    if not evaluated:
+        n = report["n_cases"]
+        if len(failed) == n:
+            why = f"all {n} case(s) failed"
+        else:
+            of = f" of class {','.join(map(str, cfg.classes))}" if cfg.classes else ""
+            why = f"no labelled structure{of} in the {n - len(failed)} case(s) read"
+        raise InputError(args.data_root, f"nothing could be evaluated ({why})")
     print(
         f"eval: aggregate Dice after {cfg.clicks} click(s) {report['aggregate']['dice']:.3f}; "
         f"{args.output_dir}/metrics.json"
     )
-    return 0 if report["aggregate"]["n_structures"] else 1
+    return 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ The same protocol drives the baselines: classical 3D region growing from the cli
 extrusion of the clicked slice's 2D mask (``core.baselines``). Results go to
 ``metrics.json``: per case, class and click count, Dice, IoU, HD95, ASSD, surface Dice and
 Chamfer (mm); an ``aggregate`` block with means per class and overall
-(``aggregate.dice`` = mean Dice at the last click), and the same for each baseline.
+(``aggregate.dice`` = mean Dice at the last click, null when nothing was evaluated), and the
+same for each baseline; ``n_cases`` (cases tried) and ``failed_cases`` (id: reason).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class EvalConfig:
 
 
 def _aggregate(per_case: dict, n_clicks: int) -> dict:
-    """Means per class and overall, for every click count; ``dice`` at the last click."""
+    """Means per class and overall, for every click count; ``dice`` at the last click (None
+    when nothing was evaluated)."""
     by_class: dict[str, dict[str, list]] = {}
     for classes in per_case.values():
         for cls, by_click in classes.items():
@@ -82,8 +84,8 @@ def _aggregate(per_case: dict, n_clicks: int) -> dict:
     return {
         "per_class": per_class,
         "overall": overall,
-        "dice": overall.get(f"dice@{n_clicks}", float("nan")),
-        "dice_first_click": overall.get("dice@1", float("nan")),
+        "dice": overall.get(f"dice@{n_clicks}"),
+        "dice_first_click": overall.get("dice@1"),
         "n_structures": sum(len(c) for c in per_case.values()),
     }
 
@@ -114,9 +116,11 @@ def evaluate(
     timings: list[float] = []
     t_start = time.perf_counter()
     stop = should_stop or (lambda: False)
+    n_tried = 0
     for ci, case in enumerate(cases):
         if stop():
             break
+        n_tried += 1
         try:
             image, label = load_pair(case.image, case.label)
         except InputError as exc:
@@ -163,6 +167,7 @@ def evaluate(
             for m in methods
             if m != "model"
         },
+        "n_cases": n_tried,
         "failed_cases": failed,
         "seconds": round(time.perf_counter() - t_start, 1),
         "model_latency_ms": {

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_config
+from conftest import save_nifti, tiny_model_config
 
 from core.cli import main
 from core.io import load_image
@@ -212,6 +212,42 @@ def test_eval_protocol_and_metrics_json(tiny_weights, hearts, tmp_path):
     )
     m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
     assert m2["cases"] == m["cases"]
+
+
+def _strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{path}: not strict JSON ({constant})")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_eval_that_evaluates_nothing_lists_why_and_fails_in_one_line(
+    tiny_weights, hearts, tmp_path, capsys
+):
+    """Every case failed, or none holds the asked classes: the failures, then one error line
+    (no traceback), exit 1, and a metrics.json that is strict JSON (null, never NaN)."""
+    bad = tmp_path / "bad"
+    save_nifti(np.zeros((8, 8), np.float32), np.eye(4), bad / "flat" / "flat-image.nii.gz")
+    save_nifti(np.zeros((8, 8), np.uint8), np.eye(4), bad / "flat" / "flat-label.nii.gz")
+    base = ["eval", "--checkpoint", str(tiny_weights), "--clicks", "1", "--no_baselines"]
+    assert main([*base, "--data_root", str(bad), "--output_dir", str(tmp_path / "e1")]) == 1
+    out, err = capsys.readouterr()
+    assert "failed: flat:" in out and "expected a 3D volume" in out
+    assert err.strip().splitlines()[-1] == (
+        f"sam3d eval: error: {bad}: nothing could be evaluated (all 1 case(s) failed)"
+    )
+    m = _strict_json(tmp_path / "e1" / "metrics.json")
+    assert m["aggregate"]["dice"] is None and m["aggregate"]["n_structures"] == 0
+    assert set(m["failed_cases"]) == {"flat"}
+
+    args = ["--data_root", str(hearts), "--output_dir", str(tmp_path / "e2"), "--classes", "9"]
+    assert main([*base, *args]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"sam3d eval: error: {hearts}: nothing could be evaluated "
+        "(no labelled structure of class 9 in the 2 case(s) read)"
+    )
+    assert _strict_json(tmp_path / "e2" / "metrics.json")["aggregate"]["dice"] is None
 
 
 def test_demo_with_the_shipped_weights(tmp_path, capsys):
