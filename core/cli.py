@@ -357,6 +357,8 @@ def _run_eval(args) -> int:
     failed = report["failed_cases"]
     for cid, msg in failed.items():
         print(f"  failed: {cid}: {msg}")
+    for line in report["dataset_problems"]:
+        print(f"  dataset: {line}")
     if not evaluated:
         n = report["n_cases"]
         if len(failed) == n:

@@ -11,7 +11,9 @@ extrusion of the clicked slice's 2D mask (``core.baselines``). Results go to
 ``metrics.json``: per case, class and click count, Dice, IoU, HD95, ASSD, surface Dice and
 Chamfer (mm); an ``aggregate`` block with means per class and overall
 (``aggregate.dice`` = mean Dice at the last click, null when nothing was evaluated), and the
-same for each baseline; ``n_cases`` (cases tried) and ``failed_cases`` (id: reason).
+same for each baseline; ``n_cases`` (cases tried), ``failed_cases`` (id: reason; an image
+without a label is one) and ``dataset_problems`` (what else the dataset's discovery found
+wrong, e.g. a label without its image).
 """
 
 from __future__ import annotations
@@ -106,17 +108,17 @@ def evaluate(
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    index = discover(cfg.data_root, layout=cfg.layout)
-    cases = list(index.cases)[: cfg.max_cases or None]
+    index = discover(cfg.data_root, layout=cfg.layout, require_labels=False)
+    cases = [c for c in index.cases if c.label is not None][: cfg.max_cases or None]
+    failed, problems = _unusable(index)
     rec = Reconstructor.from_pretrained(cfg.checkpoint, cfg.adapter, policy=policy)
     methods = METHODS if cfg.baselines else ("model",)
     results = {m: {} for m in methods}
-    failed: dict[str, str] = {}
     names: dict[str, str] = {}
     timings: list[float] = []
     t_start = time.perf_counter()
     stop = should_stop or (lambda: False)
-    n_tried = 0
+    n_tried = len(failed)  # the images without a label
     for ci, case in enumerate(cases):
         if stop():
             break
@@ -168,7 +170,8 @@ def evaluate(
             if m != "model"
         },
         "n_cases": n_tried,
-        "failed_cases": failed,
+        "failed_cases": dict(sorted(failed.items())),
+        "dataset_problems": problems,
         "seconds": round(time.perf_counter() - t_start, 1),
         "model_latency_ms": {
             "median": float(np.median(timings) * 1000) if timings else None,
@@ -177,6 +180,20 @@ def evaluate(
     }
     write_json(out / "metrics.json", report)
     return report
+
+
+def _unusable(index) -> tuple[dict[str, str], list[str]]:
+    """What the dataset's discovery could not use: each image without a label as a failed
+    case (id: the discovery's line about it), every other problem (a label without its
+    image, an unreadable dataset.json) as a line."""
+    failed, problems = {}, list(index.problems)
+    for case in index.cases:
+        if case.label is None:
+            line = next((p for p in problems if p.startswith(f"{case.image}: ")), None)
+            if line is not None:
+                problems.remove(line)
+            failed[case.case_id] = line or f"{case.image}: image without label"
+    return failed, problems
 
 
 def _methods(rec, image, norm, cfg: EvalConfig, state: dict, timings: list) -> dict:

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import save_nifti, tiny_model_config
+from conftest import save_nifti, tiny_model_config, write_case
 
 from core.cli import main
 from core.io import load_image
@@ -248,6 +248,29 @@ def test_eval_that_evaluates_nothing_lists_why_and_fails_in_one_line(
         "(no labelled structure of class 9 in the 2 case(s) read)"
     )
     assert _strict_json(tmp_path / "e2" / "metrics.json")["aggregate"]["dice"] is None
+
+
+def test_eval_reports_what_the_dataset_discovery_could_not_use(tiny_weights, tmp_path, capsys):
+    """An image without a label is a failed case (as `sam3d preprocess` reports it), a label
+    without an image a dataset problem: both in metrics.json and on the console."""
+    root = tmp_path / "ds"
+    write_case(root / "a" / "a-image.nii.gz", root / "a" / "a-label.nii.gz")
+    write_case(root / "b" / "b-image.nii.gz", tmp_path / "elsewhere.nii.gz")
+    write_case(tmp_path / "elsewhere.nii.gz", root / "c" / "c-label.nii.gz")
+    args = ["eval", "--checkpoint", str(tiny_weights), "--data_root", str(root), "--clicks", "1"]
+    out_dir = tmp_path / "ev"
+    assert main([*args, "--output_dir", str(out_dir), "--classes", "1", "--no_baselines"]) == 0
+    m = json.loads((out_dir / "metrics.json").read_text())
+    assert set(m["cases"]) == {"a"} and m["n_cases"] == 2
+    assert m["failed_cases"] == {
+        "b": f"{root / 'b' / 'b-image.nii.gz'}: image without label (b-label.nii.gz missing)"
+    }
+    assert m["dataset_problems"] == [
+        f"{root / 'c' / 'c-label.nii.gz'}: label without image (c-image.nii.gz missing)"
+    ]
+    out = capsys.readouterr().out
+    assert f"  failed: b: {m['failed_cases']['b']}" in out.splitlines()
+    assert f"  dataset: {m['dataset_problems'][0]}" in out.splitlines()
 
 
 def test_demo_with_the_shipped_weights(tmp_path, capsys):
