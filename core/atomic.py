@@ -2,6 +2,7 @@
 
 A process killed mid-write leaves at worst a ``.tmp-*`` file, never a truncated target.
 JSON is written strict (``json_text``): NaN and infinities become ``null``.
+``make_output_dir`` creates a command's output folder or fails with one line naming it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,39 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "json_text", "write_json", "write_text", "save_npy", "save_npz"]
+from core.errors import InputError
+
+__all__ = [
+    "atomic_path",
+    "json_text",
+    "make_output_dir",
+    "write_json",
+    "write_text",
+    "save_npy",
+    "save_npz",
+]
+
+
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` (and its parents) unless it exists.
+
+    Raises
+    ------
+    InputError
+        ``path``, or a folder above it, exists and is not a folder; or the folder cannot be
+        created (permissions, read-only file system). One line naming the path.
+    """
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        if blocker == out:
+            raise InputError(out, "exists and is not a folder") from exc
+        if blocker is not None:
+            raise InputError(out, f"cannot create the folder: {blocker} is not a folder") from exc
+        raise InputError(out, f"cannot create the folder ({exc.strerror or exc})") from exc
+    return out
 
 
 @contextlib.contextmanager

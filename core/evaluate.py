@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic import write_json
+from core.atomic import make_output_dir, write_json
 from core.clicks import simulate_clicks
 from core.datasets import discover
 from core.errors import InputError
@@ -106,8 +106,7 @@ def evaluate(
     from core.engine import Reconstructor
     from core.intensity import normalize_intensity
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(cfg.output_dir)
     index = discover(cfg.data_root, layout=cfg.layout, require_labels=False)
     cases = [c for c in index.cases if c.label is not None][: cfg.max_cases or None]
     failed, problems = _unusable(index)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.atomic import write_json
+from core.atomic import make_output_dir, write_json
 from core.checkpoint import load_checkpoint, load_weights, set_rng_state
 from core.config import INIT_RANDOM, TrainConfig
 from core.losses import compute_loss, dice_score
@@ -328,7 +328,7 @@ def train(
 
 def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) -> TrainResult:
     tc = cfg.training
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     log = RunLog(out / "train.log", d.master)
     progress = progress if d.master else None
     log(f"{'resuming' if resume else 'starting'} run in {out} on {d.device} x {d.world}")

@@ -2,10 +2,13 @@
 
 import json
 import math
+import re
 
 import numpy as np
+import pytest
 
-from core.atomic import json_text, write_json
+from core.atomic import json_text, make_output_dir, write_json
+from core.errors import InputError
 
 
 def _strict_loads(text: str):
@@ -36,3 +39,16 @@ def test_json_is_strict_nan_and_infinities_become_null(tmp_path):
     assert _strict_loads(path.read_text()) == expected
     assert _strict_loads(json_text(obj)) == expected
     assert "\n" not in json_text(obj)  # one line, as metrics.jsonl needs
+
+
+def test_make_output_dir_creates_folders_and_names_a_file_in_the_way(tmp_path):
+    assert make_output_dir(tmp_path / "a" / "b").is_dir()
+    assert make_output_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"  # exists: fine
+    taken = tmp_path / "taken.txt"
+    taken.write_text("x")
+    with pytest.raises(InputError, match=f"^{re.escape(str(taken))}: exists and is not a folder$"):
+        make_output_dir(taken)
+    blocked = f"{taken / 'sub'}: cannot create the folder: {taken} is not a folder"
+    with pytest.raises(InputError, match=f"^{re.escape(blocked)}$"):
+        make_output_dir(taken / "sub")
+    assert taken.read_text() == "x"

@@ -273,6 +273,16 @@ def test_eval_reports_what_the_dataset_discovery_could_not_use(tiny_weights, tmp
     assert f"  dataset: {m['dataset_problems'][0]}" in out.splitlines()
 
 
+def test_eval_into_a_plain_file_is_one_error_line(tiny_weights, hearts, tmp_path, capsys):
+    taken = tmp_path / "some_file.txt"
+    taken.write_text("")
+    args = ["eval", "--checkpoint", str(tiny_weights), "--data_root", str(hearts)]
+    assert main([*args, "--output_dir", str(taken)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"sam3d eval: error: {taken}: exists and is not a folder"
+    )
+
+
 def test_demo_with_the_shipped_weights(tmp_path, capsys):
     """The README's main job: one click on a heart the model never saw gives the LV in 3D."""
     from core.weights import read_weights_info, shipped_base_path

@@ -502,6 +502,21 @@ def test_cli_train_then_ctrl_c_stops_cleanly(hearts_cache, tmp_path, capsys):
     assert load_checkpoint(out2 / "last.pt")["epoch"] >= 1
 
 
+def test_cli_train_into_a_plain_file_is_one_error_line(hearts_cache, tmp_path, capsys):
+    from core.cli import main
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a folder")
+    for out, problem in [
+        (taken, f"{taken}: exists and is not a folder"),
+        (taken / "run", f"{taken / 'run'}: cannot create the folder: {taken} is not a folder"),
+    ]:
+        args = ["train", "--data", str(hearts_cache), "--output_dir", str(out), *TINY]
+        assert main(args) == 1
+        assert capsys.readouterr().err.strip() == f"sam3d train: error: {problem}"
+    assert taken.read_text() == "not a folder"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1], ids=["inline", "data_workers"])
 def test_two_processes_match_one_process_with_the_same_global_batch(
