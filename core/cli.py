@@ -485,6 +485,10 @@ def _run_train(args) -> int:
         print(f"  last checkpoint: {result.last_checkpoint}")
     if result.loss_curve:
         print(f"  loss curve: {result.loss_curve}")
+    for cid, msg in sorted(result.failed_cases.items()):
+        print(f"  failed: {cid}: {msg}")
+    for line in result.dataset_problems:
+        print(f"  dataset: {line}")
     print(f"  log: {out / 'train.log'}; metrics: {out / 'metrics.jsonl'}")
     if result.stopped:
         print(

@@ -9,7 +9,9 @@ a step whose gradient is not finite is skipped and logged, 10 in a row stop the 
 Output folder (``training.output_dir``)::
 
     config.json          the TrainConfig (also inside every checkpoint)
-    data_summary.json    caches, train/validation case ids and item counts
+    data_summary.json    caches, train/validation case ids and item counts, the cases a raw
+                         folder's preprocessing could not use (preprocess_failed) and its
+                         dataset_problems
     train.log            human-readable log
     metrics.jsonl        one JSON object per epoch (train loss parts, val Dice per mode, lr,
                          seconds, samples/s, skipped steps)
@@ -433,7 +435,9 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
 
     def finish(stopped: bool) -> TrainResult:
         sps = samples_done / train_seconds if train_seconds else 0.0
-        return run_result(out, history, best, step, stopped=stopped, sps=sps, frac=frac)
+        return run_result(
+            out, history, best, step, stopped=stopped, sps=sps, frac=frac, data=data.summary
+        )
 
     bad_in_a_row = 0
     for epoch in range(start_epoch, tc.epochs):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import signal
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,9 +52,13 @@ def split_cases(case_ids, *, val_fraction: float, seed: int) -> tuple[list[str],
     return sorted(set(ids) - set(val)), val
 
 
-def _as_cache(path: str, cache_dir: Path, cfg: TrainConfig, d: Dist, log, progress, stop):
+def _as_cache(
+    path: str, cache_dir: Path, cfg: TrainConfig, d: Dist, log, progress, stop, skipped: dict
+):
     """A cache folder for ``path``: itself when it is one, else ``cache_dir`` after
-    preprocessing the raw dataset into it (rank 0; the others wait). None when stopped."""
+    preprocessing the raw dataset into it (rank 0; the others wait). None when stopped.
+    What preprocessing could not use goes into ``skipped`` (rank 0): ``failed`` (case id:
+    reason) and ``dataset_problems`` (the dataset discovery's lines)."""
     from core.preprocess import PreprocessConfig, cache_params, preprocess_dataset
 
     src = Path(path)
@@ -84,6 +89,8 @@ def _as_cache(path: str, cache_dir: Path, cfg: TrainConfig, d: Dist, log, progre
         pp = (lambda i, n, m: progress(i, n, f"preprocess {m}")) if progress else None
         summary = preprocess_dataset(pcfg, progress=pp, should_stop=stop)
         log(summary.report())
+        skipped["failed"].update(summary.failed)
+        skipped["dataset_problems"] += summary.problems
         if summary.n_done == 0 and not summary.cancelled:
             raise ValueError(f"{src}: no case could be preprocessed ({summary.report()})")
         cancelled = summary.cancelled
@@ -183,12 +190,14 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
     """Caches (preprocessing raw folders), the split by case, the datasets and loaders.
     None when ``stop`` ended preprocessing."""
     tc = cfg.training
-    train_cache = _as_cache(cfg.data.train_data, out / "cache", cfg, d, log, progress, stop)
+    skipped: dict = {"failed": {}, "dataset_problems": []}
+    as_cache = partial(_as_cache, cfg=cfg, d=d, log=log, progress=progress, stop=stop)
+    train_cache = as_cache(cfg.data.train_data, out / "cache", skipped=skipped)
     if train_cache is None:
         return None
     all_ids = CubeDataset(train_cache, model_cfg=cfg.model, sampling=cfg.sampling).case_ids
     if cfg.data.val_data:
-        val_cache = _as_cache(cfg.data.val_data, out / "cache_val", cfg, d, log, progress, stop)
+        val_cache = as_cache(cfg.data.val_data, out / "cache_val", skipped=skipped)
         if val_cache is None:
             return None
         train_ids = all_ids
@@ -242,5 +251,7 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
         "n_val_cases": len(val_ids),
         "n_train_items": len(train_ds),
         "n_val_items": {m: len(v.dataset) for m, v in val_loaders.items()},
+        "preprocess_failed": skipped["failed"],
+        "dataset_problems": skipped["dataset_problems"],
     }
     return TrainData(train_ds, sampler, loader, val_loaders, steps, summary)

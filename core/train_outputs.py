@@ -9,7 +9,7 @@ a ``TrainResult``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.atomic import atomic_path, json_text, write_text
@@ -36,6 +36,10 @@ class TrainResult:
     samples_per_second : training throughput of this call (all processes)
     trainable_fraction : trainable / all parameters (1.0 without LoRA)
     history : one dict per epoch, as in ``metrics.jsonl``
+    failed_cases : case id -> reason, the cases of a raw dataset folder that preprocessing
+        could not use (not trained on)
+    dataset_problems : what else the raw folder's discovery found wrong (an image without
+        its label, ...), one line each
     """
 
     output_dir: str
@@ -53,6 +57,8 @@ class TrainResult:
     samples_per_second: float
     trainable_fraction: float
     history: tuple[dict, ...]
+    failed_cases: dict[str, str] = field(default_factory=dict)
+    dataset_problems: tuple[str, ...] = ()
 
 
 class RunLog:
@@ -194,7 +200,10 @@ def save_epoch(
     save_checkpoint(out / "last.pt", **ckpt)
 
 
-def run_result(out: Path, history, best, step, *, stopped, sps, frac) -> TrainResult:
+def run_result(out: Path, history, best, step, *, stopped, sps, frac, data=None) -> TrainResult:
+    """``data``: the run's data summary (``core.train_data``), for what preprocessing skipped."""
+    data = data or {}
+
     def existing(name):
         return str(out / name) if (out / name).exists() else None
 
@@ -214,4 +223,6 @@ def run_result(out: Path, history, best, step, *, stopped, sps, frac) -> TrainRe
         samples_per_second=float(sps),
         trainable_fraction=frac,
         history=tuple(history),
+        failed_cases=dict(data.get("preprocess_failed", {})),
+        dataset_problems=tuple(data.get("dataset_problems", ())),
     )

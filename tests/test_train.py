@@ -517,6 +517,36 @@ def test_cli_train_into_a_plain_file_is_one_error_line(hearts_cache, tmp_path, c
     assert taken.read_text() == "not a folder"
 
 
+def test_cli_train_from_a_raw_folder_prints_the_cases_it_could_not_use(
+    hearts_raw, tmp_path, capsys
+):
+    """A bad case and an image without a label are named, with the reason, in the final
+    summary (not only in the progress bar's transient text and train.log)."""
+    import shutil
+
+    from core.cli import main
+
+    raw = tmp_path / "raw"
+    shutil.copytree(hearts_raw, raw)
+    (raw / "heart_003" / "heart_003-label.nii.gz").unlink()
+    (raw / "heart_002" / "heart_002-image.nii.gz").write_bytes(b"not a NIfTI file")
+    args = ["train", "--data", str(raw), "--output_dir", str(tmp_path / "run"), "--epochs", "1",
+            "--batch_size", "2", *TINY, *FAST[1:], "data.classes=5", "data.spacing=6.0",
+            "data.val_fraction=0"]  # fmt: skip
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    failed = [line for line in lines if line.startswith("  failed: ")]
+    assert len(failed) == 1 and failed[0].startswith("  failed: heart_002: ")
+    assert str(raw / "heart_002" / "heart_002-image.nii.gz") in failed[0]
+    assert "not a valid NIfTI" in failed[0]
+    assert f"  dataset: {raw / 'heart_003' / 'heart_003-image.nii.gz'}: image without label" in (
+        "\n".join(lines)
+    )
+    summary = json.loads((tmp_path / "run" / "data_summary.json").read_text())
+    assert set(summary["preprocess_failed"]) == {"heart_002"}
+    assert len(summary["dataset_problems"]) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1], ids=["inline", "data_workers"])
 def test_two_processes_match_one_process_with_the_same_global_batch(
