@@ -238,14 +238,16 @@ def _save_viz(out: Path, case_id: str, k: int, name: str, image, gt, pred, resul
 
 
 def summary_table(report: dict) -> str:
-    """A Markdown table: per class, Dice@1 and Dice@N and HD95@N for the model, and Dice@N for
-    each baseline the report holds (none with ``baselines=False``: no empty columns)."""
+    """A Markdown table: per class, Dice@1 and Dice@N (one column when N is 1) and HD95@N for
+    the model, and Dice@N for each baseline the report holds (none with ``baselines=False``:
+    no empty columns)."""
     n = report["config"]["clicks"]
+    clicks = sorted({1, n})
     names = report.get("label_names", {})
     titles = {"region_growing": "region growing", "extrusion": "extrusion"}
     runs = report.get("baselines", {})
     shown = [m for m in titles if m in runs] + [m for m in runs if m not in titles]
-    head = ["model Dice@1", f"model Dice@{n}", f"model HD95@{n} (mm)"]
+    head = [f"model Dice@{k}" for k in clicks] + [f"model HD95@{n} (mm)"]
     head += [f"{titles.get(m, m)} Dice@{n}" for m in shown]
     rows = [
         "| structure | " + " | ".join(head) + " |",
@@ -254,7 +256,7 @@ def summary_table(report: dict) -> str:
     nan = float("nan")
 
     def row(label: str, model: dict, baseline: list[dict]) -> str:
-        cells = [f"{model['dice@1']:.3f}", f"{model[f'dice@{n}']:.3f}", f"{model[f'hd95@{n}']:.1f}"]
+        cells = [f"{model[f'dice@{k}']:.3f}" for k in clicks] + [f"{model[f'hd95@{n}']:.1f}"]
         cells += [f"{b.get(f'dice@{n}', nan):.3f}" for b in baseline]
         return f"| {label} | " + " | ".join(cells) + " |"
 

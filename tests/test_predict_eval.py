@@ -389,10 +389,10 @@ def test_shipped_adapter_is_addressable_by_name_and_matches_the_base():
     assert rec.name == "base" and not np.allclose(with_adapter, bare)
 
 
-def _report(baselines: dict) -> dict:
-    cls = {"dice@1": 0.5, "dice@2": 0.75, "hd95@2": 3.25}
+def _report(baselines: dict, clicks: int = 2) -> dict:
+    cls = {"dice@1": 0.5, "dice@2": 0.75, "hd95@2": 3.25, "hd95@1": 4.5}
     return {
-        "config": {"clicks": 2},
+        "config": {"clicks": clicks},
         "label_names": {"2": "LV"},
         "aggregate": {"per_class": {"2": cls}, "overall": cls},
         "baselines": baselines,
@@ -415,3 +415,13 @@ def test_summary_table_shows_only_the_baselines_that_ran():
     )
     assert both[2] == "| LV | 0.500 | 0.750 | 3.2 | 0.250 | 0.125 |"
     assert all(line.count("|") == both[0].count("|") for line in both)
+
+
+def test_summary_table_with_one_click_shows_dice_at_1_once():
+    from core.evaluate import summary_table
+
+    rg = {"aggregate": {"per_class": {"2": {"dice@1": 0.25}}, "overall": {"dice@1": 0.25}}}
+    table = summary_table(_report({"region_growing": rg}, clicks=1)).splitlines()
+    assert table[0] == "| structure | model Dice@1 | model HD95@1 (mm) | region growing Dice@1 |"
+    assert table[2] == "| LV | 0.500 | 4.5 | 0.250 |"
+    assert all(line.count("|") == table[0].count("|") for line in table)
