@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic import write_json
+from core.atomic import make_output_dir, write_json
 from core.clicks import Click, PromptSet, first_click
 from core.errors import InputError
 from core.io import Volume, load_image
@@ -49,7 +49,7 @@ def write_outputs(
     from core.mesh import save_mesh
     from core.viz import overlay_views
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir)
     paths = {"mask": save_mask(result.mask, volume.affine, out_dir / "mask.nii.gz", grid)}
     if result.mesh is not None:
         paths["mesh_glb"] = save_mesh(result.mesh, out_dir / "mesh.glb")
@@ -100,8 +100,7 @@ def predict_to_folder(
 
     if not points:
         raise ValueError("give at least one --point ROW,COL on the structure")
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise InputError(out_dir, "exists and is not a folder (--out names the output folder)")
+    make_output_dir(out_dir)  # a file in the way fails here, before any work
     volume = load_image(volume_path)
     clicks = [Click(axis, slice_idx, r, c, True) for r, c in points]
     clicks += [Click(axis, slice_idx, r, c, False) for r, c in negatives]
@@ -123,7 +122,7 @@ def run_demo(
     from core.metrics import dice
     from core.synthetic import HEART_LABELS, make_heart_phantom
 
-    out = Path(out_dir)
+    out = make_output_dir(out_dir)
     image, label = make_heart_phantom(DEMO_SEED)
     save_image(image, out / "heart-image.nii.gz")
     save_label(label, out / "heart-label.nii.gz")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic import save_npy, save_npz, write_json
+from core.atomic import make_output_dir, save_npy, save_npz, write_json
 from core.datasets import LAYOUTS, Case, discover
 from core.errors import InputError
 from core.geometry import slice_pointmap, take_slice
@@ -450,8 +450,8 @@ def preprocess_dataset(
     index = discover(cfg.input_dir, layout=cfg.layout)
     out_dir = Path(cfg.out_dir)
     params = cfg.output_params()
+    make_output_dir(out_dir)  # a file in the way: one line naming it
     manifest = _open_manifest(out_dir, params, overwrite=overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest["source"] = {"input_dir": str(Path(cfg.input_dir).resolve()), "layout": index.layout}
     manifest["label_names"] = {str(k): v for k, v in index.label_names.items()}
     write_json(out_dir / "manifest.json", manifest)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-from core.atomic import write_json
+from core.atomic import make_output_dir, write_json
 from core.io import LabelVolume, Volume, save_image, save_label
 
 __all__ = [
@@ -318,8 +317,7 @@ def _write_cases(
     bad = [i for i in todo if not 0 <= i < n_cases]
     if bad:
         raise ValueError(f"case numbers {bad} are outside 0..{n_cases - 1}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out_dir)
     ids = []
     for n_done, i in enumerate(todo, start=1):
         case = f"{prefix}_{i:03d}"

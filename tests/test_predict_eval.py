@@ -94,21 +94,6 @@ def test_predict_mask_lines_up_with_a_non_ras_input_voxel_by_voxel(hearts, tmp_p
     np.testing.assert_array_equal(np.asarray(m_odd.dataobj), np.asarray(expected.dataobj))
 
 
-def test_predict_out_naming_an_existing_file_is_one_clear_line(
-    tiny_weights, hearts, tmp_path, capsys
-):
-    vol = hearts / "heart_000" / "heart_000-image.nii.gz"
-    not_a_folder = tmp_path / "notes.txt"
-    not_a_folder.write_text("keep me")
-    rc = main(
-        ["predict", "--volume", str(vol), "--slice", "20", "--point", "20,20"]
-        + ["--checkpoint", str(tiny_weights), "--out", str(not_a_folder)]
-    )
-    err = capsys.readouterr().err
-    assert rc == 1 and str(not_a_folder) in err and "not a folder" in err
-    assert len(err.strip().splitlines()) == 1 and not_a_folder.read_text() == "keep me"
-
-
 def test_predict_bad_input_is_one_clear_line(tiny_weights, hearts, tmp_path, capsys):
     vol = hearts / "heart_000" / "heart_000-image.nii.gz"
     rc = main(
@@ -273,14 +258,25 @@ def test_eval_reports_what_the_dataset_discovery_could_not_use(tiny_weights, tmp
     assert f"  dataset: {m['dataset_problems'][0]}" in out.splitlines()
 
 
-def test_eval_into_a_plain_file_is_one_error_line(tiny_weights, hearts, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["eval", "predict", "preprocess", "synth", "demo"])
+def test_an_output_folder_that_is_a_plain_file_is_one_error_line(
+    command, tiny_weights, hearts, tmp_path, capsys
+):
     taken = tmp_path / "some_file.txt"
-    taken.write_text("")
-    args = ["eval", "--checkpoint", str(tiny_weights), "--data_root", str(hearts)]
-    assert main([*args, "--output_dir", str(taken)]) == 1
+    taken.write_text("keep me")
+    vol = hearts / "heart_000" / "heart_000-image.nii.gz"
+    args = {
+        "eval": ["--checkpoint", str(tiny_weights), "--data_root", str(hearts), "--output_dir"],
+        "predict": ["--volume", str(vol), "--slice", "20", "--point", "20,20", "--out"],
+        "preprocess": ["--original_nifti_dir", str(hearts), "--classes", "5", "--out"],
+        "synth": ["--cases", "1", "--out"],
+        "demo": ["--out"],
+    }[command]
+    assert main([command, *args, str(taken)]) == 1
     assert capsys.readouterr().err.strip() == (
-        f"sam3d eval: error: {taken}: exists and is not a folder"
+        f"sam3d {command}: error: {taken}: exists and is not a folder"
     )
+    assert taken.read_text() == "keep me"
 
 
 def test_demo_with_the_shipped_weights(tmp_path, capsys):
