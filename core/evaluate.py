@@ -126,6 +126,8 @@ def evaluate(
             image, label = load_pair(case.image, case.label)
         except InputError as exc:
             failed[case.case_id] = str(exc)
+            if progress:  # the bar moves past a failed case too
+                progress(ci + 1, len(cases), f"{case.case_id}: failed")
             continue
         spacing = image.spacing
         classes = [k for k in label.present_labels() if cfg.classes is None or k in cfg.classes]

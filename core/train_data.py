@@ -92,7 +92,13 @@ def _as_cache(
         skipped["failed"].update(summary.failed)
         skipped["dataset_problems"] += summary.problems
         if summary.n_done == 0 and not summary.cancelled:
-            raise ValueError(f"{src}: no case could be preprocessed ({summary.report()})")
+            first = next(iter(sorted(summary.failed.items())), None)
+            example = f", e.g. {first[0]}: {first[1]}" if first else ""
+            problems = f"; {len(summary.problems)} dataset problem(s)" if summary.problems else ""
+            raise ValueError(
+                f"{src}: no case could be preprocessed ({len(summary.failed)} failed{example}"
+                f"{problems}; all listed in the run's train.log)"
+            )
         cancelled = summary.cancelled
     if d.world > 1:
         flag = [cancelled]

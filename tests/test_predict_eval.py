@@ -13,6 +13,7 @@ import torch
 from conftest import save_nifti, tiny_model_config, write_case
 
 from core.cli import main
+from core.evaluate import EvalConfig, evaluate
 from core.io import load_image
 from core.model import Sam3DMed
 from core.synthetic import write_heart_dataset
@@ -224,6 +225,10 @@ def test_eval_that_evaluates_nothing_lists_why_and_fails_in_one_line(
     m = _strict_json(tmp_path / "e1" / "metrics.json")
     assert m["aggregate"]["dice"] is None and m["aggregate"]["n_structures"] == 0
     assert set(m["failed_cases"]) == {"flat"}
+    calls = []  # the progress bar moves past a failed case too
+    cfg = EvalConfig(str(bad), str(tmp_path / "e3"), checkpoint=str(tiny_weights), clicks=1)
+    evaluate(cfg, progress=lambda *a: calls.append(a))
+    assert calls == [(1, 1, "flat: failed")]
 
     args = ["--data_root", str(hearts), "--output_dir", str(tmp_path / "e2"), "--classes", "9"]
     assert main([*base, *args]) == 1

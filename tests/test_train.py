@@ -547,6 +547,28 @@ def test_cli_train_from_a_raw_folder_prints_the_cases_it_could_not_use(
     assert len(summary["dataset_problems"]) == 1
 
 
+def test_cli_train_from_a_raw_folder_where_no_case_works_is_one_error_line(
+    hearts_raw, tmp_path, capsys
+):
+    import shutil
+
+    from core.cli import main
+
+    raw = tmp_path / "raw"
+    shutil.copytree(hearts_raw, raw)
+    cases = sorted(p for p in raw.iterdir() if p.is_dir())
+    for case in cases:
+        (case / f"{case.name}-image.nii.gz").write_bytes(b"not a NIfTI file")
+    args = ["train", "--data", str(raw), "--output_dir", str(tmp_path / "run"), "--epochs", "1",
+            *TINY, *FAST[1:], "data.classes=5"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert err.startswith(
+        f"sam3d train: error: {raw}: no case could be preprocessed ({len(cases)} failed"
+    )
+    assert "e.g. heart_000: " in err and "not a valid NIfTI" in err and "train.log" in err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1], ids=["inline", "data_workers"])
 def test_two_processes_match_one_process_with_the_same_global_batch(
