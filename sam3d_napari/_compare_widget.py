@@ -35,6 +35,7 @@ from sam3d_napari._qt_common import (
     one_line,
     placed_like,
     row,
+    start_worker,
 )
 
 __all__ = ["CompareWidget"]
@@ -168,7 +169,7 @@ class CompareWidget(Container):
         self._worker.returned.connect(self._on_computed)
         self._worker.errored.connect(self._on_error)
         self._worker.finished.connect(self._on_finished)
-        self._worker.start()
+        start_worker(self._worker)
 
     def _on_computed(self, out):
         comp, pred_labels = out
@@ -302,7 +303,7 @@ class CompareWidget(Container):
         )
         self._worker.errored.connect(self._on_error)
         self._worker.finished.connect(self._on_finished)
-        self._worker.start()
+        start_worker(self._worker)
 
     def _image_for(self, labels_layer):
         for lyr in self.viewer.layers:

@@ -40,6 +40,7 @@ from sam3d_napari._qt_common import (
     notify,
     one_line,
     row,
+    start_worker,
     volume_of,
 )
 from sam3d_napari._session import session_for
@@ -292,7 +293,7 @@ class FinetuneWidget(Container):
         self._worker.returned.connect(self._on_returned)
         self._worker.errored.connect(self._on_error)
         self._worker.finished.connect(self._on_finished)
-        self._worker.start()
+        start_worker(self._worker)
 
     def stop(self, *_):
         """Ask the run to stop before its next batch (the last finished epoch is kept)."""

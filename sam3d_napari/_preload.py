@@ -9,7 +9,7 @@ the preload waits for it in its own worker (``Session`` holds one lock for both)
 
 from __future__ import annotations
 
-from sam3d_napari._qt_common import one_line
+from sam3d_napari._qt_common import one_line, start_worker
 
 __all__ = ["Preloader", "LOADING", "READY"]
 
@@ -63,7 +63,7 @@ class Preloader:
         self._worker = create_worker(self.session.preload, adapter, _ignore_errors=True)
         self._worker.errored.connect(self._on_error)
         self._worker.finished.connect(self._on_finished)
-        self._worker.start()
+        start_worker(self._worker)
 
     def _on_error(self, exc):
         if self.alive:

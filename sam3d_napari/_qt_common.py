@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+
 import numpy as np
 from magicgui.widgets import Container, Label
 
@@ -18,7 +20,10 @@ __all__ = [
     "form",
     "StatusLabel",
     "placed_like",
+    "start_worker",
 ]
+
+EXIT_WAIT_S = 120  # the longest a Python exit waits for workers still running
 
 
 def layers_of(viewer, kind: str, *, ndim: int = 3) -> list:
@@ -119,3 +124,28 @@ class StatusLabel(Label):
         color = {"info": "", "warning": "#e0a030", "error": "#ff5050"}[level]
         self.native.setStyleSheet(f"color: {color}" if color else "")
         self.value = text
+
+
+def start_worker(worker) -> None:
+    """Start a napari worker (``create_worker``'s) that Python's exit waits for.
+
+    Closing the viewer leaves a running worker running. If Python then exits, PyQt deletes
+    the worker's signals object at exit and the worker's ``finished.emit()`` aborts the process
+    ("wrapped C/C++ object of type WorkerBaseSignals has been deleted"). napari's event loop
+    waits for workers when the app quits; a script or notebook that closes the viewer never
+    gets there. So each start (re)registers an ``atexit`` handler, which runs before PyQt's
+    own cleanup (the last registered runs first) and waits up to :data:`EXIT_WAIT_S` for the
+    running workers. Closing the viewer itself never waits.
+    """
+    atexit.unregister(_await_workers)
+    atexit.register(_await_workers)
+    worker.start()
+
+
+def _await_workers() -> None:
+    from napari.qt.threading import WorkerBase
+
+    try:
+        WorkerBase.await_workers(msecs=int(EXIT_WAIT_S * 1000))
+    except RuntimeError:  # still running: nothing more can be done at exit
+        pass

@@ -39,6 +39,7 @@ from sam3d_napari._qt_common import (
     one_line,
     placed_like,
     row,
+    start_worker,
     volume_of,
 )
 from sam3d_napari._session import BASE_CHOICE, session_for
@@ -456,7 +457,7 @@ class ReconstructWidget(Container):
         self._worker.returned.connect(lambda res, k=key: self._on_result(k, res))
         self._worker.errored.connect(self._on_error)
         self._worker.finished.connect(self._on_finished)
-        self._worker.start()
+        start_worker(self._worker)
 
     def _on_result(self, key, result):
         self._results[key] = result

@@ -275,6 +275,69 @@ def test_torch_is_never_imported_on_the_gui_thread(tmp_path, preload):
     assert out == {"gui_thread_imports": [], "torch": True, "mask": True}
 
 
+CLOSE_WHILE_RUNNING = """
+import json, sys, time
+
+import napari
+import numpy as np
+from qtpy.QtWidgets import QApplication
+
+import sam3d_napari._compare_widget as compare_widget
+from sam3d_napari._session import Session
+
+
+def busy(*_, **__):  # a load or a computation that is still running Python at exit
+    end = time.perf_counter() + 3.0
+    while time.perf_counter() < end:
+        sum(range(1000))
+
+
+Session.preload = lambda self, adapter=None: busy()
+compare_widget._compute = lambda *a: busy()
+viewer = napari.Viewer(show=False)
+_, rec = viewer.window.add_plugin_dock_widget("sam3d-napari", "Reconstruct (click to 3D)")
+running = lambda: rec.loading  # noqa: E731
+if sys.argv[1] == "compare":
+    lab = np.zeros((8, 8, 8), np.uint8)
+    lab[2:5, 2:5, 2:5] = 1
+    viewer.add_labels(lab, name="gt")
+    viewer.add_labels(lab, name="pred")
+    _, cmp = viewer.window.add_plugin_dock_widget("sam3d-napari", "Compare with ground truth")
+    cmp.gt.value, cmp.pred.value = viewer.layers["gt"], viewer.layers["pred"]
+    cmp.compute()
+    running = lambda: cmp.busy  # noqa: E731
+for _ in range(10):
+    QApplication.processEvents()
+    time.sleep(0.02)
+was_running = running()
+t0 = time.perf_counter()
+viewer.close()
+print(json.dumps({"running": was_running, "close_s": time.perf_counter() - t0}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("worker", ["preload", "compare"])
+def test_closing_the_viewer_while_a_worker_runs_exits_cleanly(tmp_path, worker):
+    """Closing napari while the model still loaded (or Compare still computed), then exiting
+    Python, aborted the process: PyQt deleted the worker's signals at exit and its last
+    ``finished.emit()`` raised. Python's exit now waits for the worker; closing does not."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "close_running.py"
+    script.write_text(CLOSE_WHILE_RUNNING)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+    res = subprocess.run(
+        [sys.executable, str(script), worker], cwd=REPO, capture_output=True, text=True,
+        env=env, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["running"] and out["close_s"] < 2.0
+
+
 def test_changing_the_base_weights_never_waits_for_a_load_in_progress(tmp_path):
     """A preload or a reconstruction holds the session's lock for seconds; choosing other base
     weights from the GUI thread must not wait for it. The next use loads them."""
