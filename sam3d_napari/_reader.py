@@ -24,7 +24,14 @@ __all__ = ["napari_get_reader", "read_nifti", "volume_layer_data", "label_layer_
 #: At most this many distinct values for an integer volume to open as labels (more with a
 #: label-like file name, e.g. TotalSegmentator's 117 classes fit either way).
 MAX_LABEL_VALUES = 256
+#: In a file's name, these mark a label map even when it is stored as floats holding integers.
 _LABEL_HINTS = ("label", "seg", "mask", "gt")
+#: So do these folder names (whole names, any case: a project folder named "segmentation
+#: study" holds images too), e.g. nnU-Net's ``labelsTr/`` and TotalSegmentator's outputs.
+_LABEL_FOLDERS = frozenset(
+    "labels label labelstr labelsts labelsva labelsval segmentations segmentation segs seg "
+    "masks mask gt ground_truth groundtruth".split()
+)
 
 
 def napari_get_reader(path):
@@ -73,7 +80,7 @@ def _read_one(path) -> tuple:
 
     volume = load_image(path)  # canonical RAS+, float32, with clear errors for bad files
     source_affine = _source_affine(path, volume.affine)
-    if _looks_like_labels(volume.data, Path(path).name, _disk_dtype(path)):
+    if _looks_like_labels(volume.data, Path(path), _disk_dtype(path)):
         data = volume.data
         hi = int(data.max()) if data.size else 0
         dtype = np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32
@@ -100,10 +107,12 @@ def _source_affine(path, fallback) -> np.ndarray:
         return np.asarray(fallback, dtype=np.float64)
 
 
-def _looks_like_labels(data: np.ndarray, name: str, disk_dtype) -> bool:
-    """An integer volume (on disk, or float holding integers under a label-like name) with
-    few distinct non-negative values."""
-    hinted = any(h in name.lower() for h in _LABEL_HINTS)
+def _looks_like_labels(data: np.ndarray, path: Path, disk_dtype) -> bool:
+    """An integer volume (on disk, or float holding integers under a label-like file or
+    folder name) with few distinct non-negative values."""
+    hinted = path.parent.name.lower() in _LABEL_FOLDERS or any(
+        h in path.name.lower() for h in _LABEL_HINTS
+    )
     is_int = disk_dtype is not None and (
         np.issubdtype(disk_dtype, np.integer) or disk_dtype == np.bool_
     )

@@ -88,6 +88,27 @@ def test_reader_opens_image_and_labels_in_world_mm(make_napari_viewer, oblique_p
     np.testing.assert_allclose(labels.world_to_data(voxel_to_world(a, v)), v, atol=1e-6)
 
 
+@pytest.mark.parametrize("folder", ["labels", "labelsTr", "labelsTs", "segmentations"])
+def test_a_float_label_map_in_a_labels_folder_opens_as_labels(make_napari_viewer, tmp_path, folder):
+    """Real label maps are often stored as float64 holding integers, under the case's plain
+    name in a labels folder (the flat layout, nnU-Net's labelsTr/): the folder marks them as
+    labels; the same float image elsewhere stays an Image, and so does a CT in a labels
+    folder (too many distinct values)."""
+    img, lab = two_organs(shape=(24, 28, 20))
+    a = np.diag([2.0, 2.0, 3.0, 1.0])
+    in_folder = save_nifti(lab.astype(np.float64), a, tmp_path / folder / "case01.nii.gz")
+    elsewhere = save_nifti(lab.astype(np.float64), a, tmp_path / "volumes" / "case01.nii.gz")
+    ct = np.rint(img * 10).astype(np.float64)  # integer HU, many distinct values
+    ct_in_folder = save_nifti(ct, a, tmp_path / folder / "ct.nii.gz")
+    viewer = make_napari_viewer()
+    (labels,) = viewer.open(in_folder, plugin=PLUGIN)
+    assert type(labels).__name__ == "Labels"
+    np.testing.assert_array_equal(np.asarray(labels.data), lab)
+    (image,) = viewer.open(elsewhere, plugin=PLUGIN)
+    (ct_layer,) = viewer.open(ct_in_folder, plugin=PLUGIN)
+    assert type(image).__name__ == type(ct_layer).__name__ == "Image"
+
+
 def test_labels_round_trip_keeps_data_and_affine_exactly(
     make_napari_viewer, oblique_pair, tmp_path
 ):
