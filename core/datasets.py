@@ -21,7 +21,7 @@ from pathlib import Path
 from core.errors import InputError
 from core.io import strip_nifti_suffix
 
-__all__ = ["LAYOUTS", "Case", "DatasetIndex", "detect_layout", "discover"]
+__all__ = ["LAYOUTS", "Case", "DatasetIndex", "detect_layout", "discover", "label_names_for"]
 
 LAYOUTS = ("totalseg", "nnunet", "flat")
 
@@ -156,6 +156,41 @@ def _read_json(path: Path, problems: list[str]):
         return None
 
 
+def _flat_label_names(names_file: Path, problems: list[str]) -> tuple[dict, dict[int, str]]:
+    """A flat dataset's ``label_names.json``: ({case: {id: name}}, {id: name}); one of the two
+    is empty (a mapping per case, or one for all), both when there is no file."""
+    if not names_file.is_file():
+        return {}, {}
+    data = _read_json(names_file, problems)
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        return {k: _names_from_mapping(v) for k, v in data.items()}, {}
+    return {}, _names_from_mapping(data)
+
+
+def _dataset_json_names(root: Path, problems: list[str]) -> dict[int, str]:
+    """The ``labels`` of a dataset's ``dataset.json`` (nnU-Net v2), empty without one."""
+    if not (root / "dataset.json").is_file():
+        return {}
+    data = _read_json(root / "dataset.json", problems)
+    return _names_from_mapping((data if isinstance(data, dict) else {}).get("labels", {}))
+
+
+def label_names_for(label_path: str | os.PathLike) -> dict[int, str]:
+    """The label names a dataset gives one of its label files, empty when it gives none.
+
+    The dataset folder is the label folder's parent (``labels/`` of the flat layout,
+    ``labelsTr/`` of nnU-Net, a TotalSegmentator case folder): its ``label_names.json`` (one
+    mapping, or one per case, keyed by the file's stem) or ``dataset.json``'s ``labels``.
+    Unreadable files give no names, never an error.
+    """
+    path = Path(label_path)
+    root, stem = path.parent.parent, strip_nifti_suffix(path.name) or path.name
+    per_case, names = _flat_label_names(root / "label_names.json", [])
+    if per_case:
+        return per_case.get(stem, {})
+    return names or _dataset_json_names(root, [])
+
+
 def _discover_totalseg(root: Path, problems: list[str]) -> list[Case]:
     cases = []
     for name in _listdir(root):
@@ -208,15 +243,7 @@ def _discover_flat(root: Path, problems: list[str]) -> tuple[list[Case], dict]:
     labels = _nifti_files(labels_dir) if labels_dir.is_dir() else {}
     if not labels_dir.is_dir():
         problems.append(f"{labels_dir}: folder not found (no labels)")
-    per_case: dict[str, dict[int, str]] = {}
-    global_names: dict[int, str] = {}
-    names_file = root / "label_names.json"
-    if names_file.is_file():
-        data = _read_json(names_file, problems)
-        if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-            per_case = {k: _names_from_mapping(v) for k, v in data.items()}
-        else:
-            global_names = _names_from_mapping(data)
+    per_case, global_names = _flat_label_names(root / "label_names.json", problems)
     cases = []
     for stem, path in images.items():
         lab = labels.get(stem)
@@ -253,19 +280,14 @@ def discover(
     elif not root.is_dir():
         raise InputError(root, "dataset folder not found")
     problems: list[str] = []
-    names: dict[int, str] = {}
     if layout == "totalseg":
         cases = _discover_totalseg(root, problems)
-        if (root / "dataset.json").is_file():
-            data = _read_json(root / "dataset.json", problems)
-            names = _names_from_mapping((data or {}).get("labels", {}))
+        names = _dataset_json_names(root, problems)
     elif layout == "nnunet":
         if not (root / "imagesTr").is_dir():
             raise InputError(root, "not an nnU-Net folder (imagesTr/ missing)")
         cases = _discover_nnunet(root, problems)
-        if (root / "dataset.json").is_file():
-            data = _read_json(root / "dataset.json", problems)
-            names = _names_from_mapping((data or {}).get("labels", {}))
+        names = _dataset_json_names(root, problems)
     else:
         if not (root / "volumes").is_dir():
             raise InputError(root, "not a flat dataset folder (volumes/ missing)")

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "METRIC_COLUMNS",
+    "CLASS_SCOPES",
     "Comparison",
     "prediction_on_grid",
     "compare",
@@ -35,6 +36,11 @@ METRIC_COLUMNS = (
     ("chamfer", "Chamfer mm"),
 )
 
+#: which classes a comparison covers: "auto" is the prediction's own when it has fewer than
+#: the ground truth (one or two organs segmented in a many-organ ground truth), else "all"
+#: (the classes of either map)
+CLASS_SCOPES = ("auto", "predicted", "all")
+
 TP, FP, FN = 1, 2, 3
 #: overlay label -> (name, RGBA)
 OVERLAY_COLORS = {
@@ -52,6 +58,7 @@ class Comparison:
     ----------
     per_class : {class id: {metric: value}} exactly as ``core.metrics.evaluate_labels``
     mean : unweighted mean over classes (``core.metrics.mean_metrics``)
+    mean_over : which classes ``mean`` averages, in words ("the 2 predicted classes")
     names : class id -> name, where known
     spacing : (3,) mm, the ground truth's voxel size
     tolerance_mm : surface Dice tolerance
@@ -60,6 +67,7 @@ class Comparison:
 
     per_class: dict
     mean: dict
+    mean_over: str = ""
     names: dict = field(default_factory=dict)
     spacing: tuple = (1.0, 1.0, 1.0)
     tolerance_mm: float = 1.0
@@ -121,32 +129,55 @@ def prediction_on_grid(pred, gt_shape, gt_affine, *, surface_class: int = 1):
 
 
 def compare(
-    gt, pred_labels, *, spacing, classes=None, tolerance_mm: float = 1.0, names=None
+    gt,
+    pred_labels,
+    *,
+    spacing,
+    classes=None,
+    scope: str = "all",
+    tolerance_mm: float = 1.0,
+    names=None,
 ) -> Comparison:
     """Per-class metrics, straight from ``core.metrics.evaluate_labels``.
 
-    ``classes`` default: those present in the ground truth or the prediction.
+    ``classes`` default: chosen by ``scope`` (one of :data:`CLASS_SCOPES`); ground-truth
+    classes it leaves out are named in the notes.
     """
     from core.metrics import evaluate_labels, mean_metrics
 
+    if scope not in CLASS_SCOPES:
+        raise ValueError(f"unknown class scope {scope!r}; choose one of {CLASS_SCOPES}")
     gt, pred_labels = np.asarray(gt), np.asarray(pred_labels)
     if gt.shape != pred_labels.shape:
         raise ValueError(f"shapes differ: ground truth {gt.shape}, prediction {pred_labels.shape}")
+    gt_classes = {int(v) for v in np.unique(gt)} - {0}
+    over = f"class(es) {', '.join(str(c) for c in classes)}" if classes is not None else ""
     if classes is None:
-        classes = sorted({int(v) for v in np.unique(gt)} | {int(v) for v in np.unique(pred_labels)})
-        classes = [c for c in classes if c != 0]
+        predicted = sorted({int(v) for v in np.unique(pred_labels)} - {0})
+        if predicted and (
+            scope == "predicted" or (scope == "auto" and len(predicted) < len(gt_classes))
+        ):
+            classes, over = predicted, f"the {len(predicted)} predicted class(es)"
+        else:
+            classes = sorted(gt_classes | set(predicted))
+            over = f"all {len(classes)} class(es) of the ground truth and the prediction"
     if not classes:
         raise ValueError("nothing to compare: both label maps are empty")
     per_class = evaluate_labels(
         pred_labels, gt, spacing=spacing, classes=classes, tolerance_mm=tolerance_mm
     )
-    return Comparison(
+    comp = Comparison(
         per_class=per_class,
         mean=mean_metrics(per_class),
+        mean_over=over,
         names={int(k): str(v) for k, v in (names or {}).items()},
         spacing=tuple(float(s) for s in spacing),
         tolerance_mm=float(tolerance_mm),
     )
+    left_out = len(gt_classes - set(classes))
+    if left_out:
+        comp.notes.append(f"{left_out} ground-truth class(es) not compared (Classes: all)")
+    return comp
 
 
 def error_overlay(gt, pred_labels, classes=None) -> np.ndarray:
@@ -174,6 +205,7 @@ def to_json_obj(comp: Comparison) -> dict:
             for c, m in comp.per_class.items()
         },
         "mean": {k: float(v) for k, v in comp.mean.items()},
+        "mean_over": comp.mean_over,
         "spacing_mm": list(comp.spacing),
         "surface_dice_tolerance_mm": comp.tolerance_mm,
         "notes": list(comp.notes),

@@ -41,6 +41,12 @@ from sam3d_napari._qt_common import (
 __all__ = ["CompareWidget"]
 
 ALL_CLASSES = "all classes"
+#: the Classes field's choices -> ``_compare.CLASS_SCOPES``
+SCOPE_CHOICES = {
+    "auto (predicted if fewer)": "auto",
+    "predicted classes": "predicted",
+    "all classes": "all",
+}
 
 
 class CompareWidget(Container):
@@ -62,6 +68,12 @@ class CompareWidget(Container):
         self.gt = ComboBox(label="Ground truth", choices=layer_choices(viewer, "labels"))
         self.pred = ComboBox(label="Prediction", choices=layer_choices(viewer, "labels", "surface"))
         self.surface_class = SpinBox(label="Surface class", min=1, max=65535, value=1)
+        self.classes = ComboBox(label="Classes", choices=list(SCOPE_CHOICES))
+        self.classes.tooltip = (
+            "Which classes to compare and average: the prediction's own, or every class of "
+            "either map (a class the prediction misses scores Dice 0). Auto takes the "
+            "prediction's when it has fewer classes than the ground truth."
+        )
         self.tolerance = FloatSpinBox(
             label="Surface Dice tol. (mm)", min=0.0, max=100.0, step=0.5, value=1.0
         )
@@ -81,7 +93,7 @@ class CompareWidget(Container):
 
         self.extend(
             [
-                form(self.gt, self.pred, self.surface_class, self.tolerance),
+                form(self.gt, self.pred, self.classes, self.surface_class, self.tolerance),
                 row(self.compute_button, self.csv_button, self.json_button),
                 self.status,
             ]
@@ -114,6 +126,7 @@ class CompareWidget(Container):
     def _on_pred(self, layer):
         is_surface = type(layer).__name__ == "Surface"
         self.surface_class.visible = is_surface
+        self.classes.visible = not is_surface  # a surface is one class
 
     # ------------------------------------------------------------------------------ metrics
 
@@ -141,7 +154,9 @@ class CompareWidget(Container):
         else:
             data, affine = labels_of(pred_layer)
             pred = ("labels", data, affine)
-        names = (gt_layer.metadata or {}).get("label_names") or {}
+        names = {}  # the reader's names from the dataset, the ground truth's first
+        for lyr in (pred_layer, gt_layer):
+            names.update((lyr.metadata or {}).get("label_names") or {})
         return gt, gt_affine, pred, names
 
     def compute(self, *_):
@@ -164,6 +179,7 @@ class CompareWidget(Container):
             int(self.surface_class.value),
             float(self.tolerance.value),
             names,
+            SCOPE_CHOICES[self.classes.value],
             _ignore_errors=True,
         )
         self._worker.returned.connect(self._on_computed)
@@ -187,8 +203,7 @@ class CompareWidget(Container):
         note = ("; " + "; ".join(comp.notes)) if comp.notes else ""
         mean = comp.mean
         self.status.show_message(
-            f"{len(comp.per_class)} class(es): mean Dice {mean['dice']:.3f}, "
-            f"HD95 {mean['hd95']:.1f} mm{note}"
+            f"Mean over {comp.mean_over}: Dice {mean['dice']:.3f}, HD95 {mean['hd95']:.1f} mm{note}"
         )
 
     def _on_error(self, exc):
@@ -467,7 +482,7 @@ def _surface_data(meshes, labels_layer, *, name):
     return (np.concatenate(verts), np.concatenate(faces)), kwargs
 
 
-def _compute(gt, gt_affine, pred, surface_class, tolerance, names):
+def _compute(gt, gt_affine, pred, surface_class, tolerance, names, scope="auto"):
     from core.io import spacing_of
 
     pred_labels, note = prediction_on_grid(pred, gt.shape, gt_affine, surface_class=surface_class)
@@ -475,9 +490,9 @@ def _compute(gt, gt_affine, pred, surface_class, tolerance, names):
     if pred[0] == "surface":
         classes = [surface_class]
     comp = compare(
-        gt, pred_labels, spacing=spacing_of(gt_affine), classes=classes,
+        gt, pred_labels, spacing=spacing_of(gt_affine), classes=classes, scope=scope,
         tolerance_mm=tolerance, names=names,
     )  # fmt: skip
     if note:
-        comp.notes.append(note)
+        comp.notes.insert(0, note)  # how the prediction got here, before what was left out
     return comp, pred_labels

@@ -4,7 +4,9 @@ Volumes are loaded by ``core.io`` (canonical RAS+, the affine kept exactly) and 
 the full affine (scale, translation, rotation, shear; see ``_layers.layer_transform``). An
 integer volume with few distinct values opens as Labels, anything else as an Image. The
 layer's metadata keeps the canonical ``affine`` and the file's own orientation
-(``source_affine``), so the Labels writer can save a mask exactly on the original grid.
+(``source_affine``), so the Labels writer can save a mask exactly on the original grid, and,
+for a label file of a dataset that names its classes, the names (``label_names``, id -> name;
+``core.datasets.label_names_for``).
 
 Bad files (corrupt, not NIfTI, 2D/4D, NaN voxels, ...) give one notification naming the file
 and the problem; napari gets the "read, nothing to add" sentinel instead of a traceback.
@@ -76,6 +78,7 @@ def _notify_error(message: str) -> None:
 
 
 def _read_one(path) -> tuple:
+    from core.datasets import label_names_for
     from core.io import LabelVolume, load_image
 
     volume = load_image(path)  # canonical RAS+, float32, with clear errors for bad files
@@ -85,7 +88,9 @@ def _read_one(path) -> tuple:
         hi = int(data.max()) if data.size else 0
         dtype = np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32
         label = LabelVolume(data.astype(dtype), volume.affine, volume.path)
-        return label_layer_data(label, source_affine=source_affine)
+        names = label_names_for(path)  # the dataset's organ names, for Compare's table
+        extra = {"metadata": {"label_names": names}} if names else {}
+        return label_layer_data(label, source_affine=source_affine, **extra)
     return volume_layer_data(volume, source_affine=source_affine)
 
 

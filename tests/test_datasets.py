@@ -3,7 +3,7 @@
 import pytest
 from conftest import shared_dataset, write_case
 
-from core.datasets import detect_layout, discover
+from core.datasets import detect_layout, discover, label_names_for
 from core.errors import InputError
 
 
@@ -28,6 +28,22 @@ def test_flat_layout(flat_dir):
     idx = discover(flat_dir)
     assert idx.layout == "flat"
     assert [c.case_id for c in idx.cases] == ["vol0", "vol1"]
+
+
+def test_a_label_file_gets_its_datasets_names(nnunet_dir, flat_dir, tmp_path):
+    """The napari reader names a label file's classes from its dataset's files."""
+    assert label_names_for(nnunet_dir / "labelsTr" / "pt_0.nii.gz") == {1: "Liver", 2: "Spleen"}
+    assert label_names_for(flat_dir / "labels" / "vol0.nii.gz") == {}  # no label_names.json
+    names = flat_dir / "label_names.json"
+    names.write_text('{"vol0": {"1": "spleen", "2": "liver"}, "vol1": {"1": "aorta"}}')
+    assert label_names_for(flat_dir / "labels" / "vol1.nii.gz") == {1: "aorta"}
+    assert label_names_for(flat_dir / "labels" / "other.nii.gz") == {}
+    names.write_text('{"1": "LA", "2": "LV"}')  # one mapping for every case
+    assert label_names_for(flat_dir / "labels" / "vol0.nii.gz") == {1: "LA", 2: "LV"}
+    names.write_text("{not json")  # unreadable: no names, no error
+    assert label_names_for(flat_dir / "labels" / "vol0.nii.gz") == {}
+    assert discover(flat_dir).problems  # while discover reports it
+    assert label_names_for(tmp_path / "seg.nii.gz") == {}
 
 
 def test_missing_partners_are_reported(totalseg_dir, nnunet_dir, flat_dir):

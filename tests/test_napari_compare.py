@@ -152,3 +152,39 @@ def test_side_by_side_grid_in_2d_and_3d_and_back(make_napari_viewer, qtbot):
     widget.toggle_side_by_side()
     assert not grid.enabled and [lyr.name for lyr in viewer.layers] == before
     assert all(lyr.visible for lyr in viewer.layers)
+
+
+def test_a_partial_prediction_is_compared_on_its_own_classes_with_the_datasets_names(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """Two organs clicked in a many-organ ground truth: Compare used to average the organs
+    nobody segmented (Dice 0) into the mean. Auto compares the predicted classes, says so,
+    and names them from the dataset's label_names.json (read with the label file)."""
+    from conftest import save_nifti, two_organs
+
+    _, lab = two_organs(shape=(24, 28, 20))
+    gt = lab.astype(np.uint8)
+    gt[2:6, 2:6, 2:6], gt[18:22, 2:6, 2:6] = 3, 4  # two more organs, not predicted
+    a = np.diag([2.0, 2.0, 3.0, 1.0])
+    path = save_nifti(gt.astype(np.float64), a, tmp_path / "labels" / "case01.nii.gz")
+    (tmp_path / "label_names.json").write_text(
+        json.dumps({"case01": {"1": "liver", "2": "spleen", "3": "aorta", "4": "pancreas"}})
+    )
+    viewer = make_napari_viewer()
+    (gt_layer,) = viewer.open(path, plugin=PLUGIN)
+    assert gt_layer.metadata["label_names"] == {1: "liver", 2: "spleen", 3: "aorta", 4: "pancreas"}
+    from sam3d_napari._qt_common import placed_like
+
+    pred = viewer.add_labels(np.where(gt <= 2, gt, 0), name="clicks", **placed_like(gt_layer))
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare with ground truth")
+    widget.gt.value, widget.pred.value = gt_layer, pred
+    comp = _compute(widget, qtbot)
+    assert list(comp.per_class) == [1, 2] and comp.mean["dice"] == 1.0
+    assert [widget.table.item(r, 1).text() for r in range(2)] == ["liver", "spleen"]
+    status = widget.status.value
+    assert "2 predicted class(es)" in status and "2 ground-truth class(es) not compared" in status
+    widget.classes.value = "all classes"
+    comp = _compute(widget, qtbot)
+    assert list(comp.per_class) == [1, 2, 3, 4] and comp.mean["dice"] == 0.5
+    assert "all 4 class(es)" in widget.status.value
+    assert "not compared" not in widget.status.value
