@@ -206,9 +206,11 @@ def run_finetune(
 
     metrics = out / "metrics.jsonl"
     seen = len(read_history(out)) if job.resume else 0
+    planned = 0  # the run's total steps, as train reports them
 
     def on_progress(done, total, message):
-        nonlocal seen
+        nonlocal seen, planned
+        planned = max(planned, total)
         say(done, total, message)
         if epoch_done is not None and metrics.is_file():
             history = read_history(out)
@@ -217,7 +219,10 @@ def run_finetune(
             seen = max(seen, len(history))
 
     result = train(cfg, progress=on_progress, should_stop=should_stop, resume=job.resume)
-    on_progress(result.steps, result.steps, "finished" if not result.stopped else "stopped")
+    # a stopped run's bar stays at the fraction done, not full
+    on_progress(
+        result.steps, max(planned, result.steps), "stopped" if result.stopped else "finished"
+    )
     return result
 
 

@@ -150,3 +150,31 @@ def test_bad_settings_are_explained_before_anything_runs(
     widget.resume.value = False
     widget.start()
     assert not widget.busy and "Resume" in widget.status.value
+
+
+def test_a_stopped_run_leaves_the_bar_at_the_fraction_done(
+    make_napari_viewer, monkeypatch, tmp_path, flat_dataset
+):
+    """A run stopped after 3 of 12 steps showed a full bar (its last report was steps done
+    out of steps done) next to "Stopped after 1 epoch(s)"."""
+    import dataclasses
+
+    import core.train
+    from sam3d_napari._finetune_job import FinetuneJob, _stopped_before_start, run_finetune
+
+    out = tmp_path / "run"
+
+    def stopped_train(cfg, *, progress, should_stop, resume):
+        for step in (1, 2, 3):
+            progress(step, 12, f"epoch 1/4 loss 0.5 (step {step}/12)")
+        return dataclasses.replace(_stopped_before_start(out), steps=3, epochs_done=1)
+
+    monkeypatch.setattr(core.train, "train", stopped_train)
+    calls = []
+    job = FinetuneJob(str(out), data_root=str(flat_dataset), classes=2, epochs=4)
+    run_finetune(job, progress=lambda *a: calls.append(a))
+    assert calls[-1] == (3, 12, "stopped")
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget(PLUGIN, "Fine-tune (LoRA)")
+    for call in calls:
+        widget._on_progress(*call)
+    assert (widget.progress.value, widget.progress.max) == (3, 12)
