@@ -374,6 +374,7 @@ class CompareWidget(Container):
             "order": list(layers),
             "visible": {id(lyr): lyr.visible for lyr in layers},
             "grid": (_grid(viewer).enabled, _grid(viewer).stride, tuple(_grid(viewer).shape)),
+            "ndisplay": viewer.dims.ndisplay,
         }
         self._side_layers = new
         stride = max(len(left), len(right))
@@ -406,6 +407,7 @@ class CompareWidget(Container):
         self._saved_state = None
         grid = _grid(viewer)
         grid.enabled, grid.stride, grid.shape = state["grid"]
+        viewer.dims.ndisplay = state["ndisplay"]  # "2D / 3D" meanwhile is side by side's own
         for lyr in self._side_layers:
             if lyr in viewer.layers:
                 viewer.layers.remove(lyr)

@@ -148,10 +148,10 @@ def test_side_by_side_grid_in_2d_and_3d_and_back(make_napari_viewer, qtbot):
     }
     shot3d = viewer.screenshot(canvas_only=True, flash=False)
     assert shot3d[:, : w // 2, :3].std() > 10 and shot3d[:, w // 2 :, :3].std() > 10
-    widget._toggle_ndisplay()
-    widget.toggle_side_by_side()
+    widget.toggle_side_by_side()  # straight from 3D: back to the 2D it started from
     assert not grid.enabled and [lyr.name for lyr in viewer.layers] == before
     assert all(lyr.visible for lyr in viewer.layers)
+    assert viewer.dims.ndisplay == 2
 
 
 def test_a_partial_prediction_is_compared_on_its_own_classes_with_the_datasets_names(
