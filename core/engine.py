@@ -64,6 +64,7 @@ from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
 from core.io import Volume, spacing_of, voxel_to_world, world_to_voxel
 from core.model import CUBE_CHANNELS, Sam3DMed
 from core.modes import zoom_in_applies
+from core.orient import CanonicalFrame
 from core.samples import MODES, build_inputs, first_pass_cube
 from core.transforms import warp
 
@@ -176,6 +177,7 @@ class Reconstructor:
         self.merged: dict[tuple[Path, int], torch.nn.Module] = {}
         self.name = name
         self._norm_cache: tuple | None = None
+        self._canonical_cache: tuple | None = None  # (array, affine, its RAS+ Volume)
         self._cond_cache: tuple | None = None  # (model, version, view inputs, condition)
         self.warm = False  # a prediction has run (warm_up or a first click)
 
@@ -260,6 +262,15 @@ class Reconstructor:
         res = self.predict(volume, PromptSet((Click(2, centre, centre, centre),)), mode="volume")
         self._norm_cache = self._cond_cache = None  # hold nothing of the built-in volume
         return res.timings
+
+    def _canonical(self, volume: Volume, frame: CanonicalFrame) -> Volume:
+        """``volume`` on its RAS+ grid, kept for the next click on the same array."""
+        c = self._canonical_cache
+        if c is None or c[0] is not volume.data or not np.array_equal(c[1], volume.affine):
+            data = frame.array(volume.data)
+            canon = Volume(data, frame.affine(volume.affine), volume.path)
+            self._canonical_cache = (volume.data, np.array(volume.affine), canon)
+        return self._canonical_cache[2]
 
     def _normalized(self, volume: Volume, modality: str, ct_window) -> np.ndarray:
         # Keyed on the array object itself (kept alive by the cache, so its id cannot be
@@ -357,7 +368,9 @@ class Reconstructor:
 
         Parameters
         ----------
-        volume : the input volume in raw intensities (HU for CT)
+        volume : the input volume in raw intensities (HU for CT), in any axis order: the
+            model sees it on its RAS+ grid (``core.orient``); prompts and results are on the
+            volume's own grid
         prompts : positive/negative clicks on any slice and axis, a box, a mask
         mode : "volume" (the model sees the 3D volume) or "slice" (only the reference slice)
         modality : "ct", "mr" or "us" (intensity normalisation, as in preprocessing)
@@ -383,6 +396,22 @@ class Reconstructor:
             h, w = (n for a, n in enumerate(volume.shape) if a != b.axis)
             if b.r1 > h or b.c1 > w:
                 prompts = replace(prompts, box=replace(b, r1=min(b.r1, h), c1=min(b.c1, w)))
+        frame = CanonicalFrame.of(volume.affine, volume.shape)
+        if frame is not None:  # stored in another axis order or with flips: see it as RAS+
+            t0 = time.perf_counter()
+            res = self.predict(
+                self._canonical(volume, frame),
+                frame.prompts(prompts),
+                mode=mode,
+                modality=modality,
+                ct_window=ct_window,
+                previous=None if previous is None else frame.previous(previous),
+                mesh=mesh,
+                policy=policy,
+            )
+            res = frame.result_back(res, volume=volume, prompts=prompts)
+            res.timings["total"] = _ms(t0)
+            return res
         t0 = time.perf_counter()
         model = self.model  # read once: every pass of this call runs the same weights
         timings: dict[str, float] = {}
