@@ -278,8 +278,8 @@ class Reconstructor:
         key = (modality, tuple(ct_window))
         c = self._norm_cache
         if c is None or c[0] is not volume.data or c[1] != key:
-            bad = int(np.count_nonzero(~np.isfinite(volume.data)))
-            if bad:  # they would turn the whole cube into NaN: an empty mask, silently
+            if not np.isfinite(volume.data).all():  # a NaN cube: an empty mask, silently
+                bad = int(np.count_nonzero(~np.isfinite(volume.data)))
                 raise InputError(volume.path, f"contains {bad} NaN/Inf voxels")
             norm = normalize_intensity(volume.data, modality, ct_window=ct_window)
             self._norm_cache = (volume.data, key, norm)
@@ -412,6 +412,7 @@ class Reconstructor:
             res = frame.result_back(res, volume=volume, prompts=prompts)
             res.timings["total"] = _ms(t0)
             return res
+        self._canonical_cache = None  # a RAS+ volume now: no copy of another kept
         t0 = time.perf_counter()
         model = self.model  # read once: every pass of this call runs the same weights
         timings: dict[str, float] = {}

@@ -94,7 +94,14 @@ class CanonicalFrame:
         return np.take(self.array_back(np.expand_dims(plane, self.axis(axis))), 0, axis=axis)
 
     def click(self, c: Click) -> Click:
-        return Click.from_voxel(self.voxel(c.voxel()), self.axis(c.axis), c.positive)
+        """The click on the canonical grid, in the same voxel: clicks round halves up, so a
+        coordinate on a flipped axis moves down by one ulp (row -0.5, voxel 0, must not
+        become n - 0.5, rounded to n, outside)."""
+        v = self.voxel(c.voxel())
+        for j, flip in self.ornt:
+            if flip < 0:
+                v[j] = np.nextafter(v[j], -np.inf)
+        return Click.from_voxel(v, self.axis(c.axis), c.positive)
 
     def box(self, b: Box) -> Box:
         r_ax, c_ax = other_axes(b.axis)

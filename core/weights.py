@@ -307,10 +307,11 @@ def _model_of_checkpoint(path: Path, device: str) -> Sam3DMed:
     except ValueError as exc:
         raise InputError(path, str(exc).removeprefix(f"{path}: ")) from None
     if ckpt["config"].get("lora", {}).get("enabled"):
+        folder = path.parent / ("adapter_last" if path.stem == "last" else "adapter_best")
         raise InputError(
             path,
-            "a LoRA run's checkpoint: use its adapter instead (--adapter "
-            f"{path.parent / 'adapter_best'}) with the base it was trained on",
+            f"a LoRA run's checkpoint: its weights are the adapter {folder} on the base it "
+            "was trained on (give that folder as the adapter, the base as the weights)",
         )
     try:
         model = Sam3DMed(ModelConfig.from_dict(ckpt["config"]["model"]))

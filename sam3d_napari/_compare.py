@@ -151,6 +151,7 @@ def compare(
     if gt.shape != pred_labels.shape:
         raise ValueError(f"shapes differ: ground truth {gt.shape}, prediction {pred_labels.shape}")
     gt_classes = {int(v) for v in np.unique(gt)} - {0}
+    chosen_by_scope = classes is None  # else given (a surface's class): no Classes choice
     over = f"class(es) {', '.join(str(c) for c in classes)}" if classes is not None else ""
     if classes is None:
         predicted = sorted({int(v) for v in np.unique(pred_labels)} - {0})
@@ -176,7 +177,8 @@ def compare(
     )
     left_out = len(gt_classes - set(classes))
     if left_out:
-        comp.notes.append(f"{left_out} ground-truth class(es) not compared (Classes: all)")
+        hint = " (Classes: all)" if chosen_by_scope else ""
+        comp.notes.append(f"{left_out} ground-truth class(es) not compared{hint}")
     return comp
 
 

@@ -210,7 +210,8 @@ def run_finetune(
 
     def on_progress(done, total, message):
         nonlocal seen, planned
-        planned = max(planned, total)
+        if not str(message).startswith("preprocess"):  # the steps, not the cases
+            planned = max(planned, total)
         say(done, total, message)
         if epoch_done is not None and metrics.is_file():
             history = read_history(out)
@@ -220,9 +221,8 @@ def run_finetune(
 
     result = train(cfg, progress=on_progress, should_stop=should_stop, resume=job.resume)
     # a stopped run's bar stays at the fraction done, not full
-    on_progress(
-        result.steps, max(planned, result.steps), "stopped" if result.stopped else "finished"
-    )
+    total = max(planned, result.steps) if result.stopped else result.steps  # finished: full
+    on_progress(result.steps, total, "stopped" if result.stopped else "finished")
     return result
 
 

@@ -188,3 +188,17 @@ def test_a_partial_prediction_is_compared_on_its_own_classes_with_the_datasets_n
     assert list(comp.per_class) == [1, 2, 3, 4] and comp.mean["dice"] == 0.5
     assert "all 4 class(es)" in widget.status.value
     assert "not compared" not in widget.status.value
+
+
+def test_a_surface_class_compared_alone_names_what_was_left_without_a_setting_to_change():
+    """A surface prediction is compared on its one class; the Classes box is hidden then, so
+    the note must not point at it."""
+    from sam3d_napari._compare import compare
+
+    gt = np.zeros((10, 10, 10), np.uint8)
+    gt[1:4, 1:4, 1:4], gt[6:9, 6:9, 6:9] = 1, 2
+    pred = (gt == 1).astype(np.uint8)
+    comp = compare(gt, pred, spacing=(1, 1, 1), classes=[1])
+    assert comp.notes == ["1 ground-truth class(es) not compared"]
+    comp = compare(gt, pred, spacing=(1, 1, 1), scope="auto")
+    assert comp.notes == ["1 ground-truth class(es) not compared (Classes: all)"]

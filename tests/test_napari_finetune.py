@@ -178,3 +178,20 @@ def test_a_stopped_run_leaves_the_bar_at_the_fraction_done(
     for call in calls:
         widget._on_progress(*call)
     assert (widget.progress.value, widget.progress.max) == (3, 12)
+
+    # a finished run ends on a full bar, even when preprocessing counted more cases than
+    # the run has steps
+    def finished_train(cfg, *, progress, should_stop, resume):
+        for i in (1, 300):
+            progress(i, 300, f"preprocess case_{i}")
+        for step in (1, 250):
+            progress(step, 250, f"epoch 5/5 (step {step}/250)")
+        return dataclasses.replace(_stopped_before_start(out), steps=250, stopped=False)
+
+    monkeypatch.setattr(core.train, "train", finished_train)
+    calls.clear()
+    run_finetune(
+        dataclasses.replace(job, output_dir=str(tmp_path / "run2")),
+        progress=lambda *a: calls.append(a),
+    )
+    assert calls[-1] == (250, 250, "finished")

@@ -108,3 +108,15 @@ def test_a_permuted_flipped_volume_gives_the_ras_volumes_voxels(rec, pair, mode,
 def frame_inverse_click(frame, click, odd):
     inv = CanonicalFrame(frame._inverse(), tuple(frame.array(odd.data).shape))
     return inv.click(click)
+
+
+def test_a_click_on_the_edge_of_a_flipped_axis_stays_in_its_voxel(rec):
+    """Clicks round halves up: row -0.5 is voxel 0. On a flipped axis it must map to the last
+    voxel, not to n - 0.5 (rounded to n, outside the volume); x.5 keeps its voxel too."""
+    data = np.zeros((40, 44, 36), np.float32)
+    flipped = Volume(data, np.diag([-2.0, 2.0, 2.0, 1.0]), "las.nii.gz")
+    frame = CanonicalFrame.of(flipped.affine, flipped.shape)
+    for row in (-0.5, 7.5, 39.49):
+        c = Click(2, 18, row, 20.0)
+        assert frame.click(c).voxel_index()[0] == 39 - c.voxel_index()[0]
+    assert rec.predict(flipped, PromptSet((Click(2, 18, -0.5, 20.0),)), mesh=False).mask.shape

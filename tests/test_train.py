@@ -437,9 +437,12 @@ def test_lora_run_trains_adapters_only_and_saves_them(hearts_cache, tmp_path):
     assert result.best_weights is None  # a LoRA run exports its adapter, not full weights
     from core.errors import InputError
 
-    with pytest.raises(InputError, match=r"a LoRA run's checkpoint: use its adapter") as exc:
+    with pytest.raises(InputError, match=r"a LoRA run's checkpoint: its weights are") as exc:
         load_model(tmp_path / "l" / "best.pt")
     assert str(result.adapter_best) in str(exc.value)
+    with pytest.raises(InputError, match=r"a LoRA run's checkpoint") as exc:
+        load_model(tmp_path / "l" / "last.pt")
+    assert str(result.adapter_last) in str(exc.value)
 
     # the frozen base is untouched; the adapter changes the output
     plain = load_model(base_path)
