@@ -95,11 +95,12 @@ class CanonicalFrame:
 
     def click(self, c: Click) -> Click:
         """The click on the canonical grid, in the same voxel: clicks round halves up, so a
-        coordinate on a flipped axis moves down by one ulp (row -0.5, voxel 0, must not
-        become n - 0.5, rounded to n, outside)."""
+        half on a flipped axis moves down by one ulp (row -0.5, voxel 0, must not become
+        n - 0.5, rounded to n, outside). Other coordinates map exactly (a round trip gives
+        the same bits, so the same result)."""
         v = self.voxel(c.voxel())
         for j, flip in self.ornt:
-            if flip < 0:
+            if flip < 0 and v[j] % 1 == 0.5:
                 v[j] = np.nextafter(v[j], -np.inf)
         return Click.from_voxel(v, self.axis(c.axis), c.positive)
 

@@ -116,7 +116,11 @@ def test_a_click_on_the_edge_of_a_flipped_axis_stays_in_its_voxel(rec):
     data = np.zeros((40, 44, 36), np.float32)
     flipped = Volume(data, np.diag([-2.0, 2.0, 2.0, 1.0]), "las.nii.gz")
     frame = CanonicalFrame.of(flipped.affine, flipped.shape)
-    for row in (-0.5, 7.5, 39.49):
+    for row in (-0.5, 7.5, 39.49, 12.25, 30.0):
         c = Click(2, 18, row, 20.0)
         assert frame.click(c).voxel_index()[0] == 39 - c.voxel_index()[0]
+    back = CanonicalFrame(frame._inverse(), flipped.shape)
+    for row in (12.25, 30.0, 3.0):  # no half: the round trip gives the click's own bits
+        c = Click(2, 18, row, 20.0)
+        assert back.click(frame.click(c)) == c
     assert rec.predict(flipped, PromptSet((Click(2, 18, -0.5, 20.0),)), mesh=False).mask.shape
