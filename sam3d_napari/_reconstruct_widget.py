@@ -165,7 +165,17 @@ class ReconstructWidget(Container):
         return out
 
     def _refresh_weights(self):
-        self.weights.reset_choices()
+        """Rebuild the Weights list in its order: magicgui's reset appends a new adapter
+        after "adapter folder...". The chosen entry stays chosen without a change event;
+        if it is gone, the change is announced."""
+        value = self.weights.value
+        with self.weights.changed.blocked():
+            self.weights.native.clear()
+            self.weights.reset_choices()
+            if value in self.weights.choices:
+                self.weights.value = value
+        if self.weights.value != value:
+            self.weights.changed.emit(self.weights.value)
 
     def _on_layers_changed(self, event=None):
         if not self._alive:

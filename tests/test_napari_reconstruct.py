@@ -551,6 +551,17 @@ def test_weights_offer_base_shipped_adapters_and_a_folder(
         _wait(widget, qtbot)
         assert fast_model.name == shipped[0] and widget.result.mask.any()
 
+    # adapters fine-tuned in the session join the list before "adapter folder...", in order,
+    # and the chosen entry stays chosen without a change (no re-run)
+    chosen = widget.weights.value
+    changes = []
+    widget.weights.changed.connect(changes.append)
+    for run in ("run1", "run2"):
+        widget.session.add_adapter(run, tmp_path / run)
+    names = [widget.weights.native.itemText(i) for i in range(widget.weights.native.count())]
+    assert names[-3:] == ["run1 (fine-tuned)", "run2 (fine-tuned)", ADAPTER_FOLDER]
+    assert widget.weights.value == chosen and changes == []
+
 
 # --------------------------------------------------------------------------------------------
 # screenshots
