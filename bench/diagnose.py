@@ -42,7 +42,7 @@ def trim_by_intensity(smooth, mask, slice_mask, slice_img, prompts, sep: float):
     2D mask than its inside; ``mask`` itself when the two intensity models overlap."""
     from scipy import ndimage as ndi
 
-    from core.engine import _keep_prompted_components
+    from core.paste import keep_prompted_components
 
     inner = ndi.binary_erosion(slice_mask)
     inner = inner if inner.sum() >= 5 else slice_mask
@@ -59,7 +59,7 @@ def trim_by_intensity(smooth, mask, slice_mask, slice_img, prompts, sep: float):
         return mask
     like_fg = -0.5 * ((smooth - mf) / sf) ** 2 - np.log(sf)
     like_bg = -0.5 * ((smooth - mb) / sb) ** 2 - np.log(sb)
-    return _keep_prompted_components(mask & (like_fg >= like_bg), prompts)
+    return keep_prompted_components(mask & (like_fg >= like_bg), prompts)
 
 
 def main(argv=None) -> int:
@@ -77,9 +77,10 @@ def main(argv=None) -> int:
     from core.clicks import PromptSet, first_click
     from core.cube import paste_from_cube
     from core.datasets import discover
-    from core.engine import Reconstructor, _keep_prompted_components
+    from core.engine import Reconstructor
     from core.geometry import take_slice
     from core.io import load_pair
+    from core.paste import keep_prompted_components
 
     root = prepare(a, a.out)
     if root is None:
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
             axis, s = r.reference_slice
             gt2 = take_slice(gt, axis, s)
             prob = paste_from_cube(r.cube_probability, r.cube, image.shape, image.affine, order=1)
-            by_t = [dice(_keep_prompted_components(prob > t, prompts), gt) for t in THRESHOLDS]
+            by_t = [dice(keep_prompted_components(prob > t, prompts), gt) for t in THRESHOLDS]
             oracle = rec.predict(image, PromptSet((click,), mask=(axis, s, gt2)), mode=a.mode,
                                  mesh=False)  # fmt: skip
             own = rec.predict(image, PromptSet((click,), mask=(axis, s, r.slice_mask)),

@@ -51,9 +51,10 @@ def main(argv=None) -> int:
     from core.clicks import PromptSet, first_click
     from core.cube import paste_block
     from core.datasets import discover
-    from core.engine import Reconstructor, _keep_prompted_components
+    from core.engine import Reconstructor
     from core.io import Volume, load_pair
     from core.metrics import dice
+    from core.paste import keep_prompted_components
 
     root = engine_val.prepare(a, a.out)
     if root is None:
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
             p_mean = (on_volume(plain, image.shape) + p_mirror) / 2
             row = [
                 dice(plain.mask, gt),
-                dice(_keep_prompted_components(p_mirror > 0.5, prompts), gt),
-                dice(_keep_prompted_components(p_mean > 0.5, prompts), gt),
+                dice(keep_prompted_components(p_mirror > 0.5, prompts), gt),
+                dice(keep_prompted_components(p_mean > 0.5, prompts), gt),
             ]
             per_class.setdefault(k, []).append(row)
             print(case.case_id, k, " ".join(f"{x:.3f}" for x in row), flush=True)

@@ -6,7 +6,7 @@
 On held-out *validation* cases (never a test set; chosen as in ``bench/engine_val.py``), one
 first click per case and class (the ``sam3d eval`` protocol), one engine pass per mode; the
 final pass's cube probabilities are then turned into the mask at each level with the engine's
-own paste-back (``core.engine.mask_on_volume``). Prints mean Dice per level over all
+own paste-back (``core.paste.mask_on_volume``). Prints mean Dice per level over all
 case-class pairs, as the mean of the class means (``sam3d eval``'s overall figure) and per
 class. A level tuned here would be tuned on validation cases, never on the test sets.
 """
@@ -37,9 +37,10 @@ def main(argv=None) -> int:
 
     from core.clicks import PromptSet, first_click
     from core.datasets import discover
-    from core.engine import Reconstructor, mask_on_volume
+    from core.engine import Reconstructor
     from core.io import load_pair
     from core.metrics import dice
+    from core.paste import mask_on_volume
 
     root = prepare(a, a.out)
     if root is None:

@@ -57,7 +57,7 @@ import torch
 from scipy import ndimage
 
 from core.clicks import Click, PromptSet, check_prompts_in_volume
-from core.cube import Cube, axis_directions, level_box, paste_block, sample_into_cube
+from core.cube import Cube, axis_directions, sample_into_cube
 from core.errors import InputError
 from core.geometry import take_slice
 from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
@@ -65,8 +65,8 @@ from core.io import Volume, spacing_of, voxel_to_world, world_to_voxel
 from core.model import CUBE_CHANNELS, Sam3DMed
 from core.modes import zoom_in_applies
 from core.orient import CanonicalFrame
+from core.paste import mask_on_volume, slice_mask_back
 from core.samples import MODES, build_inputs, first_pass_cube
-from core.transforms import warp
 
 __all__ = ["CubePolicy", "Result", "Reconstructor", "mask_on_volume"]
 
@@ -480,7 +480,7 @@ class Reconstructor:
         mask = mask_on_volume(prob, cube, affine, volume.shape, prompts)
         axis, idx = prompts.reference_slice()
         sl_shape = take_slice(mask, axis, idx).shape
-        slice_mask = _slice_mask_back(slice_prob, inp["crop_matrix"], sl_shape)
+        slice_mask = slice_mask_back(slice_prob, inp["crop_matrix"], sl_shape)
         timings["paste"] = _ms(t)
 
         surface = None
@@ -575,45 +575,3 @@ def _touches_inside_volume(fg, cube: Cube, affine, shape) -> bool:
             if inside.any():
                 return True
     return False
-
-
-def mask_on_volume(prob, cube: Cube, affine, shape, prompts: PromptSet, level: float = 0.5):
-    """The cube's probabilities above ``level`` on the volume's grid (``shape``, ``affine``),
-    keeping the components that hold a positive click (else the largest).
-
-    Only the block where the probability can exceed ``level`` is resampled and searched for
-    components (a 128^3 volume: 50 -> a few ms for a small organ); the rest is empty."""
-    mask = np.zeros(shape, bool)
-    box = level_box(prob, cube, affine, shape, level)
-    if box is not None:
-        lo, hi = box
-        block = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        sub = paste_block(prob, cube, affine, lo, hi, order=1) > level
-        mask[block] = _keep_prompted_components(sub, prompts, origin=lo)
-    return mask
-
-
-def _keep_prompted_components(mask: np.ndarray, prompts: PromptSet, origin=(0, 0, 0)):
-    """The components of ``mask`` (a block of the volume starting at voxel ``origin``) that
-    hold a positive click, else the largest."""
-    if not mask.any():
-        return mask
-    lab, n = ndimage.label(mask)
-    if n == 1:
-        return mask
-    keep = set()
-    for c in prompts.positives:
-        v = tuple(int(a) - int(o) for a, o in zip(c.voxel_index(), origin, strict=True))
-        if all(0 <= a < s for a, s in zip(v, mask.shape, strict=True)) and lab[v]:
-            keep.add(int(lab[v]))
-    if not keep:
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        keep.add(int(sizes.argmax()))
-    return np.isin(lab, list(keep))
-
-
-def _slice_mask_back(slice_prob, crop_matrix, sl_shape) -> np.ndarray:
-    """The 2D head's crop-view mask on the input slice's pixel grid."""
-    inv = np.linalg.inv(crop_matrix)
-    return warp(slice_prob.astype(np.float32), inv, sl_shape, order=1) > 0.5

@@ -382,7 +382,7 @@ def test_warm_up_runs_one_click_once_and_changes_no_result():
 
 def test_mask_on_volume_level_and_prompted_component():
     from core.cube import Cube, axis_directions
-    from core.engine import mask_on_volume
+    from core.paste import mask_on_volume
 
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
     shape = (40, 40, 40)
