@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         odd = Volume(data.astype(np.float32), affine, "permuted")
         odd_label, _ = reoriented(label.data, label.affine)
         frame = CanonicalFrame.of(odd.affine, odd.shape)
-        to_odd = CanonicalFrame(frame._inverse(), image.shape)  # RAS+ -> the permuted array
+        to_odd = frame.inverse()  # RAS+ -> the permuted array
         for k in label.present_labels():
             gt = label.data == k
             prompts = PromptSet((first_click(gt),))

@@ -397,22 +397,29 @@ class Reconstructor:
             if b.r1 > h or b.c1 > w:
                 prompts = replace(prompts, box=replace(b, r1=min(b.r1, h), c1=min(b.c1, w)))
         frame = CanonicalFrame.of(volume.affine, volume.shape)
-        if frame is not None:  # stored in another axis order or with flips: see it as RAS+
-            t0 = time.perf_counter()
-            res = self.predict(
-                self._canonical(volume, frame),
-                frame.prompts(prompts),
-                mode=mode,
-                modality=modality,
-                ct_window=ct_window,
-                previous=None if previous is None else frame.previous(previous),
-                mesh=mesh,
-                policy=policy,
-            )
-            res = frame.result_back(res, volume=volume, prompts=prompts)
-            res.timings["total"] = _ms(t0)
-            return res
-        self._canonical_cache = None  # a RAS+ volume now: no copy of another kept
+        if frame is None:
+            self._canonical_cache = None  # a RAS+ volume now: no copy of another kept
+            return self._predict(volume, prompts, mode, modality, ct_window, previous, mesh, policy)
+        # stored in another axis order or with flips: the model sees it as RAS+
+        t0 = time.perf_counter()
+        res = self._predict(
+            self._canonical(volume, frame),
+            frame.prompts(prompts),
+            mode,
+            modality,
+            ct_window,
+            None if previous is None else frame.previous(previous),
+            mesh,
+            policy,
+        )
+        res = frame.result_back(res, volume=volume, prompts=prompts)
+        res.timings["total"] = _ms(t0)
+        return res
+
+    def _predict(
+        self, volume: Volume, prompts, mode, modality, ct_window, previous, mesh, policy
+    ) -> Result:
+        """:meth:`predict` on a RAS+ volume with checked prompts."""
         t0 = time.perf_counter()
         model = self.model  # read once: every pass of this call runs the same weights
         timings: dict[str, float] = {}

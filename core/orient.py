@@ -72,6 +72,14 @@ class CanonicalFrame:
             inv[j] = (i, flip)
         return inv
 
+    def inverse(self) -> CanonicalFrame:
+        """The frame from the canonical grid back to the volume's (e.g. to express prompts
+        given on the RAS+ grid in the volume's own indices)."""
+        canon_shape = [0, 0, 0]
+        for i, (j, _) in enumerate(self.ornt):
+            canon_shape[j] = self.shape[i]
+        return CanonicalFrame(self._inverse(), tuple(canon_shape))
+
     # ------------------------------------------------------------------------------------
     # voxels, slices and prompts
 

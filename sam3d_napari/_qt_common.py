@@ -126,6 +126,20 @@ class StatusLabel(Label):
         self.value = text
 
 
+def reset_choices_in_order(combo) -> None:
+    """``combo.reset_choices()`` that keeps the order its choices callable gives (magicgui
+    keeps the items it has and appends new ones at the end). The chosen entry stays chosen
+    without a change event; if it is gone, the change is announced."""
+    value = combo.value
+    with combo.changed.blocked():
+        combo.native.clear()
+        combo.reset_choices()
+        if value in combo.choices:
+            combo.value = value
+    if combo.value != value:
+        combo.changed.emit(combo.value)
+
+
 def start_worker(worker) -> None:
     """Start a napari worker (``create_worker``'s) that Python's exit waits for.
 

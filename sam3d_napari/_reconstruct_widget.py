@@ -38,6 +38,7 @@ from sam3d_napari._qt_common import (
     notify,
     one_line,
     placed_like,
+    reset_choices_in_order,
     row,
     start_worker,
     volume_of,
@@ -165,17 +166,7 @@ class ReconstructWidget(Container):
         return out
 
     def _refresh_weights(self):
-        """Rebuild the Weights list in its order: magicgui's reset appends a new adapter
-        after "adapter folder...". The chosen entry stays chosen without a change event;
-        if it is gone, the change is announced."""
-        value = self.weights.value
-        with self.weights.changed.blocked():
-            self.weights.native.clear()
-            self.weights.reset_choices()
-            if value in self.weights.choices:
-                self.weights.value = value
-        if self.weights.value != value:
-            self.weights.changed.emit(self.weights.value)
+        reset_choices_in_order(self.weights)  # a new adapter goes before "adapter folder..."
 
     def _on_layers_changed(self, event=None):
         if not self._alive:

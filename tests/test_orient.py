@@ -34,12 +34,6 @@ def _to_odd(a: np.ndarray) -> np.ndarray:
     return np.asarray(nib.Nifti1Image(a.astype(np.uint8), np.eye(4)).as_reoriented(ORNT).dataobj)
 
 
-def _odd_prompts(frame_of_odd: CanonicalFrame, ras: PromptSet, odd_volume) -> PromptSet:
-    """The RAS prompts expressed on the odd array (the inverse of the frame's mapping)."""
-    inv = CanonicalFrame(frame_of_odd._inverse(), tuple(frame_of_odd.array(odd_volume.data).shape))
-    return inv.prompts(ras)
-
-
 def test_the_frame_maps_voxels_clicks_boxes_and_masks_exactly(pair):
     ras, odd, _ = pair
     frame = CanonicalFrame.of(odd.affine, odd.shape)
@@ -47,6 +41,9 @@ def test_the_frame_maps_voxels_clicks_boxes_and_masks_exactly(pair):
     np.testing.assert_array_equal(frame.array(odd.data), ras.data)
     np.testing.assert_allclose(frame.affine(odd.affine), ras.affine, atol=1e-9)
     np.testing.assert_array_equal(frame.array_back(ras.data), odd.data)
+    inv = frame.inverse()
+    assert inv.shape == ras.shape
+    np.testing.assert_array_equal(inv.array(ras.data), odd.data)
     rng = np.random.default_rng(0)
     for _ in range(20):
         ijk = np.array([rng.integers(n) for n in odd.shape])
@@ -86,7 +83,7 @@ def test_a_permuted_flipped_volume_gives_the_ras_volumes_voxels(rec, pair, mode,
         "mask": PromptSet(mask=(2, c.slice_idx, lv[:, :, c.slice_idx])),
     }[kind]
     frame = CanonicalFrame.of(odd.affine, odd.shape)
-    odd_prompts = _odd_prompts(frame, prompts, odd)
+    odd_prompts = frame.inverse().prompts(prompts)
     a = rec.predict(ras, prompts, mode=mode)
     b = rec.predict(odd, odd_prompts, mode=mode)
     assert a.mask.any()
@@ -100,14 +97,8 @@ def test_a_permuted_flipped_volume_gives_the_ras_volumes_voxels(rec, pair, mode,
     # a corrective click refines the odd volume's result as it does the RAS one's
     extra = Click.from_voxel(np.argwhere(lv & ~a.mask)[0], 0) if (lv & ~a.mask).any() else c
     a2 = rec.predict(ras, prompts.add(extra), mode=mode, previous=a)
-    b2 = rec.predict(odd, odd_prompts.add(frame_inverse_click(frame, extra, odd)), mode=mode,
-                     previous=b)  # fmt: skip
+    b2 = rec.predict(odd, odd_prompts.add(frame.inverse().click(extra)), mode=mode, previous=b)
     np.testing.assert_array_equal(b2.mask, _to_odd(a2.mask))
-
-
-def frame_inverse_click(frame, click, odd):
-    inv = CanonicalFrame(frame._inverse(), tuple(frame.array(odd.data).shape))
-    return inv.click(click)
 
 
 def test_a_click_on_the_edge_of_a_flipped_axis_stays_in_its_voxel(rec):
@@ -119,7 +110,7 @@ def test_a_click_on_the_edge_of_a_flipped_axis_stays_in_its_voxel(rec):
     for row in (-0.5, 7.5, 39.49, 12.25, 30.0):
         c = Click(2, 18, row, 20.0)
         assert frame.click(c).voxel_index()[0] == 39 - c.voxel_index()[0]
-    back = CanonicalFrame(frame._inverse(), flipped.shape)
+    back = frame.inverse()
     for row in (12.25, 30.0, 3.0):  # no half: the round trip gives the click's own bits
         c = Click(2, 18, row, 20.0)
         assert back.click(frame.click(c)) == c
