@@ -140,14 +140,31 @@ class LabelVolume:
 
 
 def _check_array_and_affine(data, affine, path):
-    if not isinstance(data, np.ndarray) or data.ndim != 3:
-        shape = getattr(data, "shape", None)
-        raise InputError(path, f"expected a 3D volume, got shape {shape}")
+    if not isinstance(data, np.ndarray):
+        raise InputError(path, f"data must be a numpy array, got {type(data).__name__}")
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3D volume, got shape {data.shape}")
+    if min(data.shape) < 1:
+        raise InputError(path, f"empty volume with shape {data.shape}")
+    if data.dtype.kind not in _SCALAR_KINDS:
+        raise InputError(path, _unsupported_type(data.dtype))
     a = np.asarray(affine)
     if a.shape != (4, 4) or not np.all(np.isfinite(a)):
         raise InputError(path, "affine must be a finite 4x4 matrix")
     if abs(np.linalg.det(a[:3, :3])) < 1e-9:
         raise InputError(path, "affine is singular (zero voxel size?)")
+
+
+# bool, signed and unsigned integers, floats: not complex, RGB (structured) or objects
+_SCALAR_KINDS = "biuf"
+
+
+def _unsupported_type(dtype) -> str:
+    return f"unsupported voxel type {dtype} (expected one number per voxel: integers or floats)"
+
+
+# Errors of reading a file's voxels: truncated or corrupt gzip, a short uncompressed file.
+_DATA_ERRORS = (gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,24 +194,31 @@ def _read_nifti(path: str | os.PathLike, *, canonical: bool):
         raise InputError(p, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
+        try:
+            img = img.slicer[..., 0]
+        except _DATA_ERRORS as exc:
+            raise InputError(p, f"corrupt or truncated image data ({exc})") from exc
     elif len(shape) != 3:
         raise InputError(p, f"expected a 3D volume, got {len(shape)}D with shape {tuple(shape)}")
     if min(img.shape) < 1:
         raise InputError(p, f"empty volume with shape {tuple(img.shape)}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(p, "invalid affine in header (non-finite or zero voxel size)")
     if canonical:
-        try:
+        try:  # reads the voxels (unless the file is RAS+ already)
             img = nib.as_closest_canonical(img)
+        except _DATA_ERRORS as exc:
+            raise InputError(p, f"corrupt or truncated image data ({exc})") from exc
         except Exception as exc:
             raise InputError(p, f"cannot reorient to canonical RAS ({exc})") from exc
     try:
         data = np.asanyarray(img.dataobj)
-    except (gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+    except _DATA_ERRORS as exc:
         raise InputError(p, f"corrupt or truncated image data ({exc})") from exc
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise InputError(p, "invalid affine in header (non-finite or zero voxel size)")
-    return np.asarray(data), affine
+    if data.dtype.kind not in _SCALAR_KINDS:
+        raise InputError(p, _unsupported_type(data.dtype))
+    return np.asarray(data), np.asarray(img.affine, dtype=np.float64)
 
 
 def load_image(path: str | os.PathLike, *, canonical: bool = True) -> Volume:

@@ -116,6 +116,36 @@ def test_corrupt_gzip(tmp_path):
     _one_line(exc, p)
 
 
+@pytest.mark.parametrize("name", ["img.nii.gz", "img.nii"])
+def test_truncated_file_stored_in_another_orientation(tmp_path, name):
+    # Loading reorients an LPS file to RAS+, which reads the voxels: a truncated file is
+    # still reported as such, not as a reorientation problem.
+    img, _ = two_organs()
+    p = save_nifti(img, np.diag([-2.0, -2.0, 3.0, 1.0]), tmp_path / name)
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    for load in (load_image, load_label):
+        with pytest.raises(InputError) as exc:
+            load(p)
+        msg = _one_line(exc, p)
+        assert "corrupt or truncated" in msg and "reorient" not in msg, msg
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.zeros((6, 7, 8), np.complex64),
+        np.zeros((6, 7, 8), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]),  # RGB NIfTI
+    ],
+)
+def test_voxels_that_are_not_one_number_are_a_one_line_error(tmp_path, data):
+    p = save_nifti(data, np.eye(4), tmp_path / "x.nii.gz")
+    for load in (load_image, load_label):
+        with pytest.raises(InputError) as exc:
+            load(p)
+        assert "unsupported voxel type" in _one_line(exc, p)
+
+
 def test_not_nifti(tmp_path):
     p = tmp_path / "notes.nii.gz"
     p.write_bytes(gzip.compress(b"this is a text file, not an image" * 20))
@@ -200,6 +230,20 @@ def test_folder_given_as_file(tmp_path):
     with pytest.raises(InputError) as exc:
         load_image(d)
     assert "folder" in _one_line(exc, d)
+
+
+def test_volume_rejects_arrays_it_cannot_use():
+    class Tensor:  # not a numpy array, although 3D (a torch tensor, say)
+        shape = (4, 4, 4)
+
+    with pytest.raises(InputError, match="numpy array, got Tensor"):
+        Volume(Tensor(), np.eye(4), "t.nii.gz")
+    with pytest.raises(InputError, match=r"empty volume with shape \(0, 5, 5\)"):
+        Volume(np.zeros((0, 5, 5), np.float32), np.eye(4))
+    with pytest.raises(InputError, match="unsupported voxel type complex64"):
+        Volume(np.zeros((2, 2, 2), np.complex64), np.eye(4))
+    with pytest.raises(InputError, match=r"expected a 3D volume, got shape \(2, 2\)"):
+        Volume(np.zeros((2, 2), np.float32), np.eye(4))
 
 
 def test_label_volume_rejects_float_data():
