@@ -241,7 +241,7 @@ def check_prompts_in_volume(prompts: PromptSet, shape: Sequence[int], *, path=No
     """Raise :class:`core.errors.InputError` (one line) unless every prompt fits ``shape``.
 
     Clicks as :func:`check_click_in_volume`; a box must lie on an existing slice and overlap
-    its pixels (the part past the slice's edge is ignored); a mask must be on an existing
+    its pixels (the part past the slice's edges is ignored); a mask must be on an existing
     slice and have that slice's shape. ``path`` names the volume's file in the message.
     """
     shape = tuple(int(n) for n in shape)
@@ -260,7 +260,7 @@ def check_prompts_in_volume(prompts: PromptSet, shape: Sequence[int], *, path=No
     if prompts.box is not None:
         b = prompts.box
         h, w = (n for a, n in enumerate(shape) if a != b.axis)
-        if b.r0 >= h or b.c0 >= w:
+        if b.r0 >= h or b.c0 >= w or b.r1 <= 0 or b.c1 <= 0:
             raise InputError(
                 path,
                 f"box (rows {b.r0}-{b.r1 - 1}, cols {b.c0}-{b.c1 - 1}) on axis {b.axis} slice "

@@ -391,11 +391,12 @@ class Reconstructor:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         prompts.validate()
         check_prompts_in_volume(prompts, volume.shape, path=volume.path)
-        if prompts.box is not None:  # a box drawn past the slice's edge: the part on it
+        if prompts.box is not None:  # a box drawn past the slice's edges: the part on it
             b = prompts.box
             h, w = (n for a, n in enumerate(volume.shape) if a != b.axis)
-            if b.r1 > h or b.c1 > w:
-                prompts = replace(prompts, box=replace(b, r1=min(b.r1, h), c1=min(b.c1, w)))
+            on = (max(b.r0, 0), max(b.c0, 0), min(b.r1, h), min(b.c1, w))
+            if on != b.rc:
+                prompts = replace(prompts, box=replace(b, r0=on[0], c0=on[1], r1=on[2], c1=on[3]))
         frame = CanonicalFrame.of(volume.affine, volume.shape)
         if frame is None:
             self._canonical_cache = None  # a RAS+ volume now: no copy of another kept

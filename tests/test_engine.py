@@ -236,9 +236,17 @@ def test_prompts_that_do_not_fit_the_volume_are_one_line_errors():
     _one_line_input_error(lambda: rec.predict(vol, late_box), "box", "slice 56", "axis 2")
     wrong = PromptSet(mask=(1, 30, np.ones((60, 64), bool)))
     _one_line_input_error(lambda: rec.predict(vol, wrong), "mask", "(60, 64)", "60 x 56")
+    before = PromptSet(box=Box(2, 28, -30, -20, -5, 10))  # above the slice's first row
+    _one_line_input_error(lambda: rec.predict(vol, before), "box", "outside", "60 x 64")
     # a box running past the slice's edge is fine: the part on the slice is the prompt
     edge = rec.predict(vol, PromptSet(box=Box(2, 28, 50, 50, 90, 90)), mesh=False)
     assert edge.prompts.box.rc == (50, 50, 60, 64) and edge.mask.any()
+    # past the first row and column too: the same prediction as the part on the slice
+    low = rec.predict(vol, PromptSet(box=Box(2, 28, -40, -8, 10, 12)), mesh=False)
+    on = rec.predict(vol, PromptSet(box=Box(2, 28, 0, 0, 10, 12)), mesh=False)
+    assert low.prompts.box.rc == (0, 0, 10, 12)
+    np.testing.assert_array_equal(low.mask, on.mask)
+    np.testing.assert_array_equal(low.cube.center, on.cube.center)
     ok = PromptSet(mask=(1, 30, np.pad(np.ones((10, 10), bool), ((25, 25), (23, 23)))))
     assert rec.predict(vol, ok, mesh=False).mask.any()
 
