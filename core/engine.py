@@ -385,12 +385,15 @@ class Reconstructor:
             A click, box or mask outside the volume, a mask of another shape than its
             slice, NaN or Inf voxels (names the volume's file).
         ValueError
-            Prompts without a positive click, box or mask; unknown mode.
+            Prompts without a positive click, box or mask; unknown mode; ``previous`` from
+            another grid (shape or affine) than ``volume``'s.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         prompts.validate()
         check_prompts_in_volume(prompts, volume.shape, path=volume.path)
+        if previous is not None:
+            _check_previous(previous, volume)
         if prompts.box is not None:  # a box drawn past the slice's edges: the part on it
             b = prompts.box
             h, w = (n for a, n in enumerate(volume.shape) if a != b.axis)
@@ -547,6 +550,22 @@ def _native_bf16(device: torch.device) -> bool:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 2)
+
+
+def _check_previous(previous: Result, volume: Volume) -> None:
+    """Raise ValueError unless ``previous`` is a result on ``volume``'s own grid."""
+    shape = tuple(np.shape(previous.mask))
+    if shape != volume.shape:
+        raise ValueError(
+            f"previous is a result on a grid of shape {shape}, not this volume's "
+            f"{volume.shape}: pass the last result for the same volume"
+        )
+    diff = float(np.max(np.abs(np.asarray(previous.affine) - np.asarray(volume.affine))))
+    if diff > 1e-3:
+        raise ValueError(
+            f"previous is a result on another grid (its affine differs from this volume's by "
+            f"up to {diff:.4g}): pass the last result for the same volume"
+        )
 
 
 def _inside_cube(cube: Cube, affine, voxel) -> bool:

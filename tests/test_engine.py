@@ -158,6 +158,26 @@ def test_refinement_reuses_the_cube_and_feeds_back_the_previous_result():
     assert second.cube is first.cube and second.passes == 1
 
 
+def test_a_previous_result_of_another_grid_is_refused():
+    vol = _volume(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    rec = Reconstructor(BallModel(radius_mm=20.0))
+    first = rec.predict(vol, PromptSet((Click(2, 32, 32, 32),)), mesh=False)
+    other = _volume(shape=(48, 70, 60), spacing=(3.0, 3.0, 3.0))
+    far = first.prompts.add(Click(2, 30, 3, 3))  # outside the first cube: resamples the mask
+    with pytest.raises(ValueError, match=r"shape \(64, 64, 64\), not this volume's"):
+        rec.predict(other, far, previous=first)
+    moved = Volume(vol.data, vol.affine + _shift(5.0))
+    with pytest.raises(ValueError, match="another grid"):
+        rec.predict(moved, far, previous=first)
+    assert rec.predict(vol, far, previous=first, mesh=False).mask.any()  # its own volume
+
+
+def _shift(mm: float) -> np.ndarray:
+    t = np.zeros((4, 4))
+    t[:3, 3] = mm
+    return t
+
+
 class PreviousSpy(BallModel):
     """Records the previous-prediction channel of every forward pass."""
 
