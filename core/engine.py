@@ -61,7 +61,7 @@ from core.cube import Cube, axis_directions, sample_into_cube
 from core.errors import InputError
 from core.geometry import take_slice
 from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
-from core.io import Volume, spacing_of, voxel_to_world, world_to_voxel
+from core.io import Volume, spacing_of, voxel_to_world, voxel_volume_mm3, world_to_voxel
 from core.model import CUBE_CHANNELS, Sam3DMed
 from core.modes import zoom_in_applies
 from core.orient import CanonicalFrame
@@ -133,7 +133,7 @@ class Result:
 
     @property
     def volume_ml(self) -> float:
-        return float(self.mask.sum() * np.prod(spacing_of(self.affine)) / 1000.0)
+        return float(self.mask.sum() * voxel_volume_mm3(self.affine) / 1000.0)
 
 
 class Reconstructor:

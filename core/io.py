@@ -31,6 +31,7 @@ __all__ = [
     "voxel_to_world",
     "world_to_voxel",
     "spacing_of",
+    "voxel_volume_mm3",
     "check_same_grid",
     "to_file_orientation",
     "NIFTI_SUFFIXES",
@@ -52,6 +53,13 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along each array axis: the column norms of the affine's 3x3 block."""
     a = np.asarray(affine, dtype=np.float64)
     return tuple(float(x) for x in np.linalg.norm(a[:3, :3], axis=0))
+
+
+def voxel_volume_mm3(affine: np.ndarray) -> float:
+    """Volume of one voxel in mm^3: ``|det|`` of the affine's 3x3 block, which is the product
+    of :func:`spacing_of` only when the axes are orthogonal (not on a sheared, gantry-tilted
+    grid)."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
 
 
 def voxel_to_world(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:

@@ -246,11 +246,12 @@ def _safe_stem(name: str) -> str:
 
 
 def _ground_truth_outputs(s: Session, done, out: Path):
+    from core.io import voxel_volume_mm3
     from core.mesh import mask_to_mesh
     from core.metrics import binary_metrics
 
     v, spacing = s.volume, s.volume.spacing
-    ml = float(np.prod(spacing)) / 1000.0
+    ml = voxel_volume_mm3(v.affine) / 1000.0
     rows, gt_meshes, compare = [], [], None
     matched = {i: s.gt_class_at(o) for i, o in done}
     for i, o in done:

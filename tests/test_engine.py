@@ -178,6 +178,19 @@ def _shift(mm: float) -> np.ndarray:
     return t
 
 
+def test_volume_ml_is_the_voxel_volume_of_a_sheared_grid():
+    # A gantry-tilted CT: its slice axis leans 25 degrees, so a voxel holds 2 x 2 x 3
+    # x cos(25 deg) mm^3, less than its spacings multiplied.
+    tilt = np.deg2rad(25.0)
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    aff[:3, 2] = 3.0 * np.array([0.0, np.sin(tilt), np.cos(tilt)])
+    vol = Volume(_volume().data, aff, "vol.nii.gz")
+    res = Reconstructor(BallModel(radius_mm=15.0)).predict(vol, PromptSet((Click(2, 28, 30, 32),)))
+    voxel_mm3 = 2.0 * 2.0 * 3.0 * np.cos(tilt)
+    assert res.volume_ml == pytest.approx(res.mask.sum() * voxel_mm3 / 1000.0)
+    assert res.volume_ml == pytest.approx(res.mesh.volume() / 1000.0, rel=0.05)
+
+
 class PreviousSpy(BallModel):
     """Records the previous-prediction channel of every forward pass."""
 

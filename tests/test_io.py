@@ -19,6 +19,7 @@ from core.io import (
     save_label,
     spacing_of,
     voxel_to_world,
+    voxel_volume_mm3,
     world_to_voxel,
 )
 
@@ -50,6 +51,16 @@ def test_canonical_reorientation_preserves_world_positions(tmp_path):
     after = voxel_to_world(lv.affine, np.argwhere(lv.data == 2))
     np.testing.assert_allclose(np.sort(before, axis=0), np.sort(after, axis=0), atol=1e-6)
     assert sorted(lv.spacing) == sorted(spacing_of(aff))
+
+
+def test_voxel_volume_of_a_sheared_grid():
+    # A gantry-tilted CT: the slice axis leans 25 degrees; its voxel is 2 x 2 x 3 x cos(25)
+    tilt = np.deg2rad(25.0)
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    aff[:3, 2] = 3.0 * np.array([0.0, np.sin(tilt), np.cos(tilt)])
+    assert spacing_of(aff) == pytest.approx((2.0, 2.0, 3.0))
+    assert voxel_volume_mm3(aff) == pytest.approx(12.0 * np.cos(tilt))
+    assert voxel_volume_mm3(oblique_affine(spacing=(1.0, 2.0, 3.0))) == pytest.approx(6.0)
 
 
 def test_world_voxel_inverse():
