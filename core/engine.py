@@ -95,6 +95,10 @@ class CubePolicy:
             raise ValueError("zoom_out_factor must be > 1")
         if self.refine_passes < 0:
             raise ValueError("refine_passes must be >= 0")
+        if not (self.default_spacing_mm > 0 and self.min_spacing_mm > 0):
+            raise ValueError("default_spacing_mm and min_spacing_mm must be > 0")
+        if self.max_zoom_out < 0:
+            raise ValueError("max_zoom_out must be >= 0")
 
 
 @dataclass(frozen=True, eq=False)
@@ -387,7 +391,19 @@ class Reconstructor:
         ValueError
             Prompts without a positive click, box or mask; unknown mode; ``previous`` from
             another grid (shape or affine) than ``volume``'s.
+        TypeError
+            ``volume`` is not a :class:`core.io.Volume` or ``prompts`` not a ``PromptSet``.
         """
+        if not isinstance(volume, Volume):
+            raise TypeError(
+                f"volume must be a core.io.Volume (Volume(array, affine)), got "
+                f"{type(volume).__name__}"
+            )
+        if not isinstance(prompts, PromptSet):
+            raise TypeError(
+                f"prompts must be a core.clicks.PromptSet (PromptSet((click, ...))), got "
+                f"{type(prompts).__name__}"
+            )
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         prompts.validate()

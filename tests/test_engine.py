@@ -239,6 +239,20 @@ def test_refinement_passes_must_not_be_negative():
         CubePolicy(refine_passes=-1)
 
 
+@pytest.mark.parametrize(
+    "bad, word",
+    [
+        ({"default_spacing_mm": 0.0}, "default_spacing_mm"),
+        ({"default_spacing_mm": -3.0}, "default_spacing_mm"),
+        ({"min_spacing_mm": 0.0}, "min_spacing_mm"),
+        ({"max_zoom_out": -1}, "max_zoom_out"),
+    ],
+)
+def test_a_cube_policy_that_cannot_work_is_refused(bad, word):
+    with pytest.raises(ValueError, match=word):
+        CubePolicy(**bad)
+
+
 def test_bad_prompts():
     vol = _volume()
     rec = Reconstructor(BallModel(10.0))
@@ -249,6 +263,11 @@ def test_bad_prompts():
         rec.predict(vol, PromptSet((Click(2, 28, 3, 5, positive=False),)))
     with pytest.raises(ValueError, match="mode"):
         rec.predict(vol, PromptSet((Click(2, 28, 3, 5),)), mode="3d")
+    # an array for a Volume, a click for a PromptSet: a clear TypeError, not an AttributeError
+    with pytest.raises(TypeError, match="core.io.Volume"):
+        rec.predict(vol.data, PromptSet((Click(2, 28, 3, 5),)))
+    with pytest.raises(TypeError, match="PromptSet"):
+        rec.predict(vol, Click(2, 28, 3, 5))
 
 
 def _one_line_input_error(call, *words):
