@@ -220,9 +220,11 @@ class PromptSet:
         alone say what the structure is not, never what it is.
         """
         if not (self.positives or self.box is not None or self._has_mask()):
+            got = [f"{len(self.negatives)} negative click(s)"] if self.negatives else []
+            got += ["an empty mask"] if self.mask is not None else []
             raise ValueError(
                 "a prompt set needs at least one positive click, a box or a mask "
-                f"(got {len(self.negatives)} negative click(s) only)"
+                f"(got {' and '.join(got) + ' only' if got else 'nothing'})"
             )
         return self
 

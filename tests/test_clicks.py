@@ -90,13 +90,20 @@ def test_box_validation():
 def test_prompt_set_helpers():
     p = PromptSet()
     assert p.is_empty
-    with pytest.raises(ValueError, match="at least one positive click, a box or a mask"):
+    with pytest.raises(
+        ValueError, match=r"at least one positive click, a box or a mask \(got nothing\)"
+    ):
         p.validate()
     neg = Click(2, 5, 1, 1, positive=False)
     p1 = p.add(neg)
     assert p.clicks == () and p1.clicks == (neg,) and not p1.is_empty
-    with pytest.raises(ValueError, match="at least one positive click"):
+    with pytest.raises(
+        ValueError, match=r"at least one positive click.*\(got 1 negative click\(s\) only\)"
+    ):
         p1.reference_slice()
+    blank = PromptSet((neg,), mask=(2, 5, np.zeros((4, 4), bool)))  # a mask with nothing painted
+    with pytest.raises(ValueError, match=r"\(got 1 negative click\(s\) and an empty mask only\)"):
+        blank.validate()
     pos = Click(0, 9, 2, 3)
     p2 = p1.add(pos).add(Click(1, 4, 2, 2))
     assert p2.positives == (pos, Click(1, 4, 2, 2)) and p2.negatives == (neg,)
