@@ -143,6 +143,7 @@ def render(
         has_gt=s.gt is not None,
     )
     done = s.done
+    overlap_note = ""
     if files:
         out = s.step_dir()
         colours = {i: colour_of(i) for i, _ in done}
@@ -152,7 +153,7 @@ def render(
                 [(o.result.mesh, colours[i]) for i, o in done], out / "prediction.glb"
             )
             view.scene = None if scene is None else str(scene)
-            view.downloads = _write_downloads(s, done, out)
+            view.downloads, overlap_note = _write_downloads(s, done, out)
         view.views = orthogonal_views(
             v.data,
             v.spacing,
@@ -174,6 +175,8 @@ def render(
     if started is not None:
         view.timings["wall"] = round((time.perf_counter() - started) * 1000.0, 1)
     view.status = status if status is not None else _status(s, view, redone)
+    if overlap_note and status is None:
+        view.status += f"\n\n{overlap_note}"
     return view
 
 
@@ -223,18 +226,28 @@ def _status(s: Session, view: View, redone: int) -> str:
     return text
 
 
-def _write_downloads(s: Session, done, out: Path) -> list[str]:
+def _write_downloads(s: Session, done, out: Path) -> tuple[list[str], str]:
+    """The label map (object k as class k) and one mesh per object; and a note on the voxels
+    two objects both claim ("" when none). Objects go in in click order and, as napari's
+    default, never overwrite: a voxel stays with the earlier object. Each mesh is its
+    object's whole result."""
+    from core.labelmap import commit_mask
     from core.mesh import save_mesh
 
     labels = np.zeros(s.volume.shape, dtype=np.uint8 if len(s.objects) < 256 else np.uint16)
+    kept = []
     for i, o in done:
-        labels[o.result.mask] = i + 1
+        labels, report = commit_mask(labels, o.result.mask, i + 1, overwrite=False)
+        if report.clashes:
+            earlier = ", ".join(str(c) for c in report.clash_classes)
+            kept.append(f"{report.clashes} voxels of object {i + 1} stay with object {earlier}")
     stem = _safe_stem(s.name)
     paths = [save_mask(labels, s.volume.affine, out / f"{stem}_mask.nii.gz", s.grid)]
     for i, o in done:
         if o.result.mesh is not None:
             paths.append(save_mesh(o.result.mesh, out / f"{stem}_object{i + 1}.glb"))
-    return [str(p) for p in paths]
+    note = f"Objects overlap; in the label map {'; '.join(kept)}." if kept else ""
+    return [str(p) for p in paths], note
 
 
 def _safe_stem(name: str) -> str:

@@ -25,8 +25,8 @@ from magicgui.widgets import (
 )
 
 from core.intensity import MODALITIES
+from core.labelmap import commit_mask, next_free_class
 from core.modes import MODES, zoom_in_applies
-from sam3d_napari._commit import commit_mask, next_free_class
 from sam3d_napari._layers import meta_affine, slice_axis
 from sam3d_napari._preload import Preloader
 from sam3d_napari._prompt_editor import PromptEditor

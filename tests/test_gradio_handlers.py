@@ -269,6 +269,25 @@ def test_undo_new_object_and_clear(sample, engine):
     assert view.downloads == [] and view.scene is None and session.current.result is None
 
 
+def test_overlapping_objects_never_overwrite_in_the_label_map(sample, engine):
+    """Two objects on the same voxels: the downloaded label map keeps the earlier object's
+    (it gave them to the later one silently), the status says so, each mesh stays whole."""
+    session, _ = sample
+    _, (x, y) = lv_pixel(session)
+    session, _ = H.click(session, engine, x, y)
+    first = session.current.result.mask
+    session, _ = H.new_object(session)
+    session, view = H.click(session, engine, x, y)  # the same structure again
+    second = session.current.result.mask
+    shared = int(np.count_nonzero(first & second))
+    assert shared > 0
+    labels = load_label(view.downloads[0]).data
+    assert np.array_equal(labels == 1, first)
+    assert np.array_equal(labels == 2, second & ~first)
+    assert f"{shared} voxels of object 2 stay with object 1" in view.status
+    assert len(view.downloads) == 3
+
+
 def test_changing_axis_and_slice(sample):
     session, _ = sample
     session, view = H.set_axis(session, 0)

@@ -428,7 +428,7 @@ def test_screenshots_show_the_result_in_2d_and_3d(make_napari_viewer, qtbot, fas
 
 
 def test_commit_rule_reports_clashes_and_widens_for_large_class_ids():
-    from sam3d_napari._commit import commit_mask, next_free_class
+    from core.labelmap import commit_mask, next_free_class
 
     labels = np.zeros((4, 4, 4), np.uint8)
     labels[0] = 3

@@ -1,6 +1,7 @@
 """Committing an object into a label map: the one rule that never overwrites silently.
 
-Free of Qt: the Reconstruct widget calls :func:`commit_mask` and shows its message.
+Used by both front ends: napari's Reconstruct widget (Commit object, keep or overwrite) and the
+web demo's label-map download (objects in click order, an earlier object keeps its voxels).
 """
 
 from __future__ import annotations
