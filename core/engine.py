@@ -374,7 +374,9 @@ class Reconstructor:
         ----------
         volume : the input volume in raw intensities (HU for CT), in any axis order: the
             model sees it on its RAS+ grid (``core.orient``); prompts and results are on the
-            volume's own grid
+            volume's own grid. The normalised and reoriented copies are kept for the next
+            click on the same array object: after changing its voxels in place, pass a new
+            array (``Volume(data.copy(), affine)``), or the next click sees the old voxels
         prompts : positive/negative clicks on any slice and axis, a box, a mask
         mode : "volume" (the model sees the 3D volume) or "slice" (only the reference slice)
         modality : "ct", "mr" or "us" (intensity normalisation, as in preprocessing)
