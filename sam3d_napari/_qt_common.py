@@ -27,11 +27,14 @@ EXIT_WAIT_S = 120  # the longest a Python exit waits for workers still running
 
 
 def layers_of(viewer, kind: str, *, ndim: int = 3) -> list:
-    """The viewer's layers of one kind (``"image"``, ``"labels"``, ``"surface"``...)."""
+    """The viewer's layers of one kind (``"image"``, ``"labels"``, ``"surface"``...); RGB
+    images are left out (a grey-value volume is needed)."""
     return [
         lyr
         for lyr in viewer.layers
-        if type(lyr).__name__.lower() == kind and getattr(lyr, "ndim", 0) == ndim
+        if type(lyr).__name__.lower() == kind
+        and getattr(lyr, "ndim", 0) == ndim
+        and not getattr(lyr, "rgb", False)
     ]
 
 

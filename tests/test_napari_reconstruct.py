@@ -136,6 +136,14 @@ def test_negative_clicks_by_modifier_or_toggle_and_a_drag_is_not_a_click(
     assert len(widget.prompts().clicks) == 2 and "2D" in widget.status.value
 
 
+def test_rgb_layers_are_not_offered_as_the_image(make_napari_viewer, fast_model):
+    viewer = make_napari_viewer()
+    widget, image, _ = _sample(viewer)
+    rgb = viewer.add_image(np.zeros((8, 16, 16, 3), np.float32), rgb=True, name="photo stack")
+    assert rgb.ndim == 3 and rgb not in widget.image.choices  # a click on it raised
+    assert widget.image_layer is image
+
+
 # --------------------------------------------------------------------------------------------
 # with the shipped model
 
