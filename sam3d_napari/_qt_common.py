@@ -21,6 +21,7 @@ __all__ = [
     "StatusLabel",
     "placed_like",
     "start_worker",
+    "announce_none",
 ]
 
 EXIT_WAIT_S = 120  # the longest a Python exit waits for workers still running
@@ -141,6 +142,19 @@ def reset_choices_in_order(combo) -> None:
             combo.value = value
     if combo.value != value:
         combo.changed.emit(combo.value)
+
+
+def announce_none(combo) -> None:
+    """Have ``combo.changed`` also fire when its value becomes None: an entry whose data is
+    None is chosen (Reconstruct's built-in base), or the last choice went away (the last
+    image layer was removed). magicgui's ComboBox stays silent there (None is its null
+    value). Blocking ``combo.changed`` blocks this too."""
+
+    def on_index(*_):
+        if combo.value is None:
+            combo.changed.emit(None)
+
+    combo.native.currentIndexChanged.connect(on_index)
 
 
 def start_worker(worker) -> None:

@@ -32,6 +32,7 @@ from sam3d_napari._preload import Preloader
 from sam3d_napari._prompt_editor import PromptEditor
 from sam3d_napari._qt_common import (
     StatusLabel,
+    announce_none,
     form,
     layer_choices,
     layers_of,
@@ -119,6 +120,8 @@ class ReconstructWidget(Container):
                 row(*self.view_buttons.values()),
             ]
         )
+        for combo in (self.image, self.weights):  # the last image removed; the base chosen
+            announce_none(combo)
         self.image.changed.connect(self._on_image_changed)
         for w in (self.mode, self.modality, self.zoom_in):
             w.changed.connect(self._on_settings_changed)
@@ -249,7 +252,8 @@ class ReconstructWidget(Container):
         self._image = layer
         self._results.clear()
         self._volume_cache = (None, None)
-        if layer is None:
+        if layer is None:  # none left (a run in flight is not shown: its prompts are gone)
+            self.status.show_message("Choose an image, then click an organ on a 2D slice.")
             return
         if layer.metadata.get("modality") in ("ct", "mr", "us"):
             self.modality.value = layer.metadata["modality"]

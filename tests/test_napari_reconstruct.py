@@ -316,6 +316,47 @@ def test_undo_shows_the_previous_result_and_clear_empties(make_napari_viewer, qt
     assert not np.asarray(widget.mask_layer.data).any()
 
 
+def test_removing_the_image_while_it_reconstructs_lets_go_of_it(
+    make_napari_viewer, qtbot, fast_model
+):
+    viewer = make_napari_viewer()
+    widget, image, gt = _sample(viewer)
+    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
+    assert widget.busy
+    viewer.layers.remove(image)  # the only image
+    assert widget.image_layer is None and widget.prompt_layer is None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.result is None and widget.mask_layer is None  # the late result is dropped
+    assert [lyr.name for lyr in viewer.layers] == ["heart labels (ground truth)"]
+    assert widget.add_click_world((90.0, 90.0, 90.0)) is None
+    assert "Choose an image" in widget.status.value
+
+
+def test_choosing_the_built_in_base_again_reruns_with_it(make_napari_viewer, qtbot, fast_model):
+    from core.weights import list_shipped_adapters
+    from sam3d_napari._reconstruct_widget import ADAPTER_FOLDER
+
+    shipped = list(list_shipped_adapters())
+    if not shipped:
+        pytest.skip("no shipped adapter")
+    viewer = make_napari_viewer()
+    widget, _, gt = _sample(viewer)
+    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
+    _wait(widget, qtbot)
+    base = widget.result
+    widget.weights.value = ADAPTER_FOLDER
+    widget.weights.value = shipped[0]
+    qtbot.waitUntil(
+        lambda: not widget.busy and not widget.loading and widget.result is not base,
+        timeout=120_000,
+    )
+    assert fast_model.name == shipped[0]
+    widget.weights.native.setCurrentIndex(0)  # the user picks "built-in base" (data None)
+    assert widget.weights.value is None and widget.busy  # re-runs the prompts with the base
+    qtbot.waitUntil(lambda: not widget.busy and not widget.loading, timeout=60_000)
+    assert fast_model.name == "base" and np.array_equal(widget.result.mask, base.mask)
+
+
 def test_zoom_in_checkbox_reaches_the_engine_in_volume_mode_only(
     make_napari_viewer, qtbot, fast_model
 ):
