@@ -38,6 +38,7 @@ from sam3d_napari._qt_common import (
     labels_of,
     layer_choices,
     notify,
+    on_close,
     one_line,
     row,
     start_worker,
@@ -142,7 +143,8 @@ class FinetuneWidget(Container):
         self.stop_button.changed.connect(self.stop)
         for ev in ("inserted", "removed", "reordered"):
             getattr(viewer.layers.events, ev).connect(self._reset_layers)
-        self.native.destroyed.connect(lambda *_: self.stop())
+        # closed (destroyed, or napari's close button): the run stops, its epochs kept
+        self._close_watcher = on_close(self.native, self.stop)
         self._on_source(self.source.value)
         self._on_image(self.image.value)
 

@@ -6,6 +6,7 @@ import atexit
 
 import numpy as np
 from magicgui.widgets import Container, Label
+from qtpy.QtCore import QEvent, QObject
 
 from sam3d_napari._layers import layer_transform, meta_affine
 
@@ -22,6 +23,7 @@ __all__ = [
     "placed_like",
     "start_worker",
     "announce_none",
+    "on_close",
 ]
 
 EXIT_WAIT_S = 120  # the longest a Python exit waits for workers still running
@@ -155,6 +157,39 @@ def announce_none(combo) -> None:
             combo.changed.emit(None)
 
     combo.native.currentIndexChanged.connect(on_index)
+
+
+class _CloseWatcher(QObject):
+    """Calls back once when its widget is destroyed or taken out of its dock (napari's
+    close button takes the widget out of its dock and keeps it alive: it is never
+    destroyed while the viewer holds its callbacks)."""
+
+    def __init__(self, widget, callback):
+        super().__init__(widget)
+        self._callback = callback
+        self._docked = widget.parent() is not None
+        self._done = False
+        widget.installEventFilter(self)
+        widget.destroyed.connect(self._close)
+
+    def eventFilter(self, obj, event):
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._close()
+        return False
+
+    def _close(self, *_):
+        if not self._done:
+            self._done = True
+            self._callback()
+
+
+def on_close(widget, callback) -> QObject:
+    """Call ``callback()`` once when the QWidget ``widget`` is closed: destroyed, or taken
+    out of the dock it was in (napari's close button). Returns the watcher (keep it)."""
+    return _CloseWatcher(widget, callback)
 
 
 def start_worker(worker) -> None:

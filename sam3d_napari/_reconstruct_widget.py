@@ -37,6 +37,7 @@ from sam3d_napari._qt_common import (
     layer_choices,
     layers_of,
     notify,
+    on_close,
     one_line,
     placed_like,
     reset_choices_in_order,
@@ -142,7 +143,8 @@ class ReconstructWidget(Container):
             getattr(viewer.layers.events, ev).connect(self._on_layers_changed)
         viewer.mouse_drag_callbacks.append(self._on_mouse)
         viewer.bind_key("n", self._toggle_negative, overwrite=True)
-        self.native.destroyed.connect(self._on_destroyed)
+        # closed (destroyed, or napari's close button): no more clicks, no more layers
+        self._close_watcher = on_close(self.native, self._on_destroyed)
         self._on_image_changed(self.image.value)
         self._start_preload()  # while the user opens an image and finds the slice
 
@@ -465,6 +467,8 @@ class ReconstructWidget(Container):
         start_worker(self._worker)
 
     def _on_result(self, key, result):
+        if not self._alive:
+            return
         self._results[key] = result
         if key == self._key():
             self._show(result)

@@ -132,6 +132,23 @@ def test_finetune_on_the_image_and_labels_layers(make_napari_viewer, qtbot, tmp_
     assert widget.plot.note  # one case: no validation split, and the plot says so
 
 
+def test_closing_the_panel_stops_the_run(
+    make_napari_viewer, qtbot, tmp_path, tiny_session, flat_dataset
+):
+    viewer = make_napari_viewer()
+    widget = _finetune(viewer, tiny_session)
+    widget.folder.value = flat_dataset
+    widget.output.value = tmp_path / "run"
+    widget.epochs.value, widget.steps_per_epoch.value = 200, 2
+    widget.start()
+    qtbot.waitUntil(lambda: widget.training_pid is not None, timeout=60_000)
+    # napari's close button: the widget leaves its dock but stays alive; a reopened panel
+    # would not know the run, which went on training into the same folder
+    viewer.window.remove_dock_widget(widget.native)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert widget.result is not None and widget.result.stopped
+
+
 def test_bad_settings_are_explained_before_anything_runs(
     make_napari_viewer, tmp_path, tiny_session
 ):

@@ -144,6 +144,20 @@ def test_rgb_layers_are_not_offered_as_the_image(make_napari_viewer, fast_model)
     assert widget.image_layer is image
 
 
+def test_closing_the_dock_widget_stops_it_answering_clicks(make_napari_viewer, fast_model):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT)
+    viewer.open_sample(PLUGIN, "heart")
+    widget.auto_run.value = False
+    viewer.window.remove_dock_widget(dock)  # napari's close button (the widget stays alive)
+    _, again = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT)
+    again.auto_run.value = False
+    assert again is not widget
+    _click_voxel(viewer, again, (30, 30, 31))
+    assert len(again.prompts().clicks) == 1
+    assert widget.prompts().clicks == ()  # the closed one no longer takes clicks
+
+
 # --------------------------------------------------------------------------------------------
 # with the shipped model
 
