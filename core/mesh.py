@@ -18,7 +18,15 @@ from core.atomic import atomic_path
 from core.errors import InputError
 from core.io import voxel_to_world
 
-__all__ = ["Mesh", "mask_to_mesh", "save_mesh", "load_mesh", "MESH_FORMATS"]
+__all__ = [
+    "Mesh",
+    "mask_to_mesh",
+    "label_meshes",
+    "save_mesh",
+    "save_scene",
+    "load_mesh",
+    "MESH_FORMATS",
+]
 
 # suffix -> trimesh file type
 MESH_FORMATS = {".glb": "glb", ".obj": "obj", ".ply": "ply", ".stl": "stl"}
@@ -226,6 +234,68 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike) -> Path:
     tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
     with atomic_path(p, suffix=p.suffix) as tmp:
         tm.export(str(tmp), file_type=fmt)
+    return p
+
+
+def label_meshes(labels: np.ndarray, affine: np.ndarray, *, smooth_iterations: int = 5):
+    """One closed surface per class of a label map, in world mm.
+
+    Parameters
+    ----------
+    labels : (I, J, K) integer array; 0 is background
+    affine : (4, 4) voxel index -> world mm
+    smooth_iterations : Taubin passes for each surface (see :func:`mask_to_mesh`)
+
+    Returns
+    -------
+    [(class id, Mesh)] in increasing class order ([] when nothing is labelled)
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"expected a 3D label map, got shape {labels.shape}")
+    classes = (int(c) for c in np.unique(labels) if c != 0)
+    return [
+        (c, mask_to_mesh(labels == c, affine, smooth_iterations=smooth_iterations)) for c in classes
+    ]
+
+
+def save_scene(parts, path: str | os.PathLike) -> Path:
+    """Write several meshes as one glTF binary scene (``.glb``), atomically: one named node
+    per mesh, each with its own colour, in world mm as :func:`save_mesh`.
+
+    Parameters
+    ----------
+    parts : iterable of ``(name, Mesh, (r, g, b) 0-255 or None)``
+    path : the ``.glb`` file
+
+    Raises
+    ------
+    ValueError
+        Another suffix than ``.glb``, or no mesh.
+    """
+    import trimesh
+    from trimesh.visual import TextureVisuals
+    from trimesh.visual.material import PBRMaterial
+
+    p = Path(path)
+    if p.suffix.lower() != ".glb":
+        raise ValueError(f"{p}: a scene of several meshes is written as .glb")
+    scene = trimesh.Scene()
+    for name, mesh, colour in parts:
+        tm = trimesh.Trimesh(
+            np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces), process=False
+        )
+        if colour is not None:
+            rgba = [*(int(v) for v in colour), 255]
+            tm.visual = TextureVisuals(
+                material=PBRMaterial(baseColorFactor=rgba, metallicFactor=0.0, roughnessFactor=0.7)
+            )
+        _ = tm.vertex_normals  # cached normals are exported: smooth shading in viewers
+        scene.add_geometry(tm, node_name=str(name), geom_name=str(name))
+    if not scene.geometry:
+        raise ValueError(f"{p}: no mesh to write")
+    with atomic_path(p, suffix=p.suffix) as tmp:
+        tmp.write_bytes(scene.export(file_type="glb"))
     return p
 
 

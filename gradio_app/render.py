@@ -359,26 +359,10 @@ def save_scene_glb(meshes, path: str | os.PathLike) -> Path | None:
     -------
     The path, or None when there is no mesh to show.
     """
-    import trimesh
-    from trimesh.visual import TextureVisuals
-    from trimesh.visual.material import PBRMaterial
+    from core.mesh import save_scene
 
-    scene = trimesh.Scene()
-    for i, (mesh, colour) in enumerate(meshes):
-        if mesh is None:
-            continue
-        tm = trimesh.Trimesh(
-            np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces), process=False
-        )
-        material = PBRMaterial(
-            baseColorFactor=[*colour, 255], metallicFactor=0.0, roughnessFactor=0.7
-        )
-        tm.visual = TextureVisuals(material=material)
-        _ = tm.vertex_normals  # cached normals are exported: smooth shading in the viewer
-        scene.add_geometry(tm, node_name=f"object_{i + 1}")
-    if not scene.geometry:
+    parts = [(f"object_{i + 1}", m, c) for i, (m, c) in enumerate(meshes) if m is not None]
+    if not parts:
         return None
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(scene.export(file_type="glb"))
-    return p
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_scene(parts, path)

@@ -455,13 +455,9 @@ def _attrs(layer) -> dict:
 
 def _class_meshes(data, affine) -> list:
     """[(class, vertices world mm, faces)] of every class of a label map (smoothed)."""
-    from core.mesh import mask_to_mesh
+    from core.mesh import label_meshes
 
-    out = []
-    for c in (int(v) for v in np.unique(data) if v != 0):
-        mesh = mask_to_mesh(data == c, affine, smooth_iterations=5)
-        out.append((c, mesh.vertices, mesh.faces))
-    return out
+    return [(c, m.vertices, m.faces) for c, m in label_meshes(data, affine, smooth_iterations=5)]
 
 
 def _class_meshes_all(jobs) -> list:

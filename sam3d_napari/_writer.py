@@ -1,4 +1,5 @@
-"""Writers: Labels -> NIfTI on the original grid; Surface -> .glb / .obj / .ply / .stl.
+"""Writers: Labels -> NIfTI on the original grid, or one surface mesh per class; Surface ->
+.glb / .obj / .ply / .stl.
 
 Both write atomically through ``core`` (a crash never leaves a half-written file). A Labels
 layer that came from a NIfTI file goes back in that file's own orientation with its exact
@@ -14,7 +15,13 @@ import numpy as np
 
 from sam3d_napari._layers import meta_affine
 
-__all__ = ["write_labels", "write_surface", "labels_to_volume", "surface_to_mesh"]
+__all__ = [
+    "write_labels",
+    "write_labels_meshes",
+    "write_surface",
+    "labels_to_volume",
+    "surface_to_mesh",
+]
 
 
 def labels_to_volume(data, meta: dict, path=None):
@@ -56,6 +63,59 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         p = p.with_name(p.name + ".nii.gz")
     save_label(labels_to_volume(data, meta, p), p)
     return [str(p)]
+
+
+def write_labels_meshes(path: str, data, meta: dict) -> list[str]:
+    """npe2 single-layer writer for Labels -> one surface per class, in world mm.
+
+    ``.glb``: one scene, a node per class (``class_<k>`` or ``<k>_<name>`` with the dataset's
+    organ names) in the layer's colours. ``.obj`` / ``.ply`` / ``.stl`` hold one mesh each:
+    ``<stem>_<k>[_<name>]<suffix>`` per class, next to ``path``.
+
+    Raises
+    ------
+    ValueError
+        Not 3D, not integer, or nothing labelled.
+    """
+    from core.mesh import MESH_FORMATS, label_meshes, save_mesh, save_scene
+
+    p = Path(path)
+    if p.suffix.lower() not in MESH_FORMATS:
+        p = p.with_name(p.name + ".glb")
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise ValueError(f"{p}: only 3D label maps can be saved as meshes")
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise ValueError(f"{p}: label data must be integer, got {arr.dtype}")
+    meshes = label_meshes(arr.astype(np.int64, copy=False), meta_affine(meta))
+    if not meshes:
+        raise ValueError(f"{p}: the label map is empty: nothing to save as meshes")
+    names = (meta.get("metadata") or {}).get("label_names") or {}
+    names = {int(k): str(v) for k, v in names.items()}
+    colormap = meta.get("colormap")
+
+    def tag(c: int) -> str:
+        name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in names.get(c, ""))
+        return f"{c}_{name}" if name else f"class_{c}"
+
+    if p.suffix.lower() == ".glb":
+        colours = [_colour(colormap, c) for c, _ in meshes]
+        parts = [(tag(c), m, rgb) for (c, m), rgb in zip(meshes, colours, strict=True)]
+        return [os.fspath(save_scene(parts, p))]
+    stem = p.name[: -len(p.suffix)]
+    return [
+        os.fspath(save_mesh(m, p.with_name(f"{stem}_{tag(c).removeprefix('class_')}{p.suffix}")))
+        for c, m in meshes
+    ]
+
+
+def _colour(colormap, c: int):
+    """The (r, g, b) 0-255 napari draws class ``c`` in (None if unknown)."""
+    try:
+        rgba = np.asarray(colormap.map(np.array([c])), dtype=float).reshape(-1)[:3]
+    except Exception:  # no colormap in the attributes, or another kind
+        return None
+    return tuple(int(round(v * 255)) for v in np.clip(rgba, 0.0, 1.0))
 
 
 def surface_to_mesh(data, meta: dict):

@@ -3,6 +3,8 @@ the manifest's contributions (every widget docks from it)."""
 
 from __future__ import annotations
 
+import os
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -160,6 +162,56 @@ def test_surface_writer_saves_world_mm_meshes(make_napari_viewer, tmp_path):
         assert back.n_faces == mesh.n_faces, suffix
         np.testing.assert_allclose(back.bounds(), mesh.bounds(), atol=1e-3)
         assert back.volume() == pytest.approx(mesh.volume(), rel=1e-4)
+
+
+def test_labels_save_as_one_mesh_per_class_in_world_mm(make_napari_viewer, oblique_pair, tmp_path):
+    """Several organs in one label map: saved as .glb, one named node per class in the layer's
+    colours; as .ply (one mesh per file), one file per class; each in world mm, as the mesh
+    of that class from the file's own affine. An empty map is refused."""
+    import trimesh
+
+    from core.mesh import load_mesh, mask_to_mesh
+
+    _, lab_path, _, lab, a = oblique_pair
+    viewer = make_napari_viewer()
+    (labels,) = viewer.open(lab_path, plugin=PLUGIN)
+    labels.metadata["label_names"] = {1: "left kidney", 2: "spleen"}
+    viewer.layers.selection = {labels}
+    expected = {c: mask_to_mesh(lab == c, a, smooth_iterations=5) for c in (1, 2)}
+
+    written = viewer.layers.save(str(tmp_path / "organs.glb"), selected=True, plugin=PLUGIN)
+    scene = trimesh.load(written[0], force="scene")
+    assert sorted(scene.geometry) == ["1_left_kidney", "2_spleen"]
+    for c, name in ((1, "1_left_kidney"), (2, "2_spleen")):
+        part = scene.geometry[name]
+        np.testing.assert_allclose(part.bounds, expected[c].bounds(), atol=1e-3)
+        colour = np.asarray(labels.colormap.map(np.array([c]))).reshape(-1)[:3] * 255
+        np.testing.assert_allclose(part.visual.material.baseColorFactor[:3], colour, atol=1)
+
+    written = viewer.layers.save(str(tmp_path / "organs.ply"), selected=True, plugin=PLUGIN)
+    assert sorted(os.path.basename(p) for p in written) == [
+        "organs_1_left_kidney.ply",
+        "organs_2_spleen.ply",
+    ]
+    for c, path in zip((1, 2), sorted(written), strict=True):
+        back = load_mesh(path)
+        np.testing.assert_allclose(back.bounds(), expected[c].bounds(), atol=1e-3)
+        assert back.volume() == pytest.approx(expected[c].volume(), rel=1e-4)
+
+    # nothing labelled, or not a label map: one line naming the file (napari's save then
+    # writes nothing and says no writer could)
+    from sam3d_napari._writer import write_labels_meshes
+
+    empty = viewer.add_labels(np.zeros((6, 6, 6), np.uint8), name="empty")
+    viewer.layers.selection = {empty}
+    with pytest.warns(UserWarning, match="not a valid writer"):
+        assert viewer.layers.save(str(tmp_path / "empty.glb"), selected=True, plugin=PLUGIN) == []
+    assert not list(tmp_path.glob("empty*"))
+    meta = {"affine": np.eye(4)}
+    with pytest.raises(ValueError, match=r"empty\.glb: the label map is empty"):
+        write_labels_meshes(str(tmp_path / "empty.glb"), np.zeros((6, 6, 6), np.uint8), meta)
+    with pytest.raises(ValueError, match="label data must be integer"):
+        write_labels_meshes(str(tmp_path / "f.glb"), np.ones((6, 6, 6), np.float32), meta)
 
 
 def _bad_file(tmp_path, kind):
