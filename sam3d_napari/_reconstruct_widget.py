@@ -568,8 +568,10 @@ class ReconstructWidget(Container):
         data, report = commit_mask(
             target.data, result.mask, cid, overwrite=self.overlap.value == OVERWRITE
         )
-        target.data = data
+        undoable = _write_undoably(target, data)
         msg = report.message(target.name, self._class_name(target, cid))
+        if undoable:
+            msg += " (Ctrl+Z on the label map undoes it)"
         notify(msg, "warning" if report.clashes else "info")
         self.editor.set([])
         self._show(None)
@@ -600,3 +602,18 @@ class ReconstructWidget(Container):
             self.viewer.bind_key("n", None)
         except (KeyError, ValueError):
             pass
+
+
+def _write_undoably(layer, data) -> bool:
+    """Put ``data`` into the Labels ``layer`` as one step of its undo history (napari's
+    Ctrl+Z / ``layer.undo()`` takes the commit back); True if so. A map that had to widen its
+    type for the class id, or data that is not a numpy array, is replaced (not undoable)."""
+    old = layer.data
+    if not (isinstance(old, np.ndarray) and old.dtype == data.dtype and old.shape == data.shape):
+        layer.data = data
+        return False
+    changed = np.nonzero(old != data)
+    if changed[0].size:
+        with layer.block_history():  # one undo step for the whole object
+            layer.data_setitem(changed, data[changed])
+    return True

@@ -283,10 +283,19 @@ def test_commit_two_objects_keeps_both_and_never_overwrites_silently(
     _wait(widget, qtbot)
     rv_mask = widget.result.mask & ~lv_mask
     widget.commit()
-    labels = np.asarray(target.data)
+    labels = np.asarray(target.data).copy()
     assert np.array_equal(labels == LV, lv_mask)  # the first object is intact
     assert np.array_equal(labels == RV, rv_mask)  # the second fills only free voxels
     assert set(np.unique(labels)) == {0, LV, RV}
+    # each commit is one step of the label map's own undo history (napari's Ctrl+Z)
+    assert "Ctrl+Z on the label map undoes it" in widget.status.value
+    target.undo()
+    assert set(np.unique(np.asarray(target.data))) == {0, LV}
+    target.undo()
+    assert not np.asarray(target.data).any()
+    target.redo()
+    target.redo()
+    assert np.array_equal(np.asarray(target.data), labels)
 
     # the same LV again as class 5: "keep" leaves the LV voxels and says how many
     widget.class_id.value = 5
