@@ -602,6 +602,10 @@ class ReconstructWidget(Container):
             self.viewer.bind_key("n", None)
         except (KeyError, ValueError):
             pass
+        try:  # its helper layers go with it (a reopened widget makes its own)
+            self.editor.attach(None)
+        except Exception:  # the viewer itself is closing: its layers go anyway
+            pass
 
 
 def _write_undoably(layer, data) -> bool:

@@ -149,13 +149,17 @@ def test_closing_the_dock_widget_stops_it_answering_clicks(make_napari_viewer, f
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT)
     viewer.open_sample(PLUGIN, "heart")
     widget.auto_run.value = False
+    _click_voxel(viewer, widget, (30, 30, 31))
+    prompts = widget.prompt_layer
     viewer.window.remove_dock_widget(dock)  # napari's close button (the widget stays alive)
+    assert prompts not in viewer.layers  # its prompts layer went with it
     _, again = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT)
     again.auto_run.value = False
     assert again is not widget
     _click_voxel(viewer, again, (30, 30, 31))
     assert len(again.prompts().clicks) == 1
     assert widget.prompts().clicks == ()  # the closed one no longer takes clicks
+    assert [lyr.name for lyr in viewer.layers if "prompts" in lyr.name] == [again.prompt_layer.name]
 
 
 # --------------------------------------------------------------------------------------------
