@@ -8,6 +8,7 @@ affine, so reading the written file gives the same data and affine as reading th
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -16,12 +17,32 @@ import numpy as np
 from sam3d_napari._layers import meta_affine
 
 __all__ = [
+    "SaveError",
     "write_labels",
     "write_labels_meshes",
     "write_surface",
     "labels_to_volume",
     "surface_to_mesh",
 ]
+
+
+class SaveError(OSError):
+    """A layer that cannot be saved as asked, with the reason in one line. napari takes a
+    writer's ValueError for "this writer does not apply" and shows only "not a valid writer";
+    this error reaches the user with its message."""
+
+
+def _one_line_errors(writer):
+    """The writer's ValueErrors (bad data for the format) become :class:`SaveError`."""
+
+    @functools.wraps(writer)
+    def write(path, *args):
+        try:
+            return writer(path, *args)
+        except ValueError as exc:
+            raise SaveError(str(exc)) from exc
+
+    return write
 
 
 def labels_to_volume(data, meta: dict, path=None):
@@ -54,6 +75,7 @@ def labels_to_volume(data, meta: dict, path=None):
     return LabelVolume(np.ascontiguousarray(arr), affine, None if path is None else str(path))
 
 
+@_one_line_errors
 def write_labels(path: str, data, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels -> ``.nii.gz`` / ``.nii``."""
     from core.io import save_label, strip_nifti_suffix
@@ -65,6 +87,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     return [str(p)]
 
 
+@_one_line_errors
 def write_labels_meshes(path: str, data, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels -> one surface per class, in world mm.
 
@@ -74,7 +97,7 @@ def write_labels_meshes(path: str, data, meta: dict) -> list[str]:
 
     Raises
     ------
-    ValueError
+    SaveError
         Not 3D, not integer, or nothing labelled.
     """
     from core.mesh import MESH_FORMATS, label_meshes, save_mesh, save_scene
@@ -125,11 +148,14 @@ def surface_to_mesh(data, meta: dict):
 
     vertices, faces = np.asarray(data[0], dtype=np.float64), np.asarray(data[1])
     if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise ValueError("only 3D surfaces can be saved as meshes")
+        raise ValueError(
+            f"{meta.get('name') or 'surface'}: only 3D surfaces can be saved as meshes"
+        )
     world = voxel_to_world(meta_affine(meta), vertices)
     return Mesh(world, faces)
 
 
+@_one_line_errors
 def write_surface(path: str, data, meta: dict) -> list[str]:
     """npe2 single-layer writer for Surface -> ``.glb``, ``.obj``, ``.ply`` or ``.stl``."""
     from core.mesh import MESH_FORMATS, save_mesh

@@ -198,20 +198,20 @@ def test_labels_save_as_one_mesh_per_class_in_world_mm(make_napari_viewer, obliq
         np.testing.assert_allclose(back.bounds(), expected[c].bounds(), atol=1e-3)
         assert back.volume() == pytest.approx(expected[c].volume(), rel=1e-4)
 
-    # nothing labelled, or not a label map: one line naming the file (napari's save then
-    # writes nothing and says no writer could)
-    from sam3d_napari._writer import write_labels_meshes
+    # nothing labelled, a float map, a negative label: napari's save raises the one line
+    # (a ValueError was taken for "no writer" and the user read only "not a valid writer")
+    from sam3d_napari._writer import SaveError
 
     empty = viewer.add_labels(np.zeros((6, 6, 6), np.uint8), name="empty")
-    viewer.layers.selection = {empty}
-    with pytest.warns(UserWarning, match="not a valid writer"):
-        assert viewer.layers.save(str(tmp_path / "empty.glb"), selected=True, plugin=PLUGIN) == []
-    assert not list(tmp_path.glob("empty*"))
-    meta = {"affine": np.eye(4)}
-    with pytest.raises(ValueError, match=r"empty\.glb: the label map is empty"):
-        write_labels_meshes(str(tmp_path / "empty.glb"), np.zeros((6, 6, 6), np.uint8), meta)
-    with pytest.raises(ValueError, match="label data must be integer"):
-        write_labels_meshes(str(tmp_path / "f.glb"), np.ones((6, 6, 6), np.float32), meta)
+    negative = viewer.add_labels(np.full((6, 6, 6), -1, np.int16), name="negative")
+    for layer, name, problem in [
+        (empty, "empty.glb", r"empty\.glb: the label map is empty: nothing to save as meshes"),
+        (negative, "negative.nii.gz", r"negative\.nii\.gz: label map has negative values"),
+    ]:
+        viewer.layers.selection = {layer}
+        with pytest.raises(SaveError, match=problem):
+            viewer.layers.save(str(tmp_path / name), selected=True, plugin=PLUGIN)
+    assert not list(tmp_path.glob("empty*")) and not list(tmp_path.glob("negative*"))
 
 
 def _bad_file(tmp_path, kind):
