@@ -70,6 +70,7 @@ class ReconstructWidget(Container):
         self._alive = True
         self.editor = PromptEditor(viewer, on_edit=self._after_edit, on_box=self._on_box_drawn)
         self._results: dict = {}  # (settings, actions) -> core.engine.Result
+        self._failed = None  # the key whose run failed last (not re-run by itself)
         self._shown = None  # the Result on screen
         self._worker = None
         self._pending = False
@@ -283,6 +284,8 @@ class ReconstructWidget(Container):
             raise ValueError("no image chosen")
         key = (id(img.data), meta_affine(img).tobytes())
         if self._volume_cache[0] != key:
+            if self._volume_cache[0] is not None:  # the layer moved or got new data: the
+                self._results.clear()  # results are of the old grid (no previous for it)
             self._volume_cache = (key, volume_of(img))
         return self._volume_cache[1]
 
@@ -437,16 +440,16 @@ class ReconstructWidget(Container):
         if self._worker is not None:
             self._pending = True
             return
-        key = self._key()
-        if key in self._results:
-            self._show(self._results[key])
-            return
         try:
-            volume = self._volume()
+            volume = self._volume()  # first: a moved layer's results are dropped
             adapter = self.adapter
             prompts = self.prompts()
         except ValueError as exc:  # core's InputError is a ValueError
             self.status.show_message(one_line(exc), "error")
+            return
+        key = self._key()
+        if key in self._results:
+            self._show(self._results[key])
             return
         previous = self._results.get((key[0], key[1][:-1]))
         self.status.show_message(f"Reconstructing from {len(self.editor.actions)} prompt(s)...")
@@ -462,7 +465,7 @@ class ReconstructWidget(Container):
             _ignore_errors=True,
         )
         self._worker.returned.connect(lambda res, k=key: self._on_result(k, res))
-        self._worker.errored.connect(self._on_error)
+        self._worker.errored.connect(lambda exc, k=key: self._on_error(exc, k))
         self._worker.finished.connect(self._on_finished)
         start_worker(self._worker)
 
@@ -473,7 +476,8 @@ class ReconstructWidget(Container):
         if key == self._key():
             self._show(result)
 
-    def _on_error(self, exc):
+    def _on_error(self, exc, key=None):
+        self._failed = key  # not re-run by itself (it failed for these prompts and settings)
         msg = one_line(exc)
         self.status.show_message(f"Reconstruction failed: {msg}", "error")
         notify(msg, "error")
@@ -483,6 +487,7 @@ class ReconstructWidget(Container):
         if not self._alive:
             return
         if self._pending or (self.editor.actions and self._key() not in self._results
+                             and self._key() != self._failed
                              and self.auto_run.value and self.editor.has_positive()):  # fmt: skip
             self._pending = False
             self.run()

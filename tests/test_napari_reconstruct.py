@@ -343,6 +343,40 @@ def test_undo_shows_the_previous_result_and_clear_empties(make_napari_viewer, qt
     assert not np.asarray(widget.mask_layer.data).any()
 
 
+def test_a_click_after_the_image_layer_moved_runs_on_its_new_place(
+    make_napari_viewer, qtbot, fast_model
+):
+    """The results of the old place are not the previous result of the new one (the engine
+    refuses a previous of another grid; the refusal was retried without end)."""
+    viewer = make_napari_viewer()
+    widget, image, gt = _sample(viewer)
+    voxel = _organ_click(gt, LV).voxel()
+    _click_voxel(viewer, widget, voxel)
+    _wait(widget, qtbot)
+    image.translate = np.asarray(image.translate) + 5.0
+    _click_voxel(viewer, widget, (voxel[0], voxel[1] + 2, voxel[2]))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "failed" not in widget.status.value
+    np.testing.assert_allclose(widget.result.affine[:3, 3], widget._volume().affine[:3, 3])
+
+
+def test_a_failed_run_is_not_retried_without_end(make_napari_viewer, qtbot, fast_model):
+    viewer = make_napari_viewer()
+    widget, _, gt = _sample(viewer)
+    calls = []
+
+    def fail(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("out of memory")
+
+    widget.session.predict = fail
+    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
+    qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
+    qtbot.wait(300)
+    assert not widget.busy and len(calls) == 1
+    assert "Reconstruction failed: RuntimeError: out of memory" in widget.status.value
+
+
 def test_removing_the_image_while_it_reconstructs_lets_go_of_it(
     make_napari_viewer, qtbot, fast_model
 ):
