@@ -110,11 +110,12 @@ def write_labels_meshes(path: str, data, meta: dict) -> list[str]:
         raise ValueError(f"{p}: only 3D label maps can be saved as meshes")
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise ValueError(f"{p}: label data must be integer, got {arr.dtype}")
-    meshes = label_meshes(arr.astype(np.int64, copy=False), meta_affine(meta))
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8)  # no wider copy: a CT-sized map is large
+    meshes = label_meshes(arr, meta_affine(meta))
     if not meshes:
         raise ValueError(f"{p}: the label map is empty: nothing to save as meshes")
-    names = (meta.get("metadata") or {}).get("label_names") or {}
-    names = {int(k): str(v) for k, v in names.items()}
+    names = _class_names(meta)
     colormap = meta.get("colormap")
 
     def tag(c: int) -> str:
@@ -130,6 +131,21 @@ def write_labels_meshes(path: str, data, meta: dict) -> list[str]:
         os.fspath(save_mesh(m, p.with_name(f"{stem}_{tag(c).removeprefix('class_')}{p.suffix}")))
         for c, m in meshes
     ]
+
+
+def _class_names(meta: dict) -> dict[int, str]:
+    """The layer's ``label_names`` as {class id: name}; entries that do not map a class id
+    (an int, or a str of one) to a name are left out (the names only decorate the files)."""
+    names = (meta.get("metadata") or {}).get("label_names")
+    out = {}
+    for k, v in names.items() if isinstance(names, dict) else ():
+        try:
+            c = int(k)
+        except (TypeError, ValueError):
+            continue
+        if v is not None and str(v).strip():
+            out[c] = str(v).strip()
+    return out
 
 
 def _colour(colormap, c: int):

@@ -214,6 +214,37 @@ def test_labels_save_as_one_mesh_per_class_in_world_mm(make_napari_viewer, obliq
     assert not list(tmp_path.glob("empty*")) and not list(tmp_path.glob("negative*"))
 
 
+def test_labels_as_meshes_take_any_names_and_no_wide_copy(tmp_path):
+    """label_names that are not {class id: name} (a name -> id mapping, a None name) only
+    lose their decoration, never the save (it raised 'invalid literal for int()'); a bool map
+    saves as class 1; a CT-sized map is not copied to int64 (8 times its size, twice)."""
+    import tracemalloc
+
+    import trimesh
+
+    from sam3d_napari._writer import write_labels_meshes
+
+    lab = np.zeros((12, 12, 12), np.uint8)
+    lab[2:6, 2:6, 2:6], lab[7:11, 7:11, 7:11] = 1, 2
+    names = {"liver": 1, "2": "spleen", 1: None}
+    (path,) = write_labels_meshes(
+        str(tmp_path / "o.glb"), lab, {"metadata": {"label_names": names}}
+    )
+    assert sorted(trimesh.load(path, force="scene").geometry) == ["2_spleen", "class_1"]
+    (path,) = write_labels_meshes(str(tmp_path / "b.glb"), lab == 1, {})
+    assert sorted(trimesh.load(path, force="scene").geometry) == ["class_1"]
+
+    big = np.zeros((192, 192, 192), np.uint8)  # 7 MB
+    big[90:100, 90:100, 90:100] = 3
+    tracemalloc.start()
+    try:
+        write_labels_meshes(str(tmp_path / "big.ply"), big, {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * big.nbytes, peak
+
+
 def _bad_file(tmp_path, kind):
     path = tmp_path / f"bad-{kind}.nii.gz"
     if kind == "corrupt":
