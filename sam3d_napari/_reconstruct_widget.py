@@ -616,7 +616,8 @@ class ReconstructWidget(Container):
 def _write_undoably(layer, data) -> bool:
     """Put ``data`` into the Labels ``layer`` as one step of its undo history (napari's
     Ctrl+Z / ``layer.undo()`` takes the commit back); True if so. A map that had to widen its
-    type for the class id, or data that is not a numpy array, is replaced (not undoable)."""
+    type for the class id, or data that is not a numpy array, is replaced (not undoable); a
+    commit that changes no voxel (all kept) is no step (Ctrl+Z would undo the one before)."""
     old = layer.data
     if not (isinstance(old, np.ndarray) and old.dtype == data.dtype and old.shape == data.shape):
         layer.data = data
@@ -625,4 +626,4 @@ def _write_undoably(layer, data) -> bool:
     if changed[0].size:
         with layer.block_history():  # one undo step for the whole object
             layer.data_setitem(changed, data[changed])
-    return True
+    return bool(changed[0].size)

@@ -537,6 +537,21 @@ def test_screenshots_show_the_result_in_2d_and_3d(make_napari_viewer, qtbot, fas
     assert _yellow(shot3d) > 1000  # the surface is drawn
 
 
+def test_a_commit_that_changes_nothing_is_no_undo_step():
+    """All voxels kept: no step, and no 'Ctrl+Z undoes it' (it would undo the commit before)."""
+    from napari.layers import Labels
+
+    from sam3d_napari._reconstruct_widget import _write_undoably
+
+    layer = Labels(np.zeros((4, 4, 4), np.uint8))
+    data = np.asarray(layer.data).copy()
+    data[1] = 2
+    assert _write_undoably(layer, data)
+    assert not _write_undoably(layer, data.copy())  # the same again: nothing changes
+    layer.undo()
+    assert not np.asarray(layer.data).any()  # the one undo takes the real commit back
+
+
 def test_commit_rule_reports_clashes_and_widens_for_large_class_ids():
     from core.labelmap import commit_mask, next_free_class
 
