@@ -62,8 +62,11 @@ def commit_mask(labels, mask, class_id: int, *, overwrite: bool):
     mask = np.asarray(mask, dtype=bool)
     if data.shape != mask.shape:
         raise ValueError(f"the object {mask.shape} is not on the label map's grid {data.shape}")
-    if np.issubdtype(data.dtype, np.integer) and class_id > np.iinfo(data.dtype).max:
-        data = data.astype(np.uint16 if class_id < 65536 else np.uint32)
+    if data.dtype == np.bool_ or (
+        np.issubdtype(data.dtype, np.integer) and class_id > np.iinfo(data.dtype).max
+    ):  # a bool map holds no class above 1 (class 3 was written as True)
+        small = data.dtype == np.bool_ and class_id < 256
+        data = data.astype(np.uint8 if small else np.uint16 if class_id < 65536 else np.uint32)
     else:
         data = data.copy()  # a new array: napari redraws a Labels layer on assignment
     had = int(np.count_nonzero(data == class_id))

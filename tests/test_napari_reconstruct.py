@@ -537,6 +537,19 @@ def test_screenshots_show_the_result_in_2d_and_3d(make_napari_viewer, qtbot, fas
     assert _yellow(shot3d) > 1000  # the surface is drawn
 
 
+def test_commit_rule_into_a_bool_map_keeps_the_class_id():
+    from core.labelmap import commit_mask
+
+    labels = np.zeros((3, 3, 3), bool)
+    labels[0] = True
+    mask = np.zeros((3, 3, 3), bool)
+    mask[2] = True
+    data, report = commit_mask(labels, mask, 3, overwrite=False)
+    assert data.dtype == np.uint8 and set(np.unique(data)) == {0, 1, 3}  # 3 was True
+    assert report.voxels == 9 and not report.clashes
+    assert commit_mask(labels, mask, 300, overwrite=False)[0].max() == 300
+
+
 def test_a_commit_that_changes_nothing_is_no_undo_step():
     """All voxels kept: no step, and no 'Ctrl+Z undoes it' (it would undo the commit before)."""
     from napari.layers import Labels
