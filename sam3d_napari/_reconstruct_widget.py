@@ -622,7 +622,10 @@ def _write_undoably(layer, data) -> bool:
     if not (isinstance(old, np.ndarray) and old.dtype == data.dtype and old.shape == data.shape):
         layer.data = data
         return False
-    changed = np.nonzero(old != data)
+    # the history keeps the indices of the changed voxels: the smallest integer type that
+    # holds them (2 bytes per axis for volumes under 65536 voxels a side, not 8)
+    index_type = np.uint16 if max(data.shape) <= 65536 else np.int64
+    changed = tuple(ix.astype(index_type) for ix in np.nonzero(old != data))
     if changed[0].size:
         with layer.block_history():  # one undo step for the whole object
             layer.data_setitem(changed, data[changed])

@@ -98,7 +98,7 @@ def write_labels_meshes(path: str, data, meta: dict) -> list[str]:
     Raises
     ------
     SaveError
-        Not 3D, not integer, or nothing labelled.
+        Not 3D, not integer, negative values, or nothing labelled.
     """
     from core.mesh import MESH_FORMATS, label_meshes, save_mesh, save_scene
 
@@ -112,6 +112,8 @@ def write_labels_meshes(path: str, data, meta: dict) -> list[str]:
         raise ValueError(f"{p}: label data must be integer, got {arr.dtype}")
     if arr.dtype == np.bool_:
         arr = arr.view(np.uint8)  # no wider copy: a CT-sized map is large
+    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
+        raise ValueError(f"{p}: label map has negative values (min {int(arr.min())})")
     meshes = label_meshes(arr, meta_affine(meta))
     if not meshes:
         raise ValueError(f"{p}: the label map is empty: nothing to save as meshes")

@@ -207,6 +207,7 @@ def test_labels_save_as_one_mesh_per_class_in_world_mm(make_napari_viewer, obliq
     for layer, name, problem in [
         (empty, "empty.glb", r"empty\.glb: the label map is empty: nothing to save as meshes"),
         (negative, "negative.nii.gz", r"negative\.nii\.gz: label map has negative values"),
+        (negative, "negative.glb", r"negative\.glb: label map has negative values"),
     ]:
         viewer.layers.selection = {layer}
         with pytest.raises(SaveError, match=problem):
