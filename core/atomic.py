@@ -20,6 +20,7 @@ import numpy as np
 from core.errors import InputError
 
 __all__ = [
+    "safe_name",
     "atomic_path",
     "json_text",
     "make_output_dir",
@@ -28,6 +29,12 @@ __all__ = [
     "save_npy",
     "save_npz",
 ]
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file name part: every character other than a letter, a digit, ``-`` or
+    ``_`` becomes ``_`` (no path separators, no spaces)."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(text))
 
 
 def make_output_dir(path: str | os.PathLike) -> Path:

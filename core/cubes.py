@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from core.clicks import AXIAL_AXIS, Box, Click, PromptSet, fix_clicked_error, next_click
 from core.cube import Cube, axis_directions, sample_into_cube
-from core.engine import CubePolicy
+from core.cube_policy import CubePolicy
 from core.errors import InputError
 from core.geometry import mask_bbox
 from core.io import spacing_of, voxel_to_world, world_to_voxel

@@ -251,10 +251,10 @@ def _write_downloads(s: Session, done, out: Path) -> tuple[list[str], str]:
 
 
 def _safe_stem(name: str) -> str:
+    from core.atomic import safe_name
     from core.io import strip_nifti_suffix
 
-    stem = strip_nifti_suffix(name) or name
-    keep = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem).strip("_")
+    keep = safe_name(strip_nifti_suffix(name) or name).strip("_")
     return keep[:60] or "volume"
 
 

@@ -25,7 +25,7 @@ from sam3d_napari._compare import (
     to_csv,
     to_json_obj,
 )
-from sam3d_napari._layers import meta_affine
+from sam3d_napari._layers import label_names_of, meta_affine
 from sam3d_napari._qt_common import (
     StatusLabel,
     form,
@@ -156,7 +156,7 @@ class CompareWidget(Container):
             pred = ("labels", data, affine)
         names = {}  # the reader's names from the dataset, the ground truth's first
         for lyr in (pred_layer, gt_layer):
-            names.update((lyr.metadata or {}).get("label_names") or {})
+            names.update(label_names_of(lyr.metadata))
         return gt, gt_affine, pred, names
 
     def compute(self, *_):

@@ -107,10 +107,11 @@ def count_classes(job: FinetuneJob, data_root: Path) -> int:
 
 
 def _write_layers_dataset(job: FinetuneJob, out: Path) -> Path:
+    from core.atomic import safe_name
     from core.io import LabelVolume, Volume, save_image, save_label
 
     root = out / "layers_dataset"
-    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in job.case_name) or "case"
+    name = safe_name(job.case_name) or "case"
     img_path = root / "volumes" / f"{name}.nii.gz"
     lab_path = root / "labels" / f"{name}.nii.gz"
     if not (job.resume and img_path.is_file() and lab_path.is_file()):

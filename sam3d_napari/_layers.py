@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "label_names_of",
     "layer_transform",
     "affine_from_transform",
     "layer_affine",
@@ -118,6 +119,22 @@ def meta_affine(layer_or_meta, *, atol: float = 1e-4) -> np.ndarray:
         if stored.shape == (4, 4) and np.allclose(stored, current, atol=atol, rtol=0):
             return stored
     return current
+
+
+def label_names_of(metadata) -> dict[int, str]:
+    """A layer's ``metadata["label_names"]`` (the reader's organ names) as {class id: name}.
+    Keys may be ints or strings of ints (JSON); entries that do not map a class id to a name
+    are left out (the names only decorate messages and files)."""
+    names = (metadata or {}).get("label_names")
+    out = {}
+    for k, v in names.items() if isinstance(names, dict) else ():
+        try:
+            c = int(k)
+        except (TypeError, ValueError):
+            continue
+        if v is not None and str(v).strip():
+            out[c] = str(v).strip()
+    return out
 
 
 def same_grid(shape_a, affine_a, shape_b, affine_b, *, atol: float = 1e-3) -> bool:

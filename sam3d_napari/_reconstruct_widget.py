@@ -25,8 +25,9 @@ from magicgui.widgets import (
 )
 
 from core.intensity import MODALITIES
-from core.labelmap import commit_mask, next_free_class
+from core.labelmap import next_free_class
 from core.modes import MODES, zoom_in_applies
+from sam3d_napari._commit import commit_object
 from sam3d_napari._layers import meta_affine, slice_axis
 from sam3d_napari._preload import Preloader
 from sam3d_napari._prompt_editor import PromptEditor
@@ -562,32 +563,19 @@ class ReconstructWidget(Container):
             self.status.show_message("Nothing to commit: reconstruct an object first.", "warning")
             return None
         cid = int(self.class_id.value)
-        target = self.target.value
-        if target is None or target not in self.viewer.layers:
-            dtype = np.uint8 if cid < 256 else np.uint16
-            target = self.viewer.add_labels(
-                np.zeros(img.data.shape, dtype), name=f"{img.name} labels", **placed_like(img)
-            )
+        target, data, msg, report = commit_object(
+            self.viewer, img, self.target.value, result.mask, cid,
+            overwrite=self.overlap.value == OVERWRITE,
+        )  # fmt: skip
+        if target is not self.target.value:  # a new label map
             self.target.reset_choices()
             self.target.value = target
-        data, report = commit_mask(
-            target.data, result.mask, cid, overwrite=self.overlap.value == OVERWRITE
-        )
-        undoable = _write_undoably(target, data)
-        msg = report.message(target.name, self._class_name(target, cid))
-        if undoable:
-            msg += " (Ctrl+Z on the label map undoes it)"
         notify(msg, "warning" if report.clashes else "info")
         self.editor.set([])
         self._show(None)
         self.class_id.value = next_free_class(data, cid, maximum=self.class_id.max)
         self.status.show_message(msg + ". Click the next object.")
         return target
-
-    @staticmethod
-    def _class_name(layer, cid) -> str:
-        names = (layer.metadata or {}).get("label_names") or {}
-        return str(names.get(cid) or names.get(str(cid)) or "")
 
     # ------------------------------------------------------------------------------ view
 
@@ -611,22 +599,3 @@ class ReconstructWidget(Container):
             self.editor.attach(None)
         except Exception:  # the viewer itself is closing: its layers go anyway
             pass
-
-
-def _write_undoably(layer, data) -> bool:
-    """Put ``data`` into the Labels ``layer`` as one step of its undo history (napari's
-    Ctrl+Z / ``layer.undo()`` takes the commit back); True if so. A map that had to widen its
-    type for the class id, or data that is not a numpy array, is replaced (not undoable); a
-    commit that changes no voxel (all kept) is no step (Ctrl+Z would undo the one before)."""
-    old = layer.data
-    if not (isinstance(old, np.ndarray) and old.dtype == data.dtype and old.shape == data.shape):
-        layer.data = data
-        return False
-    # the history keeps the indices of the changed voxels: the smallest integer type that
-    # holds them (2 bytes per axis for volumes under 65536 voxels a side, not 8)
-    index_type = np.uint16 if max(data.shape) <= 65536 else np.int64
-    changed = tuple(ix.astype(index_type) for ix in np.nonzero(old != data))
-    if changed[0].size:
-        with layer.block_history():  # one undo step for the whole object
-            layer.data_setitem(changed, data[changed])
-    return bool(changed[0].size)

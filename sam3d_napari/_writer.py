@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam3d_napari._layers import meta_affine
+from sam3d_napari._layers import label_names_of, meta_affine
 
 __all__ = [
     "SaveError",
@@ -56,16 +56,8 @@ def labels_to_volume(data, meta: dict, path=None):
     """
     from core.io import LabelVolume, to_file_orientation
 
-    arr = np.asarray(data)
-    if arr.ndim != 3:
-        raise ValueError(f"{path or 'labels'}: only 3D label maps can be saved as NIfTI")
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{path or 'labels'}: label data must be integer, got {arr.dtype}")
-    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
-    if lo < 0:
-        raise ValueError(f"{path or 'labels'}: label map has negative values (min {lo})")
+    arr = _label_array(data, path or "labels", "NIfTI")
+    hi = int(arr.max()) if arr.size else 0
     dtype = np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32
     arr = arr.astype(dtype, copy=False)
     affine = meta_affine(meta)
@@ -73,6 +65,21 @@ def labels_to_volume(data, meta: dict, path=None):
     if source is not None:
         arr, affine = to_file_orientation(arr, affine, np.asarray(source, dtype=np.float64))
     return LabelVolume(np.ascontiguousarray(arr), affine, None if path is None else str(path))
+
+
+def _label_array(data, path, what: str) -> np.ndarray:
+    """A Labels layer's data as a 3D non-negative integer array (a bool map viewed as uint8,
+    not copied: a CT-sized map is large); ValueError naming ``path`` otherwise."""
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: only 3D label maps can be saved as {what}")
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{path}: label data must be integer, got {arr.dtype}")
+    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
+        raise ValueError(f"{path}: label map has negative values (min {int(arr.min())})")
+    return arr
 
 
 @_one_line_errors
@@ -100,28 +107,21 @@ def write_labels_meshes(path: str, data, meta: dict) -> list[str]:
     SaveError
         Not 3D, not integer, negative values, or nothing labelled.
     """
+    from core.atomic import safe_name
     from core.mesh import MESH_FORMATS, label_meshes, save_mesh, save_scene
 
     p = Path(path)
     if p.suffix.lower() not in MESH_FORMATS:
         p = p.with_name(p.name + ".glb")
-    arr = np.asarray(data)
-    if arr.ndim != 3:
-        raise ValueError(f"{p}: only 3D label maps can be saved as meshes")
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        raise ValueError(f"{p}: label data must be integer, got {arr.dtype}")
-    if arr.dtype == np.bool_:
-        arr = arr.view(np.uint8)  # no wider copy: a CT-sized map is large
-    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
-        raise ValueError(f"{p}: label map has negative values (min {int(arr.min())})")
+    arr = _label_array(data, p, "meshes")
     meshes = label_meshes(arr, meta_affine(meta))
     if not meshes:
         raise ValueError(f"{p}: the label map is empty: nothing to save as meshes")
-    names = _class_names(meta)
+    names = label_names_of(meta.get("metadata"))
     colormap = meta.get("colormap")
 
     def tag(c: int) -> str:
-        name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in names.get(c, ""))
+        name = safe_name(names.get(c, ""))
         return f"{c}_{name}" if name else f"class_{c}"
 
     if p.suffix.lower() == ".glb":
@@ -133,21 +133,6 @@ def write_labels_meshes(path: str, data, meta: dict) -> list[str]:
         os.fspath(save_mesh(m, p.with_name(f"{stem}_{tag(c).removeprefix('class_')}{p.suffix}")))
         for c, m in meshes
     ]
-
-
-def _class_names(meta: dict) -> dict[int, str]:
-    """The layer's ``label_names`` as {class id: name}; entries that do not map a class id
-    (an int, or a str of one) to a name are left out (the names only decorate the files)."""
-    names = (meta.get("metadata") or {}).get("label_names")
-    out = {}
-    for k, v in names.items() if isinstance(names, dict) else ():
-        try:
-            c = int(k)
-        except (TypeError, ValueError):
-            continue
-        if v is not None and str(v).strip():
-            out[c] = str(v).strip()
-    return out
 
 
 def _colour(colormap, c: int):

@@ -554,13 +554,13 @@ def test_a_commit_that_changes_nothing_is_no_undo_step():
     """All voxels kept: no step, and no 'Ctrl+Z undoes it' (it would undo the commit before)."""
     from napari.layers import Labels
 
-    from sam3d_napari._reconstruct_widget import _write_undoably
+    from sam3d_napari._commit import write_undoably
 
     layer = Labels(np.zeros((4, 4, 4), np.uint8))
     data = np.asarray(layer.data).copy()
     data[1] = 2
-    assert _write_undoably(layer, data)
-    assert not _write_undoably(layer, data.copy())  # the same again: nothing changes
+    assert write_undoably(layer, data)
+    assert not write_undoably(layer, data.copy())  # the same again: nothing changes
     layer.undo()
     assert not np.asarray(layer.data).any()  # the one undo takes the real commit back
 
