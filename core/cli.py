@@ -294,6 +294,7 @@ def _run_predict(args) -> int:
         adapter=args.adapter,
         modality=args.modality,
         zoom_in=args.zoom_in,
+        on_warning=lambda text: print(f"sam3d predict: warning: {text}", file=sys.stderr),
     )
     for name, path in paths.items():
         print(f"predict: {name}: {path}")

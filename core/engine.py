@@ -48,7 +48,7 @@ from core.cube_policy import (
 )
 from core.errors import InputError
 from core.geometry import take_slice
-from core.intensity import DEFAULT_CT_WINDOW, normalize_intensity
+from core.intensity import DEFAULT_CT_WINDOW, intensity_warning, normalize_intensity
 from core.io import Volume, voxel_volume_mm3
 from core.model import CUBE_CHANNELS, Sam3DMed
 from core.orient import CanonicalFrame
@@ -77,6 +77,8 @@ class Result:
     passes : model runs (zoom steps and the refinement pass included)
     timings : milliseconds per stage and ``total``; ``model`` (all model passes) splits into
         ``inputs`` (resampling the cube, the views and pointmaps) and ``forward`` (the network)
+    warnings : one-line notes the user should see (e.g. values that do not look like the
+        chosen modality: :func:`core.intensity.intensity_warning`)
     """
 
     mask: np.ndarray
@@ -91,6 +93,7 @@ class Result:
     touches_border: bool
     passes: int
     timings: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def volume_ml(self) -> float:
@@ -233,7 +236,8 @@ class Reconstructor:
             self._canonical_cache = (volume.data, np.array(volume.affine), canon)
         return self._canonical_cache[2]
 
-    def _normalized(self, volume: Volume, modality: str, ct_window) -> np.ndarray:
+    def _normalized(self, volume: Volume, modality: str, ct_window) -> tuple[np.ndarray, tuple]:
+        """The normalised array and the warnings on its values."""
         # Keyed on the array object itself (kept alive by the cache, so its id cannot be
         # reused by another volume), not on id() alone.
         key = (modality, tuple(ct_window))
@@ -243,8 +247,9 @@ class Reconstructor:
                 bad = int(np.count_nonzero(~np.isfinite(volume.data)))
                 raise InputError(volume.path, f"contains {bad} NaN/Inf voxels")
             norm = normalize_intensity(volume.data, modality, ct_window=ct_window)
-            self._norm_cache = (volume.data, key, norm)
-        return self._norm_cache[2]
+            note = intensity_warning(volume.data, modality, ct_window=ct_window)
+            self._norm_cache = (volume.data, key, norm, (note,) if note else ())
+        return self._norm_cache[2], self._norm_cache[3]
 
     @torch.inference_mode()
     def _run(
@@ -402,7 +407,7 @@ class Reconstructor:
         t0 = time.perf_counter()
         model = self.model  # read once: every pass of this call runs the same weights
         timings: dict[str, float] = {}
-        image = self._normalized(volume, modality, ct_window)
+        image, warnings = self._normalized(volume, modality, ct_window)
         affine = volume.affine
         timings["normalize"] = _ms(t0)
         pol = policy or self.policy
@@ -494,6 +499,7 @@ class Reconstructor:
             touches,
             passes,
             timings,
+            warnings,
         )
 
 

@@ -68,6 +68,7 @@ def write_outputs(
         "passes": result.passes,
         "mode": result.mode,
         "touches_border": result.touches_border,
+        "warnings": list(result.warnings),
         "volume_ml": result.volume_ml,
         "cube_spacing_mm": result.cube.spacing,
         **(extra or {}),
@@ -89,11 +90,13 @@ def predict_to_folder(
     adapter=None,
     modality: str = "ct",
     zoom_in: bool = False,
+    on_warning=None,
 ) -> dict:
     """Load a volume, reconstruct from clicks on one slice, write the outputs.
 
     ``zoom_in``: the engine's optional zoom-in on small organs (volume mode;
-    :class:`core.engine.CubePolicy`)."""
+    :class:`core.engine.CubePolicy`). ``on_warning(text)`` receives each of the result's
+    warnings (they are also in ``timings.json``)."""
     from dataclasses import asdict
 
     from core.engine import CubePolicy, Reconstructor
@@ -106,6 +109,8 @@ def predict_to_folder(
     clicks += [Click(axis, slice_idx, r, c, False) for r, c in negatives]
     rec = Reconstructor.from_pretrained(checkpoint, adapter, policy=CubePolicy(zoom_in=zoom_in))
     result = rec.predict(volume, PromptSet(tuple(clicks)), mode=mode, modality=modality)
+    for text in result.warnings if on_warning else ():
+        on_warning(f"{volume_path}: {text}")
     extra = {"weights": rec.name, "cube_policy": asdict(rec.policy)}
     grid = SourceGrid.of_file(volume_path)
     return write_outputs(result, volume, Path(out_dir), extra=extra, grid=grid)

@@ -30,7 +30,7 @@ from core.atomic import make_output_dir, save_npy, save_npz, write_json
 from core.datasets import LAYOUTS, Case, discover
 from core.errors import InputError
 from core.geometry import slice_pointmap, take_slice
-from core.intensity import DEFAULT_CT_WINDOW, MODALITIES, normalize_intensity
+from core.intensity import DEFAULT_CT_WINDOW, MODALITIES, intensity_rule, normalize_intensity
 from core.io import load_pair
 from core.resample import resample_pair
 from core.sdf import class_sdfs
@@ -120,6 +120,8 @@ class PreprocessConfig:
         d["axes"] = list(self.axes)
         d["ct_window"] = list(self.ct_window)
         d["format_version"] = FORMAT_VERSION
+        # how intensities were normalised: a cache made under another rule is redone
+        d["intensity"] = intensity_rule(self.modality, self.ct_window)
         return d
 
 

@@ -57,6 +57,7 @@ def reconstruct_file(
     dict with ``mask`` (path of a .nii.gz on the input file's own grid and affine, 1 = organ),
     ``mesh`` (path of a .glb in world mm, or None when nothing was found) and ``info``
     (``timings_ms`` per stage, ``passes``, ``voxels``, ``volume_ml``, ``touches_border``,
+    ``warnings`` (one-line notes, e.g. values that do not look like the chosen modality),
     ``mode``, ``zoom_in``, ``adapter``, ``shape`` (the input's), ``wall_ms``).
     """
     from core.mesh import save_mesh
@@ -101,6 +102,7 @@ def reconstruct_file(
         "voxels": int(result.mask.sum()),
         "volume_ml": round(float(result.volume_ml), 3),
         "touches_border": bool(result.touches_border),
+        "warnings": list(result.warnings),
         "mode": settings.mode,
         "zoom_in": settings.zoom_in,
         "adapter": settings.weights,

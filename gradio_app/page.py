@@ -223,6 +223,8 @@ def _status(s: Session, view: View, redone: int) -> str:
             "\n\n*The structure may continue beyond what the model could see (it touches its "
             "field of view): check the edges.*"
         )
+    for note in r.warnings:
+        text += f"\n\n**Check the modality**: {note}."
     return text
 
 

@@ -550,7 +550,10 @@ class ReconstructWidget(Container):
         self.editor.select_points()
         text = result_summary(result)
         self.timing.value = text
-        self.status.show_message("Add clicks to refine, or commit the object.")
+        if result.warnings:  # values that do not fit the modality: say so where it is read
+            self.status.show_message(f"Check the Modality: {result.warnings[0]}.", "warning")
+        else:
+            self.status.show_message("Add clicks to refine, or commit the object.")
 
     # ------------------------------------------------------------------------------ commit
 

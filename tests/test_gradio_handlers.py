@@ -328,6 +328,41 @@ def test_upload_volume_and_labels(heart_files, tmp_path):
     session.close()
 
 
+def _reconstruct_at(engine, path, click, out_dir):
+    """The API handler on ``path`` with one positive ``click`` on an axial slice."""
+    return reconstruct_file(
+        engine,
+        path,
+        axis=2,
+        slice_index=click.slice_idx,
+        points=[(click.row, click.col)],
+        out_dir=out_dir,
+    )
+
+
+def test_an_eight_bit_volume_as_ct_says_to_check_the_modality(tmp_path, engine):
+    from core.synthetic import make_heart_phantom
+
+    image, label = make_heart_phantom(5)
+    u8 = (np.clip((image.data + 1024) / 1500, 0, 1) * 255).astype(np.uint8)
+    path = save_nifti(u8, image.affine, tmp_path / "grey.nii.gz")
+    session, view = H.load_volume(None, path, root=tmp_path)
+    gt = label.data == LV
+    c = first_click(gt)
+    session.slice_idx = c.slice_idx
+    x, y = pixel_of(session, c.row, c.col)
+    session, view = H.click(session, engine, x, y)
+    assert "**Check the modality**: values 0..255 do not look like CT" in view.status
+    as_ct = dice(session.current.result.mask, gt)
+    session, view = H.change_settings(session, engine, Settings(modality="mr"))
+    assert "Check the modality" not in view.status and "Redone 1 object" in view.status
+    assert dice(session.current.result.mask, gt) > as_ct
+    session.close()
+    # the API says it too
+    out = _reconstruct_at(engine, path, c, tmp_path / "o")
+    assert len(out["info"]["warnings"]) == 1 and "Hounsfield" in out["info"]["warnings"][0]
+
+
 def _bad(tmp_path, kind):
     img = np.zeros((16, 16, 16), np.float32)
     eye = np.eye(4)
@@ -430,14 +465,7 @@ def test_reconstruct_file_writes_the_mask_on_the_input_files_own_grid(tmp_path, 
     canonical = load_image(path)
     np.testing.assert_allclose(canonical.affine, image.affine)
     c = first_click(label.data == LV)
-    out = reconstruct_file(
-        engine,
-        path,
-        axis=2,
-        slice_index=c.slice_idx,
-        points=[(c.row, c.col)],
-        out_dir=tmp_path / "o",
-    )
+    out = _reconstruct_at(engine, path, c, tmp_path / "o")
     mask = nib.load(out["mask"])
     np.testing.assert_allclose(mask.affine, lps)
     assert mask.shape == data.shape

@@ -580,3 +580,26 @@ def test_commit_rule_reports_clashes_and_widens_for_large_class_ids():
     over, report = commit_mask(labels, mask, 4, overwrite=True)
     assert (over[:2] == 4).all() and "overwrote 16" in report.message("map", "LV")
     assert next_free_class(kept, 2) == 4  # 3 is taken
+
+
+def test_an_eight_bit_volume_opened_as_ct_says_to_check_the_modality(
+    make_napari_viewer, qtbot, fast_model
+):
+    from core.synthetic import make_heart_phantom
+    from sam3d_napari._layers import layer_transform
+    from sam3d_napari._widgets import ReconstructWidget
+
+    image, label = make_heart_phantom(7)
+    u8 = (np.clip((image.data + 1024) / 1500, 0, 1) * 255).astype(np.uint8)
+    viewer = make_napari_viewer()
+    viewer.add_image(
+        u8, name="grey", metadata={"affine": image.affine}, **layer_transform(image.affine)
+    )
+    widget = ReconstructWidget(viewer)
+    assert widget.modality.value == "ct"
+    _click_voxel(viewer, widget, _organ_click(label.data, LV).voxel())
+    _wait(widget, qtbot)
+    assert "Check the Modality: values 0..255 do not look like CT" in widget.status.value
+    widget.modality.value = "mr"  # re-runs the object with the new setting
+    qtbot.waitUntil(lambda: not widget.busy and "Check the Modality" not in widget.status.value)
+    assert "Add clicks to refine" in widget.status.value

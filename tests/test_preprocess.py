@@ -14,7 +14,6 @@ from conftest import REPO, oblique_affine, save_nifti, shared_dataset, two_organ
 from core.cli import main
 from core.errors import InputError
 from core.geometry import slice_voxel_index
-from core.intensity import normalize_intensity
 from core.io import LabelVolume, Volume, voxel_to_world
 from core.preprocess import PreprocessConfig, preprocess_dataset, select_slices
 from core.resample import resample_pair
@@ -123,6 +122,20 @@ def test_changed_parameters_are_refused_unless_overwrite(totalseg_dir, tmp_path,
     assert "other parameters" in err and "spacing: 3.0 -> 1.5" in err and str(out) in err
     assert _run(totalseg_dir, out, "--spacing", "1.5", "--overwrite") == 0
     assert json.loads((out / "manifest.json").read_text())["params"]["spacing"] == 1.5
+
+
+def test_a_cache_made_under_another_intensity_rule_is_refused(totalseg_dir, tmp_path, capsys):
+    """Caches record how intensities were normalised; one from before the rule was recorded
+    (or under another rule) is not mixed with new cases."""
+    out = tmp_path / "cache"
+    assert _run(totalseg_dir, out, "--modality", "mr") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["intensity"].startswith("mr: percentiles 0.5..99.5")
+    del manifest["params"]["intensity"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert _run(totalseg_dir, out, "--modality", "mr") == 1
+    err = capsys.readouterr().err
+    assert "other parameters" in err and "intensity: None -> 'mr: percentiles" in err
 
 
 def test_bad_cases_are_skipped_and_reported(tmp_path, capsys):
@@ -249,22 +262,6 @@ def test_select_slices_methods():
     r1 = select_slices(lab, (0, 1, 2), "random_axis", per_axis=2, seed=7)
     assert r1 == select_slices(lab, (0, 1, 2), "random_axis", per_axis=2, seed=7)
     assert len(r1) == 6 and set(r1) <= set(all_)
-
-
-def test_intensity_normalisation():
-    hu = np.array([-2000.0, -1000, 500, 2000, 5000]).reshape(1, 1, 5)
-    np.testing.assert_allclose(normalize_intensity(hu, "ct").ravel(), [0, 0, 0.5, 1, 1])
-    np.testing.assert_allclose(
-        normalize_intensity(hu, "ct", ct_window=(-100, 100)).ravel(), [0, 0, 1, 1, 1]
-    )
-    rng = np.random.default_rng(0)
-    mr = rng.normal(400, 50, (20, 20, 20))
-    z = normalize_intensity(mr, "mr")
-    assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.1
-    us = normalize_intensity(rng.uniform(0, 255, (20, 20, 20)), "us")
-    assert us.min() == 0 and us.max() == 1
-    with pytest.raises(ValueError, match="unknown modality"):
-        normalize_intensity(hu, "pet")
 
 
 def test_config_validation():
