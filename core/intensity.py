@@ -87,8 +87,9 @@ def intensity_warning(
     Only CT has units to check: a CT in Hounsfield units holds air or fat (below -100 HU)
     somewhere, and most of it inside the window. An 8-bit export (0..255) or raw scanner
     values opened as CT squeeze into a sliver of the window (an 8-bit heart: Dice 0.51-0.79
-    where its HU gave 0.86-0.94) or saturate it; both are fixed by choosing MR or US, which
-    scale by percentiles, or by a CT window that fits the values.
+    where its HU gave 0.86-0.94) or saturate it. Choosing MR or US, which scale by
+    percentiles, fixes both in every front end; from Python a ``ct_window`` that fits the
+    values does too.
     """
     if modality != "ct":
         return None
@@ -98,13 +99,13 @@ def intensity_warning(
     if lo >= _CT_LOWEST_HU:
         return (
             f"values {lo:g}..{hi:g} do not look like CT in Hounsfield units (no air or fat "
-            f"below {_CT_LOWEST_HU:g}): choose MR or US (scaled by percentiles) or set a CT "
-            "window that fits them"
+            f"below {_CT_LOWEST_HU:g}): choose the MR or US modality, which scale by "
+            "percentiles"
         )
     above = float(np.count_nonzero(x > top)) / x.size
     if above > 0.25:
         return (
-            f"{above:.0%} of the values lie above the CT window's top ({top:g} HU): choose MR "
-            "or US (scaled by percentiles) or set a CT window that fits them"
+            f"{above:.0%} of the values lie above the CT window's top ({top:g} HU): choose the "
+            "MR or US modality, which scale by percentiles"
         )
     return None

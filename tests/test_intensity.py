@@ -82,7 +82,7 @@ def test_eight_bit_or_raw_values_opened_as_ct_are_flagged():
     u8 = _eight_bit(hu)
     msg = intensity_warning(u8, "ct")
     assert msg and "values 0..255 do not look like CT in Hounsfield units" in msg
-    assert "choose MR or US" in msg and "\n" not in msg
+    assert "choose the MR or US modality" in msg and "\n" not in msg
     assert intensity_warning(u8, "mr") is None and intensity_warning(u8, "us") is None
     # raw 16-bit values with air below zero but most voxels above the window's top
     raw = (hu + 1024).astype(np.float32) * 4 - 200
