@@ -175,7 +175,7 @@ def render(
     if started is not None:
         view.timings["wall"] = round((time.perf_counter() - started) * 1000.0, 1)
     view.status = status if status is not None else _status(s, view, redone)
-    if overlap_note and status is None:
+    if overlap_note:  # every rewrite of the label map says what it kept, whatever the step
         view.status += f"\n\n{overlap_note}"
     return view
 

@@ -286,6 +286,10 @@ def test_overlapping_objects_never_overwrite_in_the_label_map(sample, engine):
     assert np.array_equal(labels == 2, second & ~first)
     assert f"{shared} voxels of object 2 stay with object 1" in view.status
     assert len(view.downloads) == 3
+    # the steps after it rewrite the label map and still say so
+    session, view = H.new_object(session)
+    assert "Object 3: click the next structure." in view.status
+    assert f"{shared} voxels of object 2 stay with object 1" in view.status
 
 
 def test_changing_axis_and_slice(sample):
