@@ -79,6 +79,14 @@ def affine_from_transform(*, scale, translate, rotate, shear=None, extra=None) -
     return out
 
 
+def move_layer(layer, affine) -> None:
+    """Place an existing layer's data with this voxel -> world affine (what
+    :func:`layer_transform` gives a new layer), e.g. to follow an image the user moved."""
+    layer.affine = np.eye(4)  # the whole placement goes into the four parts
+    for name, value in layer_transform(affine).items():
+        setattr(layer, name, value)
+
+
 def layer_affine(layer) -> np.ndarray:
     """The (4, 4) data index -> world matrix of a 3D napari layer (from its public transform
     attributes: ``scale``, ``translate``, ``rotate``, ``shear`` and ``affine``)."""

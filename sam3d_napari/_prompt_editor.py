@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sam3d_napari._layers import layer_transform, meta_affine, slice_axis
+from sam3d_napari._layers import layer_transform, meta_affine, move_layer, slice_axis
 from sam3d_napari._views import box_from_corners
 
 POSITIVE_COLOR, NEGATIVE_COLOR = "#30e030", "#ff3030"
@@ -73,6 +73,15 @@ class PromptEditor:
             self.viewer.layers.selection.active = self.points
         return self.points
 
+    def follow_image(self):
+        """Keep the helper layers on the image's grid: the user may have moved the image
+        since they were made (a box drawn on a layer left behind would name other voxels)."""
+        a = meta_affine(self.image) if self.image is not None else None
+        for lyr in (self.points, self.box_layer):
+            if a is not None and lyr is not None and lyr in self.viewer.layers:
+                if not np.allclose(meta_affine(lyr), a, atol=1e-6):
+                    move_layer(lyr, a)
+
     def forget_removed_layers(self):
         """The user removed a helper layer: forget it (and the clicks it showed)."""
         if self.points is not None and self.points not in self.viewer.layers:
@@ -121,6 +130,7 @@ class PromptEditor:
         layer = self.points
         if layer is None or layer not in self.viewer.layers:
             return
+        self.follow_image()
         clicks = [a for a in self.actions if not isinstance(a, Box)]
         self._syncing = True
         try:
@@ -162,6 +172,7 @@ class PromptEditor:
                 **_placement(self.image),
             )
             self.box_layer.events.data.connect(self._on_box_drawn)
+        self.follow_image()
         self.viewer.layers.selection.active = self.box_layer
         self.box_layer.mode = "add_rectangle"
 

@@ -8,7 +8,7 @@ import numpy as np
 from magicgui.widgets import Container, Label
 from qtpy.QtCore import QEvent, QObject
 
-from sam3d_napari._layers import layer_transform, meta_affine
+from sam3d_napari._layers import layer_transform, meta_affine, move_layer
 
 __all__ = [
     "layers_of",
@@ -80,6 +80,13 @@ def placed_like(layer) -> dict:
     meta = dict(layer.metadata or {})
     keep = {k: meta[k] for k in ("affine", "source_affine", "source_path") if k in meta}
     return {**layer_transform(meta_affine(layer)), "metadata": keep}
+
+
+def place_like(target, layer) -> None:
+    """Move an existing layer onto ``layer``'s grid (what :func:`placed_like` gives a new one),
+    e.g. after the user moved the image under it."""
+    target.metadata = {**(target.metadata or {}), **placed_like(layer)["metadata"]}
+    move_layer(target, meta_affine(layer))
 
 
 def one_line(exc: BaseException) -> str:

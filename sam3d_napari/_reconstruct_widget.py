@@ -40,6 +40,7 @@ from sam3d_napari._qt_common import (
     notify,
     on_close,
     one_line,
+    place_like,
     placed_like,
     reset_choices_in_order,
     row,
@@ -363,6 +364,8 @@ class ReconstructWidget(Container):
         if not self.editor.actions:
             self._show(None)
         elif self.editor.has_positive():
+            if self._image is not None:
+                self._volume()  # the image moved since? then its kept results are of the old grid
             cached = self._results.get(self._key())
             if cached is not None:
                 self._show(cached)
@@ -530,6 +533,8 @@ class ReconstructWidget(Container):
                 **placed_like(img),
             )
         else:
+            if not np.allclose(meta_affine(self._mask_layer), meta_affine(img), atol=1e-6):
+                place_like(self._mask_layer, img)  # the image moved: the object goes with it
             self._mask_layer.data = mask
         if result.mesh is not None and result.mesh.n_faces:
             data = (result.mesh.vertices, result.mesh.faces, np.ones(result.mesh.n_vertices))

@@ -360,6 +360,38 @@ def test_a_click_after_the_image_layer_moved_runs_on_its_new_place(
     np.testing.assert_allclose(widget.result.affine[:3, 3], widget._volume().affine[:3, 3])
 
 
+def test_undo_after_the_image_layer_moved_shows_the_result_on_its_new_place(
+    make_napari_viewer, qtbot, fast_model
+):
+    """The kept result of the clicks before is of the old place: undo runs them again on the
+    new one, and the object's layers and the prompt layers follow the image (a box drawn on a
+    box layer left behind would name other voxels)."""
+    from sam3d_napari._layers import layer_affine, meta_affine
+
+    viewer = make_napari_viewer()
+    widget, image, gt = _sample(viewer)
+    voxel = _organ_click(gt, LV).voxel()
+    _click_voxel(viewer, widget, voxel)
+    _wait(widget, qtbot)
+    first = widget.result
+    _click_voxel(viewer, widget, (voxel[0], voxel[1] + 2, voxel[2]))
+    qtbot.waitUntil(lambda: not widget.busy and widget.result is not first, timeout=60_000)
+    widget.start_box()  # made on the old place
+    image.translate = np.asarray(image.translate) + [5.0, -3.0, 2.0]
+    widget.undo()
+    qtbot.waitUntil(lambda: not widget.busy and widget.result is not None, timeout=60_000)
+    assert widget.result is not first and len(widget.result.prompts.clicks) == 1
+    np.testing.assert_allclose(widget.result.affine, meta_affine(image), atol=1e-6)
+    np.testing.assert_allclose(layer_affine(widget.mask_layer), meta_affine(image), atol=1e-6)
+    shift = widget.result.mesh.vertices.mean(0) - first.mesh.vertices.mean(0)
+    np.testing.assert_allclose(shift, [5.0, -3.0, 2.0], atol=1e-3)
+    for helper in (widget.prompt_layer, widget.box_layer):
+        np.testing.assert_allclose(meta_affine(helper), meta_affine(image), atol=1e-6)
+    np.testing.assert_allclose(
+        widget.prompt_layer.data_to_world(voxel), image.data_to_world(voxel), atol=1e-6
+    )
+
+
 def test_a_failed_run_is_not_retried_without_end(make_napari_viewer, qtbot, fast_model):
     viewer = make_napari_viewer()
     widget, _, gt = _sample(viewer)
