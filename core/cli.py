@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import InputError
 from core.intensity import MODALITIES
-from core.modes import MODES
+from core.modes import INDEX_ORDERS, MODES
 
 __all__ = ["main", "build_parser"]
 
@@ -271,6 +271,14 @@ def _add_predict(sub):
         metavar="ROW,COL",
         help="a negative click (repeatable)",
     )
+    p.add_argument(
+        "--indices",
+        choices=INDEX_ORDERS,
+        default="ras",
+        help="what --axis, --slice and ROW,COL index: ras = the volume turned to RAS+ (default; "
+        "for a RAS file its own order), file = the file's own array order (the voxel indices "
+        "3D Slicer, ITK-SNAP and nibabel show)",
+    )
     p.add_argument("--mode", choices=MODES, default="volume")
     p.add_argument("--modality", choices=MODALITIES, default="ct")
     _add_weights_args(p)
@@ -294,6 +302,7 @@ def _run_predict(args) -> int:
         adapter=args.adapter,
         modality=args.modality,
         zoom_in=args.zoom_in,
+        indices=args.indices,
         on_warning=lambda text: print(f"sam3d predict: warning: {text}", file=sys.stderr),
     )
     for name, path in paths.items():

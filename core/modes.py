@@ -6,9 +6,14 @@ whether a setting changes a result, before any model is loaded.
 
 from __future__ import annotations
 
-__all__ = ["MODES", "ZOOM_IN_MODES", "zoom_in_applies"]
+__all__ = ["INDEX_ORDERS", "MODES", "ZOOM_IN_MODES", "zoom_in_applies"]
 
 MODES = ("volume", "slice")  # "volume": the model sees the 3D volume; "slice": only the slice
+
+# What a file's slice and (row, col) indices refer to in `sam3d predict` and the web API: the
+# volume turned to RAS+ (the engine's grid; for a RAS file its own order), or the file's own
+# array order (the voxel indices 3D Slicer, ITK-SNAP and nibabel show).
+INDEX_ORDERS = ("ras", "file")
 
 # The engine's optional zoom-in (core.engine.CubePolicy) runs in volume mode only: it hurt
 # slice mode on both validation sets (see core.engine's module docstring).

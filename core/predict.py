@@ -15,13 +15,28 @@ from core.atomic import make_output_dir, write_json
 from core.clicks import Click, PromptSet, first_click
 from core.errors import InputError
 from core.io import Volume, load_image
+from core.modes import INDEX_ORDERS
 from core.source_grid import SourceGrid, save_mask
 
-__all__ = ["parse_point", "predict_to_folder", "run_demo", "DEMO_SEED"]
+__all__ = ["file_clicks_to_ras", "parse_point", "predict_to_folder", "run_demo", "DEMO_SEED"]
 
 # The demo's heart is drawn from a seed the training data never uses (training sets use
 # seeds 0.. and the test set 1000..).
 DEMO_SEED = 424242
+
+
+def file_clicks_to_ras(clicks, grid: SourceGrid, *, path=None) -> list[Click]:
+    """Clicks given in a file's own array order, on its canonical RAS+ grid (the same voxels).
+
+    Raises :class:`InputError` naming ``path`` for a click outside the file's array (checked in
+    the indices the user gave, so the message shows them)."""
+    from core.clicks import check_click_in_volume
+    from core.orient import CanonicalFrame
+
+    for c in clicks:
+        check_click_in_volume(c, grid.shape, path=path)
+    frame = CanonicalFrame.of(grid.affine, grid.shape)
+    return list(clicks) if frame is None else [frame.click(c) for c in clicks]
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -90,29 +105,36 @@ def predict_to_folder(
     adapter=None,
     modality: str = "ct",
     zoom_in: bool = False,
+    indices: str = "ras",
     on_warning=None,
 ) -> dict:
     """Load a volume, reconstruct from clicks on one slice, write the outputs.
 
     ``zoom_in``: the engine's optional zoom-in on small organs (volume mode;
-    :class:`core.engine.CubePolicy`). ``on_warning(text)`` receives each of the result's
-    warnings (they are also in ``timings.json``)."""
+    :class:`core.engine.CubePolicy`). ``indices``: what ``axis``, ``slice_idx`` and the points
+    index, ``"ras"`` (the volume turned to RAS+) or ``"file"`` (the file's own array order);
+    one of :data:`core.modes.INDEX_ORDERS`. ``on_warning(text)`` receives each of the result's warnings
+    (they are also in ``timings.json``)."""
     from dataclasses import asdict
 
     from core.engine import CubePolicy, Reconstructor
 
     if not points:
         raise ValueError("give at least one --point ROW,COL on the structure")
+    if indices not in INDEX_ORDERS:
+        raise ValueError(f"indices must be one of {', '.join(INDEX_ORDERS)}, got {indices!r}")
     make_output_dir(out_dir)  # a file in the way fails here, before any work
     volume = load_image(volume_path)
+    grid = SourceGrid.of_file(volume_path)
     clicks = [Click(axis, slice_idx, r, c, True) for r, c in points]
     clicks += [Click(axis, slice_idx, r, c, False) for r, c in negatives]
+    if indices == "file":
+        clicks = file_clicks_to_ras(clicks, grid, path=volume_path)
     rec = Reconstructor.from_pretrained(checkpoint, adapter, policy=CubePolicy(zoom_in=zoom_in))
     result = rec.predict(volume, PromptSet(tuple(clicks)), mode=mode, modality=modality)
     for text in result.warnings if on_warning else ():
         on_warning(f"{volume_path}: {text}")
-    extra = {"weights": rec.name, "cube_policy": asdict(rec.policy)}
-    grid = SourceGrid.of_file(volume_path)
+    extra = {"weights": rec.name, "cube_policy": asdict(rec.policy), "indices": indices}
     return write_outputs(result, volume, Path(out_dir), extra=extra, grid=grid)
 
 

@@ -10,6 +10,8 @@ import numpy as np
 
 from core.clicks import Click, PromptSet, check_click_in_volume
 from core.errors import InputError
+from core.modes import INDEX_ORDERS
+from core.predict import file_clicks_to_ras
 from core.source_grid import SourceGrid, save_mask
 from gradio_app.handlers import _check_axis, _check_settings, _file_name, _read_volume
 from gradio_app.session import Settings
@@ -44,13 +46,15 @@ def reconstruct_file(
     weights: str = "base",
     modality: str = "ct",
     zoom_in: bool = False,
+    indices: str = "ras",
     out_dir,
     volume_name: str | None = None,
 ) -> dict:
     """One reconstruction from a NIfTI file, as ``sam3d predict`` does.
 
     Points are ``(row, col)`` pixels of ``np.take(volume, slice_index, axis)`` of the volume in
-    canonical RAS+ orientation (for a RAS file: its own array order; axis 2 = axial).
+    canonical RAS+ orientation (for a RAS file: its own array order; axis 2 = axial), or with
+    ``indices="file"`` of the file's own array (``core.modes.INDEX_ORDERS``).
 
     Returns
     -------
@@ -58,7 +62,7 @@ def reconstruct_file(
     ``mesh`` (path of a .glb in world mm, or None when nothing was found) and ``info``
     (``timings_ms`` per stage, ``passes``, ``voxels``, ``volume_ml``, ``touches_border``,
     ``warnings`` (one-line notes, e.g. values that do not look like the chosen modality),
-    ``mode``, ``zoom_in``, ``adapter``, ``shape`` (the input's), ``wall_ms``).
+    ``mode``, ``zoom_in``, ``indices``, ``adapter``, ``shape`` (the input's), ``wall_ms``).
     """
     from core.mesh import save_mesh
 
@@ -70,17 +74,22 @@ def reconstruct_file(
     if not pos:
         raise InputError(None, "give at least one positive point [row, col] on the organ")
     settings = _check_settings(Settings(mode, weights, modality, bool(zoom_in)), engine)
+    if indices not in INDEX_ORDERS:
+        raise ValueError(f"indices must be one of {', '.join(INDEX_ORDERS)}, got {indices!r}")
     name = _file_name(volume_path, volume_name)
     volume = _read_volume(volume_path, name)
+    grid = SourceGrid.of_file(volume_path)
     try:
         idx = int(slice_index)
     except (TypeError, ValueError):
         raise ValueError(f"slice_index must be an integer, got {slice_index!r}") from None
-    n = volume.shape[axis]
+    n = (volume.shape if indices == "ras" else grid.shape)[axis]
     if not 0 <= idx < n:
         raise InputError(name, f"slice {idx} is outside axis {axis} (0..{n - 1})")
     clicks = [Click(axis, idx, r, c, True) for r, c in pos]
     clicks += [Click(axis, idx, r, c, False) for r, c in neg]
+    if indices == "file":
+        clicks = file_clicks_to_ras(clicks, grid, path=name)
     for c in clicks:
         check_click_in_volume(c, volume.shape, path=name)
     result = engine.predict(
@@ -93,7 +102,6 @@ def reconstruct_file(
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    grid = SourceGrid.of_file(volume_path)
     mask = save_mask(result.mask, volume.affine, out / "mask.nii.gz", grid)
     mesh = None if result.mesh is None else save_mesh(result.mesh, out / "mesh.glb")
     info = {
@@ -105,6 +113,7 @@ def reconstruct_file(
         "warnings": list(result.warnings),
         "mode": settings.mode,
         "zoom_in": settings.zoom_in,
+        "indices": indices,
         "adapter": settings.weights,
         "shape": list(grid.shape),
         "wall_ms": round((time.perf_counter() - t0) * 1000.0, 1),

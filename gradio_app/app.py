@@ -397,11 +397,13 @@ def build_app(
             adapter: str = "base",
             modality: str = "ct",
             zoom_in: bool = False,
+            indices: str = "ras",
         ) -> tuple[FileData, FileData | None, dict]:
             """Reconstruct an organ from clicks on one slice of a NIfTI volume.
 
             points / negative_points are [row, col] pixels of np.take(volume, slice_index, axis)
-            in canonical RAS orientation (axis 2 = axial). zoom_in turns on the engine's
+            in canonical RAS orientation (axis 2 = axial), or with indices="file" of the file's
+            own array (the voxel indices 3D Slicer and ITK-SNAP show). zoom_in turns on the engine's
             optional zoom-in on small compact organs (volume mode). Returns the mask (.nii.gz
             on the input's grid and affine), the mesh (.glb, world mm; None if nothing was
             found) and a dict with the timings (ms) and details.
@@ -418,6 +420,7 @@ def build_app(
                 weights=adapter,
                 modality=modality,
                 zoom_in=zoom_in,
+                indices=indices,
                 out_dir=files.api_dir(),
                 volume_name=name,
             )

@@ -97,6 +97,7 @@ def test_only_the_reconstruct_endpoint_is_public(client):
         "adapter",
         "modality",
         "zoom_in",
+        "indices",
     ]
 
 
@@ -195,7 +196,7 @@ def _raw_call(app, data):
 
 def test_api_reads_only_uploaded_files(app, heart):
     path, _, _, c = heart
-    rest = [2, c.slice_idx, [[c.row, c.col]], None, "volume", "base", "ct", False]
+    rest = [2, c.slice_idx, [[c.row, c.col]], None, "volume", "base", "ct", False, "ras"]
     # a server path given as a file: gradio refuses files that were not uploaded
     out = _raw_call(app, [{"path": str(path), "meta": {"_type": "gradio.FileData"}}, *rest])
     assert "event: error" in out and "mask.nii.gz" not in out

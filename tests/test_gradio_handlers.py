@@ -479,6 +479,19 @@ def test_reconstruct_file_writes_the_mask_on_the_input_files_own_grid(tmp_path, 
     info = out["info"]
     assert info["timings_ms"]["total"] > 0 and info["voxels"] == int(direct.mask.sum())
     assert info["shape"] == [64, 64, 64] and info["adapter"] == "base"
+    assert info["indices"] == "ras"
+    # the same voxel in the file's own indices (rows and columns flipped)
+    by_file = reconstruct_file(
+        engine,
+        path,
+        axis=2,
+        slice_index=c.slice_idx,
+        points=[(63 - c.row, 63 - c.col)],
+        indices="file",
+        out_dir=tmp_path / "f",
+    )
+    np.testing.assert_array_equal(nib.load(by_file["mask"]).dataobj, mask.dataobj)
+    assert by_file["info"]["indices"] == "file"
 
 
 @pytest.mark.parametrize(
@@ -491,6 +504,8 @@ def test_reconstruct_file_writes_the_mask_on_the_input_files_own_grid(tmp_path, 
         ({"points": [[70, 3]]}, "heart.nii.gz: click (70, 3) on axis 2 slice 30 is outside"),
         ({"weights": "liver"}, "unknown weights 'liver'"),
         ({"modality": "pet"}, "modality must be one of ct, mr, us"),
+        ({"indices": "lps"}, "indices must be one of ras, file"),
+        ({"indices": "file", "points": [[64, 3]]}, "heart.nii.gz: click (64, 3) on axis 2"),
     ],
 )
 def test_reconstruct_file_bad_requests(tmp_path, engine, heart_files, kw, message):

@@ -95,6 +95,52 @@ def test_predict_mask_lines_up_with_a_non_ras_input_voxel_by_voxel(hearts, tmp_p
     np.testing.assert_array_equal(np.asarray(m_odd.dataobj), np.asarray(expected.dataobj))
 
 
+def test_predict_takes_clicks_in_the_files_own_indices(hearts, tmp_path, capsys):
+    """--indices file: axis, slice and ROW,COL of the file's own array (what 3D Slicer or
+    ITK-SNAP show) give the same result as the same voxel in RAS+ indices."""
+    from core.clicks import Click
+    from core.orient import CanonicalFrame
+
+    ras = hearts / "heart_000" / "heart_000-image.nii.gz"
+    img = nib.load(str(ras))
+    other = img.as_reoriented(np.array([[2, -1], [0, 1], [1, -1]]))
+    odd = tmp_path / "odd.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(other.dataobj), other.affine), str(odd))
+    back = CanonicalFrame.of(other.affine, other.shape).inverse()
+    c = back.click(Click(2, 20, 20.0, 18.0))  # the RAS click, in the file's own indices
+    assert (c.axis, c.slice_idx, c.row, c.col) != (2, 20, 20.0, 18.0)
+    common = ["predict", "--volume", str(odd), "--mode", "slice"]
+    assert main([*common, "--axis", "2", "--slice", "20", "--point", "20,18",
+                 "--out", str(tmp_path / "ras")]) == 0  # fmt: skip
+    file_args = [
+        "--axis",
+        str(c.axis),
+        "--slice",
+        str(c.slice_idx),
+        "--point",
+        f"{c.row:g},{c.col:g}",
+    ]
+    assert main([*common, *file_args, "--indices", "file", "--out", str(tmp_path / "file")]) == 0
+    m_ras = np.asarray(nib.load(str(tmp_path / "ras" / "mask.nii.gz")).dataobj)
+    m_file = np.asarray(nib.load(str(tmp_path / "file" / "mask.nii.gz")).dataobj)
+    assert m_ras.any()
+    np.testing.assert_array_equal(m_file, m_ras)
+    assert json.loads((tmp_path / "file" / "timings.json").read_text())["indices"] == "file"
+    # the RAS indices given as file indices name another voxel: another result
+    assert main([*common, "--axis", "2", "--slice", "20", "--point", "20,18", "--indices",
+                 "file", "--out", str(tmp_path / "wrong")]) == 0  # fmt: skip
+    assert not np.array_equal(
+        np.asarray(nib.load(str(tmp_path / "wrong" / "mask.nii.gz")).dataobj), m_ras
+    )
+    capsys.readouterr()
+    # a click outside the file's array: one line in the indices the user gave
+    rc = main([*common, "--axis", "0", "--slice", "40", "--point", "3,4", "--indices", "file",
+               "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "odd.nii.gz" in err and "click (3, 4) on axis 0 slice 40 is outside" in err
+
+
 def test_predict_bad_input_is_one_clear_line(tiny_weights, hearts, tmp_path, capsys):
     vol = hearts / "heart_000" / "heart_000-image.nii.gz"
     rc = main(
