@@ -34,6 +34,10 @@ _LABEL_FOLDERS = frozenset(
     "labels label labelstr labelsts labelsva labelsval segmentations segmentation segs seg "
     "masks mask gt ground_truth groundtruth".split()
 )
+#: A label map is made of regions: most of its foreground voxels hold the value of their
+#: neighbour (about 0.85 on TotalSegmentator's maps). An 8-bit image has as few distinct
+#: values, but its grey values vary from voxel to voxel (under 0.2 on 8-bit MR and CT).
+MIN_SAME_AS_NEXT = 0.5
 
 
 def napari_get_reader(path):
@@ -114,7 +118,8 @@ def _source_affine(path, fallback) -> np.ndarray:
 
 def _looks_like_labels(data: np.ndarray, path: Path, disk_dtype) -> bool:
     """An integer volume (on disk, or float holding integers under a label-like file or
-    folder name) with few distinct non-negative values."""
+    folder name) with few distinct non-negative values, made of regions unless the name says
+    it is a label map (an 8-bit image export opens as an Image)."""
     hinted = path.parent.name.lower() in _LABEL_FOLDERS or any(
         h in path.name.lower() for h in _LABEL_HINTS
     )
@@ -127,9 +132,21 @@ def _looks_like_labels(data: np.ndarray, path: Path, disk_dtype) -> bool:
     coarse = data[::4, ::4, ::4]  # cheap rejection of CT images stored as int16
     if coarse.min() < 0 or np.unique(coarse).size > limit:
         return False
+    if not hinted and _same_as_next(data) < MIN_SAME_AS_NEXT:
+        return False
     if data.min() < 0 or data.max() >= 2**31 or not np.array_equal(data, np.rint(data)):
         return False
     return int(np.count_nonzero(np.bincount(data.astype(np.int64).ravel()))) <= limit
+
+
+def _same_as_next(data: np.ndarray) -> float:
+    """The share of foreground voxels (of every fourth row) equal to the next voxel along the
+    last axis."""
+    rows = data[::4, ::4, :]
+    a, b = rows[..., :-1], rows[..., 1:]
+    fg = (a != 0) | (b != 0)
+    n = np.count_nonzero(fg)
+    return 1.0 if n == 0 else np.count_nonzero((a == b) & fg) / n
 
 
 def _display_window(data: np.ndarray) -> list[float]:

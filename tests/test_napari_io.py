@@ -111,6 +111,23 @@ def test_a_float_label_map_in_a_labels_folder_opens_as_labels(make_napari_viewer
     assert type(image).__name__ == type(ct_layer).__name__ == "Image"
 
 
+def test_an_eight_bit_image_opens_as_an_image_and_an_unnamed_label_map_as_labels(
+    make_napari_viewer, tmp_path
+):
+    """An 8-bit export (uint8, at most 256 values) is an image to click on, not a label map;
+    a uint8 label map under a plain name still opens as labels (its values form regions)."""
+    img, lab = two_organs(shape=(24, 28, 20))
+    a = np.diag([2.0, 2.0, 3.0, 1.0])
+    u8 = np.clip((img + 150) / 450 * 255, 0, 255).astype(np.uint8)
+    grey = save_nifti(u8, a, tmp_path / "data" / "case01.nii.gz")
+    organs = save_nifti(lab, a, tmp_path / "data" / "case01_organs.nii.gz")
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(grey, plugin=PLUGIN)
+    (labels,) = viewer.open(organs, plugin=PLUGIN)
+    assert type(image).__name__ == "Image" and type(labels).__name__ == "Labels"
+    np.testing.assert_array_equal(np.asarray(image.data), u8)
+
+
 def test_labels_round_trip_keeps_data_and_affine_exactly(
     make_napari_viewer, oblique_pair, tmp_path
 ):
