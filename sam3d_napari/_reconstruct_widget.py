@@ -130,6 +130,7 @@ class ReconstructWidget(Container):
         for w in (self.mode, self.modality, self.zoom_in):
             w.changed.connect(self._on_settings_changed)
         self.mode.changed.connect(self._on_mode_changed)
+        self.modality.changed.connect(self._on_modality_changed)
         self.weights.changed.connect(self._on_weights_changed)
         self.adapter_dir.changed.connect(self._on_settings_changed)
         self.adapter_dir.changed.connect(self._start_preload)
@@ -214,6 +215,11 @@ class ReconstructWidget(Container):
 
     def _on_mode_changed(self, *_):
         self.zoom_in.enabled = zoom_in_applies(self.mode.value)  # greyed out where it does nothing
+
+    def _on_modality_changed(self, value):
+        # the image keeps its modality: chosen again later, and offered by Fine-tune
+        if self._image is not None:
+            self._image.metadata["modality"] = str(value)
 
     def _on_weights_changed(self, value=None):
         self.adapter_dir.visible = self.weights.value == ADAPTER_FOLDER

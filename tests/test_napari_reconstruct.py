@@ -635,3 +635,29 @@ def test_an_eight_bit_volume_opened_as_ct_says_to_check_the_modality(
     widget.modality.value = "mr"  # re-runs the object with the new setting
     qtbot.waitUntil(lambda: not widget.busy and "Check the Modality" not in widget.status.value)
     assert "Add clicks to refine" in widget.status.value
+
+
+def test_the_modality_chosen_for_an_image_stays_with_it_and_reaches_fine_tune(
+    make_napari_viewer, fast_model
+):
+    from sam3d_napari._layers import layer_transform
+    from sam3d_napari._widgets import FinetuneWidget, ReconstructWidget
+
+    img, _ = two_organs(shape=(24, 28, 20))
+    a = np.diag([2.0, 2.0, 3.0, 1.0])
+    viewer = make_napari_viewer()
+    mr = viewer.add_image(img + 200, name="mr", metadata={"affine": a}, **layer_transform(a))
+    ct = viewer.add_image(
+        img, name="ct", metadata={"affine": a, "modality": "ct"}, **layer_transform(a)
+    )
+    widget = ReconstructWidget(viewer)
+    widget.image.value = mr
+    widget.modality.value = "mr"
+    widget.image.value = ct
+    assert widget.modality.value == "ct"
+    widget.image.value = mr  # back to the MR: its modality again, not the CT's
+    assert widget.modality.value == "mr"
+    finetune = FinetuneWidget(viewer)
+    finetune.image.value = ct
+    finetune.image.value = mr
+    assert finetune.modality.value == "mr"
