@@ -18,6 +18,7 @@ __all__ = [
     "ADAPTER_INFO",
     "ADAPTER_FORMAT_VERSION",
     "read_adapter_info",
+    "trained_modality",
 ]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -63,3 +64,13 @@ def read_adapter_info(adapter_dir: str | os.PathLike) -> dict:
             f"(1..{ADAPTER_FORMAT_VERSION})",
         )
     return info
+
+
+def trained_modality(info: dict) -> str | None:
+    """The modality an adapter's training data was normalised as (``"ct"``, ``"mr"``, ``"us"``;
+    its training config's ``data.modality``), or None when its ``sam3d_adapter.json`` does not
+    say."""
+    training = info.get("training")
+    data = training.get("data") if isinstance(training, dict) else None
+    modality = data.get("modality") if isinstance(data, dict) else None
+    return modality if isinstance(modality, str) else None

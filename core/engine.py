@@ -140,6 +140,9 @@ class Reconstructor:
         # (folder, its weights' write time) -> the base with that adapter merged in
         self.merged: dict[tuple[Path, int], torch.nn.Module] = {}
         self.name = name
+        # the modality the adapter in use was trained on (None: the base, or not recorded)
+        self.trained_modality: str | None = None
+        self._trained_on: dict[tuple[Path, int], str | None] = {}
         self._norm_cache: tuple | None = None
         self._canonical_cache: tuple | None = None  # (array, affine, its RAS+ Volume)
         self._cond_cache: tuple | None = None  # (model, version, view inputs, condition)
@@ -176,11 +179,12 @@ class Reconstructor:
         a key made of its full path and the time its weights were written: two runs'
         ``adapter_best`` folders never shadow each other, and an adapter retrained in place
         (a resumed run) is merged again, replacing its stale copy."""
+        from core.adapter_files import read_adapter_info, trained_modality
         from core.lora import ADAPTER_WEIGHTS
         from core.weights import resolve_adapter
 
         if adapter is None:
-            self.model, self.name = self.base_model, "base"
+            self.model, self.name, self.trained_modality = self.base_model, "base", None
             return
         folder = Path(resolve_adapter(adapter)).resolve()
         weights = folder / ADAPTER_WEIGHTS
@@ -190,8 +194,11 @@ class Reconstructor:
             merged = self._merge(folder)
             for k in [k for k in self.merged if k[0] == folder]:
                 del self.merged[k]  # the same folder's older weights
+                self._trained_on.pop(k, None)
             self.merged[key] = merged
+            self._trained_on[key] = trained_modality(read_adapter_info(folder))
         self.model, self.name = self.merged[key], folder.name
+        self.trained_modality = self._trained_on[key]
 
     def _merge(self, folder: Path) -> torch.nn.Module:
         """The base with the adapter in ``folder`` folded into a copy of its weights; the
@@ -406,8 +413,15 @@ class Reconstructor:
         """:meth:`predict` on a RAS+ volume with checked prompts."""
         t0 = time.perf_counter()
         model = self.model  # read once: every pass of this call runs the same weights
+        trained = self.trained_modality
         timings: dict[str, float] = {}
         image, warnings = self._normalized(volume, modality, ct_window)
+        if trained is not None and trained != modality:
+            warnings += (
+                f"the adapter {self.name} was trained on {trained.upper()} intensities but "
+                f"this run normalises them as {modality.upper()}: choose the "
+                f"{trained.upper()} modality",
+            )
         affine = volume.affine
         timings["normalize"] = _ms(t0)
         pol = policy or self.policy

@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_weights import TINY, assert_same_outputs, make_batch, make_model, outputs
@@ -449,6 +450,36 @@ def test_reconstructor_keys_adapters_by_path_and_write_time(tmp_path, two_adapte
 
 # --------------------------------------------------------------------------------------------
 # the shipped recipe: GroupNorm copies next to the head
+
+
+def test_an_adapter_used_on_another_modality_than_it_was_trained_on_warns(tmp_path, two_adapters):
+    """An MR adapter run with CT normalisation sees intensities it never learned: the result
+    says which modality to choose; with the adapter's own modality, or the base, it is quiet."""
+    import shutil
+
+    from conftest import two_organs
+
+    from core.clicks import Click, PromptSet
+    from core.engine import Reconstructor
+    from core.io import Volume
+
+    folder = tmp_path / "mr_adapter"
+    shutil.copytree(two_adapters["liver"][0], folder)
+    info = json.loads((folder / ADAPTER_INFO).read_text())
+    info["training"] = {"data": {"modality": "mr"}}
+    (folder / ADAPTER_INFO).write_text(json.dumps(info))
+    img, _ = two_organs()
+    img[0] = -1000.0  # air: a CT in HU
+    volume = Volume(img, np.diag([2.0, 2.0, 3.0, 1.0]))
+    prompts = PromptSet((Click(2, 10, 9, 11),))
+    rec = Reconstructor(make_model(BASE_SEED))
+    rec.set_adapter(folder)
+    assert rec.trained_modality == "mr"
+    assert rec.predict(volume, prompts, modality="mr", mesh=False).warnings == ()
+    (note,) = rec.predict(volume, prompts, modality="ct", mesh=False).warnings
+    assert "mr_adapter was trained on MR" in note and "choose the MR modality" in note
+    rec.set_adapter(None)
+    assert rec.predict(volume, prompts, modality="ct", mesh=False).warnings == ()
 
 
 def _norm_names() -> tuple[str, ...]:
