@@ -145,7 +145,8 @@ class DataSection:
     classes : K, the number of label classes (needed to preprocess a raw folder; checked
         against a cache's own when given)
     spacing : isotropic preprocessing spacing, mm (raw folders only)
-    modality : "ct", "mr" or "us" (raw folders only)
+    modality : "ct", "mr" or "us": how a raw folder is normalised; a cache must have been
+        built with it (recorded in the adapter, which warns when run on another modality)
     preprocess_crop_size : side, in pixels, of the model's square slice views (crop and full
         view). An alias of ``model.view_size``: ``[H, W]`` with ``H == W`` (or one int) sets
         ``model.view_size = H``; a non-square size is refused (the views are square).

@@ -63,10 +63,18 @@ def _as_cache(
 
     src = Path(path)
     if (src / "manifest.json").is_file():
-        k = cache_params(src).get("classes")
+        params = cache_params(src)
+        k = params.get("classes")
         if cfg.data.classes is not None and k != cfg.data.classes:
             raise ValueError(
                 f"{src}: cache was built with {k} classes but data.classes is {cfg.data.classes}"
+            )
+        # the adapter records data.modality, and front ends warn when it is run on another
+        modality = params.get("modality")
+        if modality is not None and modality != cfg.data.modality:
+            raise ValueError(
+                f"{src}: cache was normalised as {modality} but data.modality is "
+                f"{cfg.data.modality}: set data.modality={modality}"
             )
         return src
     if not src.is_dir():

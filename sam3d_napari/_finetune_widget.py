@@ -170,7 +170,15 @@ class FinetuneWidget(Container):
 
         path = Path(value)
         if (path / "manifest.json").is_file():
-            self.folder_info.show_message("a preprocessed cache")
+            from core.preprocess import cache_params
+
+            try:
+                modality = cache_params(path).get("modality")
+            except (OSError, ValueError, KeyError):  # core.train names the problem at Start
+                modality = None
+            if modality in ("ct", "mr", "us"):  # a cache is trained as what it was made of
+                self.modality.value = modality
+            self.folder_info.show_message(f"a preprocessed cache ({modality or 'ct'})")
             return
         try:
             index = discover(path)

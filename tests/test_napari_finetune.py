@@ -212,3 +212,22 @@ def test_a_stopped_run_leaves_the_bar_at_the_fraction_done(
         progress=lambda *a: calls.append(a),
     )
     assert calls[-1] == (250, 250, "finished")
+
+
+def test_a_cache_folder_sets_the_modality_it_was_made_with(
+    make_napari_viewer, tmp_path, tiny_session, flat_dataset
+):
+    """A cache's intensities are already normalised: training it as another modality is
+    refused by core.train, so the form takes the cache's own."""
+    from core.preprocess import PreprocessConfig, preprocess_dataset
+
+    cache = tmp_path / "mr_cache"
+    preprocess_dataset(
+        PreprocessConfig(input_dir=str(flat_dataset), out_dir=str(cache), classes=2, modality="mr")
+    )
+    viewer = make_napari_viewer()
+    widget = _finetune(viewer, tiny_session)
+    assert widget.modality.value == "ct"
+    widget.folder.value = cache
+    assert widget.modality.value == "mr" and "cache (mr)" in widget.folder_info.value
+    assert widget.job().modality == "mr"

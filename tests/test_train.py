@@ -304,6 +304,15 @@ def test_raw_dataset_folder_is_preprocessed_first(hearts_raw, tmp_path):
     )
 
 
+def test_a_cache_of_another_modality_than_data_modality_is_refused(hearts_cache, tmp_path):
+    """The run's data.modality is what its adapter records (and what front ends compare the
+    user's choice with): a CT cache trained as MR would record a modality it never saw."""
+    cfg = make_cfg(hearts_cache, tmp_path / "m", "data.modality=mr")
+    with pytest.raises(ValueError, match=r"normalised as ct but data.modality is mr"):
+        train(cfg)
+    assert not (tmp_path / "m" / "last.pt").exists()
+
+
 def test_base_weights_must_match_the_model_config(hearts_cache, tmp_path):
     cfg = make_cfg(hearts_cache, tmp_path / "w")
     other = ModelConfig(**{**cfg.model.__dict__, "dim": 64})
