@@ -369,6 +369,9 @@ def _run_eval(args) -> int:
         print(f"  failed: {cid}: {msg}")
     for line in report["dataset_problems"]:
         print(f"  dataset: {line}")
+    for cid, notes in report["warnings"].items():
+        for note in notes:
+            print(f"sam3d eval: warning: {cid}: {note}", file=sys.stderr)
     if not evaluated:
         n = report["n_cases"]
         if len(failed) == n:

@@ -12,8 +12,9 @@ extrusion of the clicked slice's 2D mask (``core.baselines``). Results go to
 Chamfer (mm); an ``aggregate`` block with means per class and overall
 (``aggregate.dice`` = mean Dice at the last click, null when nothing was evaluated), and the
 same for each baseline; ``n_cases`` (cases tried), ``failed_cases`` (id: reason; an image
-without a label is one) and ``dataset_problems`` (what else the dataset's discovery found
-wrong, e.g. a label without its image).
+without a label is one), ``dataset_problems`` (what else the dataset's discovery found
+wrong, e.g. a label without its image) and ``warnings`` (case id: the model's one-line notes,
+e.g. values that do not look like the chosen modality).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def evaluate(
     results = {m: {} for m in methods}
     names: dict[str, str] = {}
     timings: list[float] = []
+    warnings: dict[str, list[str]] = {}  # case id -> the model's notes (e.g. not HU)
     t_start = time.perf_counter()
     stop = should_stop or (lambda: False)
     n_tried = len(failed)  # the images without a label
@@ -132,6 +134,7 @@ def evaluate(
         spacing = image.spacing
         classes = [k for k in label.present_labels() if cfg.classes is None or k in cfg.classes]
         norm = normalize_intensity(image.data, cfg.modality)
+        notes: list[str] = []
         for k in classes:
             names[str(k)] = case.label_names.get(k, str(k))
             gt = label.data == k
@@ -156,6 +159,9 @@ def evaluate(
                         runs[-1][1],
                         state.get("last"),
                     )
+            notes += [w for w in dict.fromkeys(state.get("warnings", ())) if w not in notes]
+        if notes:
+            warnings[case.case_id] = notes
         if progress:
             progress(ci + 1, len(cases), case.case_id)
     report = {
@@ -172,6 +178,7 @@ def evaluate(
         },
         "n_cases": n_tried,
         "failed_cases": dict(sorted(failed.items())),
+        "warnings": warnings,
         "dataset_problems": problems,
         "seconds": round(time.perf_counter() - t_start, 1),
         "model_latency_ms": {
@@ -216,6 +223,7 @@ def _methods(rec, image, norm, cfg: EvalConfig, state: dict, timings: list) -> d
         )
         timings.append(time.perf_counter() - t)
         state["last"] = res
+        state.setdefault("warnings", []).extend(res.warnings)
         return res.mask
 
     fns = {"model": model_fn}

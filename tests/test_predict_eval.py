@@ -350,6 +350,28 @@ def test_demo_with_the_shipped_weights(tmp_path, capsys):
     assert "Dice against the ground truth" in out
 
 
+def test_eval_of_values_that_are_not_hu_as_ct_warns_per_case(tiny_weights, tmp_path, capsys):
+    """An MR or 8-bit dataset evaluated with the default CT modality: the console and
+    metrics.json say so for each such case, as `sam3d predict` does; with MR, nothing."""
+    root = tmp_path / "ds"
+    img, _, _ = write_case(root / "a" / "a-image.nii.gz", root / "a" / "a-label.nii.gz")
+    b, _, affine = write_case(root / "b" / "b-image.nii.gz", root / "b" / "b-label.nii.gz", seed=1)
+    img[0] = -1000.0  # a with air: HU
+    save_nifti(img, affine, root / "a" / "a-image.nii.gz")
+    save_nifti(b + 400.0, affine, root / "b" / "b-image.nii.gz")  # b: no air, no fat
+    args = ["eval", "--checkpoint", str(tiny_weights), "--data_root", str(root), "--clicks", "2",
+            "--classes", "1,2", "--no_baselines"]  # fmt: skip
+    assert main([*args, "--output_dir", str(tmp_path / "ct")]) == 0
+    err = capsys.readouterr().err
+    m = json.loads((tmp_path / "ct" / "metrics.json").read_text())
+    assert list(m["warnings"]) == ["b"] and len(m["warnings"]["b"]) == 1
+    assert "do not look like CT" in m["warnings"]["b"][0]
+    assert f"sam3d eval: warning: b: {m['warnings']['b'][0]}" in err and "warning: a:" not in err
+    assert main([*args, "--output_dir", str(tmp_path / "mr"), "--modality", "mr"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "mr" / "metrics.json").read_text())["warnings"] == {}
+
+
 def test_zoom_in_option_of_predict_and_eval(tiny_weights, hearts, tmp_path):
     """--zoom_in reaches the engine: the shipped base zooms in on a heart chamber (a second
     pass at a finer cube, then the refinement pass); eval records the policy it ran."""
