@@ -31,6 +31,7 @@ from core.atomic import make_output_dir, write_json
 from core.clicks import simulate_clicks
 from core.datasets import discover
 from core.errors import InputError
+from core.intensity import MODALITIES
 from core.io import load_pair
 from core.metrics import METRIC_NAMES, binary_metrics
 from core.modes import MODES
@@ -63,6 +64,10 @@ class EvalConfig:
             raise ValueError(f"clicks must be at least 1, got {self.clicks}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(
+                f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"
+            )
 
 
 def _aggregate(per_case: dict, n_clicks: int) -> dict:

@@ -134,7 +134,12 @@ def predict_to_folder(
     result = rec.predict(volume, PromptSet(tuple(clicks)), mode=mode, modality=modality)
     for text in result.warnings if on_warning else ():
         on_warning(f"{volume_path}: {text}")
-    extra = {"weights": rec.name, "cube_policy": asdict(rec.policy), "indices": indices}
+    extra = {
+        "weights": rec.name,
+        "modality": modality,
+        "cube_policy": asdict(rec.policy),
+        "indices": indices,
+    }
     return write_outputs(result, volume, Path(out_dir), extra=extra, grid=grid)
 
 

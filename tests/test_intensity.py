@@ -124,9 +124,11 @@ def test_predict_cli_prints_the_warning_and_keeps_it_in_timings(tmp_path, capsys
     assert f"sam3d predict: warning: {path}: values 0..255 do not look like CT" in err
     info = json.loads((tmp_path / "o" / "timings.json").read_text())
     assert len(info["warnings"]) == 1 and "Hounsfield" in info["warnings"][0]
+    assert info["modality"] == "ct"
     assert main([*args[:-1], str(tmp_path / "o2"), "--modality", "mr"]) == 0
     assert "warning" not in capsys.readouterr().err
-    assert json.loads((tmp_path / "o2" / "timings.json").read_text())["warnings"] == []
+    info = json.loads((tmp_path / "o2" / "timings.json").read_text())
+    assert info["warnings"] == [] and info["modality"] == "mr"
 
 
 @pytest.mark.slow

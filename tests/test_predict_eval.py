@@ -494,3 +494,16 @@ def test_summary_table_with_one_click_shows_dice_at_1_once():
     assert table[0] == "| structure | model Dice@1 | model HD95@1 (mm) | region growing Dice@1 |"
     assert table[2] == "| LV | 0.500 | 4.5 | 0.250 |"
     assert all(line.count("|") == table[0].count("|") for line in table)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"clicks": 0}, "clicks must be at least 1"),
+        ({"mode": "3d"}, "mode must be one of volume, slice"),
+        ({"modality": "pet"}, "modality must be one of ct, mr, us, got 'pet'"),
+    ],
+)
+def test_eval_config_refuses_bad_settings_when_made(kw, message):
+    with pytest.raises(ValueError, match=message):
+        EvalConfig("data", "out", **kw)
