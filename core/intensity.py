@@ -95,8 +95,10 @@ def intensity_warning(
         return None
     x = np.asarray(data)
     lo, hi = float(x.min()), float(x.max())
-    top = float(ct_window[1])
-    if lo >= _CT_LOWEST_HU:
+    bottom, top = (float(v) for v in ct_window)
+    # a window that starts at or above the lowest value was fitted to values without air
+    # (e.g. (0, 255) for an 8-bit export): nothing to warn of
+    if lo >= _CT_LOWEST_HU and lo > bottom:
         return (
             f"values {lo:g}..{hi:g} do not look like CT in Hounsfield units (no air or fat "
             f"below {_CT_LOWEST_HU:g}): choose the MR or US modality, which scale by "

@@ -84,6 +84,9 @@ def test_eight_bit_or_raw_values_opened_as_ct_are_flagged():
     assert msg and "values 0..255 do not look like CT in Hounsfield units" in msg
     assert "choose the MR or US modality" in msg and "\n" not in msg
     assert intensity_warning(u8, "mr") is None and intensity_warning(u8, "us") is None
+    # a window fitted to the 8-bit values (what the warning's docs offer from Python) is quiet
+    assert intensity_warning(u8, "ct", ct_window=(0, 255)) is None
+    assert intensity_warning(u8, "ct", ct_window=(-160, 240)) is not None  # an HU window
     # raw 16-bit values with air below zero but most voxels above the window's top
     raw = (hu + 1024).astype(np.float32) * 4 - 200
     msg = intensity_warning(raw, "ct")
