@@ -59,6 +59,7 @@ def _as_cache(
     preprocessing the raw dataset into it (rank 0; the others wait). None when stopped.
     What preprocessing could not use goes into ``skipped`` (rank 0): ``failed`` (case id:
     reason) and ``dataset_problems`` (the dataset discovery's lines)."""
+    from core.intensity import DEFAULT_CT_WINDOW, intensity_rule
     from core.preprocess import PreprocessConfig, cache_params, preprocess_dataset
 
     src = Path(path)
@@ -75,6 +76,16 @@ def _as_cache(
             raise ValueError(
                 f"{src}: cache was normalised as {modality} but data.modality is "
                 f"{cfg.data.modality}: set data.modality={modality}"
+            )
+        # MR and US caches made before the rule was recorded hold a z-score (MR) or [0, 1]
+        # (US): an adapter trained on them would see other intensities at inference
+        rule = params.get("intensity")
+        expected = intensity_rule(cfg.data.modality, params.get("ct_window", DEFAULT_CT_WINDOW))
+        if rule != expected and (rule is not None or cfg.data.modality != "ct"):
+            made = f"as '{rule}'" if rule else "under an earlier rule (none in its manifest)"
+            raise ValueError(
+                f"{src}: cache intensities were normalised {made}, not as '{expected}': "
+                "preprocess it again (sam3d preprocess --overwrite)"
             )
         return src
     if not src.is_dir():

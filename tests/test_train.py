@@ -522,3 +522,28 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("epoch 1/1 step 2") == 1  # rank 0 alone writes the log
     assert "x 2" in log and "global batch 4" in log
+
+
+def test_an_mr_cache_made_before_the_intensity_rule_was_recorded_is_refused(hearts_cache, tmp_path):
+    """An MR cache from before percentiles to [0, 0.5] holds z-scores: an adapter trained on it
+    would see other intensities at inference. A CT cache of that time (same rule) still trains."""
+    import shutil
+
+    from core.train_data import _as_cache
+
+    old = tmp_path / "old_mr"
+    shutil.copytree(hearts_cache, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["params"]["intensity"]
+    manifest["params"]["modality"] = "mr"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    cfg = make_cfg(old, tmp_path / "m", "data.modality=mr")
+    with pytest.raises(
+        ValueError, match=r"old_mr: cache intensities were normalised under an earlier rule"
+    ):
+        train(cfg)
+    assert not (tmp_path / "m" / "last.pt").exists()
+    manifest["params"]["modality"] = "ct"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    cfg = make_cfg(old, tmp_path / "c")
+    assert _as_cache(str(old), tmp_path / "x", cfg, None, print, None, None, {}) == old
