@@ -387,6 +387,7 @@ def _open_manifest(out_dir: Path, params: dict, *, overwrite: bool) -> dict:
             raise InputError(path, f"unreadable manifest ({exc}); use a new --out folder") from exc
         if old.get("format") != "sam3d-cache":
             raise InputError(path, "not a sam3d cache manifest; use a new --out folder")
+        _recorded_ct_rule(old, params)
         if old.get("params") != params:
             if not overwrite:
                 changed = sorted(
@@ -421,6 +422,18 @@ def _open_manifest(out_dir: Path, params: dict, *, overwrite: bool) -> dict:
         "versions": _versions(),
         "cases": {},
     }
+
+
+def _recorded_ct_rule(manifest: dict, params: dict) -> None:
+    """A CT cache from before the intensity rule was recorded was made under today's CT rule
+    (only MR and US changed): record it, so that the cache resumes as before."""
+    old = manifest.get("params")
+    if not isinstance(old, dict) or "intensity" in old or old.get("modality") != "ct":
+        return
+    window = old.get("ct_window", DEFAULT_CT_WINDOW)
+    filled = {**old, "intensity": intensity_rule("ct", window)}
+    if filled == params:
+        manifest["params"], manifest["params_hash"] = params, _params_hash(params)
 
 
 def preprocess_dataset(

@@ -138,6 +138,17 @@ def test_a_cache_made_under_another_intensity_rule_is_refused(totalseg_dir, tmp_
     assert "other parameters" in err and "intensity: None -> 'mr: percentiles" in err
 
 
+def test_a_ct_cache_from_before_the_rule_was_recorded_resumes(totalseg_dir, tmp_path, capsys):
+    """CT's rule did not change when it began to be recorded: such a cache is not refused."""
+    out = tmp_path / "cache"
+    assert _run(totalseg_dir, out) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    rule = manifest["params"].pop("intensity")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert _run(totalseg_dir, out) == 0, capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["params"]["intensity"] == rule
+
+
 def test_bad_cases_are_skipped_and_reported(tmp_path, capsys):
     root = tmp_path / "data"
     for cid in ("good", "corrupt", "toomany", "mismatch", "empty", "nan"):
