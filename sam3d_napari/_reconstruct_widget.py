@@ -268,6 +268,8 @@ class ReconstructWidget(Container):
             return
         if layer.metadata.get("modality") in ("ct", "mr", "us"):
             self.modality.value = layer.metadata["modality"]
+        else:  # runs with the modality on show: Fine-tune offers that one for it too
+            layer.metadata["modality"] = str(self.modality.value)
         if not self._view_set and self.viewer.dims.ndisplay == 2:
             self._view_set = True
             if tuple(self.viewer.dims.order) == (0, 1, 2) and self.viewer.dims.ndim == 3:

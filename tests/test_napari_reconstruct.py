@@ -661,3 +661,10 @@ def test_the_modality_chosen_for_an_image_stays_with_it_and_reaches_fine_tune(
     finetune.image.value = ct
     finetune.image.value = mr
     assert finetune.modality.value == "mr"
+    # an image never set keeps the modality on show when chosen (its clicks run with it)
+    other = viewer.add_image(img + 300, name="other", metadata={"affine": a}, **layer_transform(a))
+    widget.image.value = other
+    assert widget.modality.value == "mr" and other.metadata["modality"] == "mr"
+    finetune.image.value = ct
+    finetune.image.value = other
+    assert finetune.modality.value == "mr"
