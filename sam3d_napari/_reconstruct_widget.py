@@ -564,7 +564,8 @@ class ReconstructWidget(Container):
         text = result_summary(result)
         self.timing.value = text
         if result.warnings:  # values that do not fit the modality: say so where it is read
-            self.status.show_message(f"Check the Modality: {result.warnings[0]}.", "warning")
+            notes = "; ".join(result.warnings)  # all of them: fixing one should not hide another
+            self.status.show_message(f"Check the Modality: {notes}.", "warning")
         else:
             self.status.show_message("Add clicks to refine, or commit the object.")
 

@@ -3,6 +3,8 @@ undo, box prompts, weights, and screenshots."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import oblique_affine, two_organs
@@ -632,6 +634,10 @@ def test_an_eight_bit_volume_opened_as_ct_says_to_check_the_modality(
     _click_voxel(viewer, widget, _organ_click(label.data, LV).voxel())
     _wait(widget, qtbot)
     assert "Check the Modality: values 0..255 do not look like CT" in widget.status.value
+    # every warning is shown, not only the first (another may name an adapter's modality)
+    widget._show(dataclasses.replace(widget.result, warnings=("first note", "second note")))
+    assert "Check the Modality: first note; second note." in widget.status.value
+    widget._show(widget._results[widget._key()])
     widget.modality.value = "mr"  # re-runs the object with the new setting
     qtbot.waitUntil(lambda: not widget.busy and "Check the Modality" not in widget.status.value)
     assert "Add clicks to refine" in widget.status.value
