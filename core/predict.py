@@ -15,7 +15,7 @@ from core.atomic import make_output_dir, write_json
 from core.clicks import Click, PromptSet, first_click
 from core.errors import InputError
 from core.io import Volume, load_image
-from core.modes import INDEX_ORDERS
+from core.modes import check_index_order
 from core.source_grid import SourceGrid, save_mask
 
 __all__ = ["file_clicks_to_ras", "parse_point", "predict_to_folder", "run_demo", "DEMO_SEED"]
@@ -121,8 +121,7 @@ def predict_to_folder(
 
     if not points:
         raise ValueError("give at least one --point ROW,COL on the structure")
-    if indices not in INDEX_ORDERS:
-        raise ValueError(f"indices must be one of {', '.join(INDEX_ORDERS)}, got {indices!r}")
+    check_index_order(indices)
     make_output_dir(out_dir)  # a file in the way fails here, before any work
     volume = load_image(volume_path)
     grid = SourceGrid.of_file(volume_path)

@@ -10,7 +10,7 @@ import numpy as np
 
 from core.clicks import Click, PromptSet, check_click_in_volume
 from core.errors import InputError
-from core.modes import INDEX_ORDERS
+from core.modes import check_index_order
 from core.predict import file_clicks_to_ras
 from core.source_grid import SourceGrid, save_mask
 from gradio_app.handlers import _check_axis, _check_settings, _file_name, _read_volume
@@ -74,8 +74,7 @@ def reconstruct_file(
     if not pos:
         raise InputError(None, "give at least one positive point [row, col] on the organ")
     settings = _check_settings(Settings(mode, weights, modality, bool(zoom_in)), engine)
-    if indices not in INDEX_ORDERS:
-        raise ValueError(f"indices must be one of {', '.join(INDEX_ORDERS)}, got {indices!r}")
+    check_index_order(indices)
     name = _file_name(volume_path, volume_name)
     volume = _read_volume(volume_path, name)
     grid = SourceGrid.of_file(volume_path)

@@ -30,6 +30,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import QObject, Signal
 
+from core.intensity import MODALITIES
 from sam3d_napari._finetune_job import FinetuneJob, TrainingProcess, read_history
 from sam3d_napari._plot import TrainingPlot
 from sam3d_napari._qt_common import (
@@ -88,7 +89,7 @@ class FinetuneWidget(Container):
         self.folder_info = StatusLabel("totalseg, nnU-Net or flat layout (or a cache)")
         self.image = ComboBox(label="Image", choices=layer_choices(viewer, "image"))
         self.labels = ComboBox(label="Labels", choices=layer_choices(viewer, "labels"))
-        self.modality = ComboBox(label="Modality", choices=["ct", "mr", "us"], value="ct")
+        self.modality = ComboBox(label="Modality", choices=list(MODALITIES), value="ct")
         self.classes = SpinBox(label="Classes (0: auto)", min=0, max=10000, value=0)
         self.rank = SpinBox(label="LoRA rank", min=1, max=64, value=4)
         self.alpha = FloatSpinBox(label="LoRA alpha", min=0.5, max=512.0, step=0.5, value=8.0)
@@ -156,7 +157,7 @@ class FinetuneWidget(Container):
 
     def _on_image(self, layer):
         modality = (getattr(layer, "metadata", None) or {}).get("modality")
-        if modality in ("ct", "mr", "us"):
+        if modality in MODALITIES:
             self.modality.value = modality
 
     def _on_source(self, value):
@@ -176,7 +177,7 @@ class FinetuneWidget(Container):
                 modality = cache_params(path).get("modality")
             except (OSError, ValueError, KeyError):  # core.train names the problem at Start
                 modality = None
-            if modality in ("ct", "mr", "us"):  # a cache is trained as what it was made of
+            if modality in MODALITIES:  # a cache is trained as what it was made of
                 self.modality.value = modality
             self.folder_info.show_message(f"a preprocessed cache ({modality or 'ct'})")
             return

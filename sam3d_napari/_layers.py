@@ -79,12 +79,16 @@ def affine_from_transform(*, scale, translate, rotate, shear=None, extra=None) -
     return out
 
 
-def move_layer(layer, affine) -> None:
+def move_layer(layer, affine, *, atol: float = 1e-6) -> bool:
     """Place an existing layer's data with this voxel -> world affine (what
-    :func:`layer_transform` gives a new layer), e.g. to follow an image the user moved."""
+    :func:`layer_transform` gives a new layer), e.g. to follow an image the user moved.
+    Nothing happens when it sits there already; returns whether it moved."""
+    if np.allclose(meta_affine(layer), affine, atol=atol, rtol=0):
+        return False
     layer.affine = np.eye(4)  # the whole placement goes into the four parts
     for name, value in layer_transform(affine).items():
         setattr(layer, name, value)
+    return True
 
 
 def layer_affine(layer) -> np.ndarray:

@@ -76,11 +76,11 @@ class PromptEditor:
     def follow_image(self):
         """Keep the helper layers on the image's grid: the user may have moved the image
         since they were made (a box drawn on a layer left behind would name other voxels)."""
-        a = meta_affine(self.image) if self.image is not None else None
+        if self.image is None:
+            return
         for lyr in (self.points, self.box_layer):
-            if a is not None and lyr is not None and lyr in self.viewer.layers:
-                if not np.allclose(meta_affine(lyr), a, atol=1e-6):
-                    move_layer(lyr, a)
+            if lyr is not None and lyr in self.viewer.layers:
+                move_layer(lyr, meta_affine(self.image))
 
     def forget_removed_layers(self):
         """The user removed a helper layer: forget it (and the clicks it showed)."""

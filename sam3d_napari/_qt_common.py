@@ -84,9 +84,9 @@ def placed_like(layer) -> dict:
 
 def place_like(target, layer) -> None:
     """Move an existing layer onto ``layer``'s grid (what :func:`placed_like` gives a new one),
-    e.g. after the user moved the image under it."""
-    target.metadata = {**(target.metadata or {}), **placed_like(layer)["metadata"]}
-    move_layer(target, meta_affine(layer))
+    e.g. after the user moved the image under it; nothing when it sits there already."""
+    if move_layer(target, meta_affine(layer)):
+        target.metadata = {**(target.metadata or {}), **placed_like(layer)["metadata"]}
 
 
 def one_line(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ from core.labelmap import next_free_class
 from core.modes import MODES, zoom_in_applies
 from sam3d_napari._commit import commit_object
 from sam3d_napari._layers import meta_affine, slice_axis
+from sam3d_napari._object_layers import ObjectLayers
 from sam3d_napari._preload import Preloader
 from sam3d_napari._prompt_editor import PromptEditor
 from sam3d_napari._qt_common import (
@@ -40,8 +41,6 @@ from sam3d_napari._qt_common import (
     notify,
     on_close,
     one_line,
-    place_like,
-    placed_like,
     reset_choices_in_order,
     row,
     start_worker,
@@ -55,7 +54,6 @@ __all__ = ["ReconstructWidget"]
 ADAPTER_FOLDER = "adapter folder..."
 NEW_LABEL_MAP = "new label map"
 KEEP, OVERWRITE = "keep existing labels", "overwrite existing labels"
-OBJECT_COLOR = (1.0, 0.85, 0.1, 1.0)
 _DRAG_PIXELS = 5  # a press and release further apart than this is a pan, not a click
 
 
@@ -78,8 +76,7 @@ class ReconstructWidget(Container):
         self._pending = False
         self._negative_mode = False
         self._image = None
-        self._mask_layer = None
-        self._surface_layer = None
+        self.objects = ObjectLayers(viewer)  # the current object's mask and surface layers
         self._volume_cache = (None, None)
         self._view_set = False
 
@@ -168,7 +165,7 @@ class ReconstructWidget(Container):
         img = self._image
         if img is not None:
             for lyr in layers_of(self.viewer, "labels"):
-                if lyr is self._mask_layer or lyr.data.shape != img.data.shape:
+                if lyr is self.objects.mask or lyr.data.shape != img.data.shape:
                     continue
                 if np.allclose(meta_affine(lyr), meta_affine(img), atol=1e-3):
                     out.append((lyr.name, lyr))
@@ -183,10 +180,7 @@ class ReconstructWidget(Container):
         self.image.reset_choices()
         self.target.reset_choices()
         self.editor.forget_removed_layers()
-        for attr in ("_mask_layer", "_surface_layer"):
-            lyr = getattr(self, attr)
-            if lyr is not None and lyr not in self.viewer.layers:
-                setattr(self, attr, None)
+        self.objects.forget_removed()
 
     # ------------------------------------------------------------------------------ settings
 
@@ -259,14 +253,14 @@ class ReconstructWidget(Container):
         self._shown = None
         # the helper layers sit on the old image's grid: prompts and box go, results stay
         self.editor.attach(layer)
-        self._mask_layer = self._surface_layer = None
+        self.objects.forget()
         self._image = layer
         self._results.clear()
         self._volume_cache = (None, None)
         if layer is None:  # none left (a run in flight is not shown: its prompts are gone)
             self.status.show_message("Choose an image, then click an organ on a 2D slice.")
             return
-        if layer.metadata.get("modality") in ("ct", "mr", "us"):
+        if layer.metadata.get("modality") in MODALITIES:
             self.modality.value = layer.metadata["modality"]
         else:  # runs with the modality on show: Fine-tune offers that one for it too
             layer.metadata["modality"] = str(self.modality.value)
@@ -513,53 +507,18 @@ class ReconstructWidget(Container):
 
     @property
     def mask_layer(self):
-        return self._mask_layer
+        return self.objects.mask
 
     @property
     def surface_layer(self):
-        return self._surface_layer
+        return self.objects.surface
 
     def _show(self, result):
-        from napari.utils.colormaps import DirectLabelColormap
-
         self._shown = result
-        img = self._image
+        self.objects.show(result, self._image)
         if result is None:
-            if self._mask_layer is not None:
-                self._mask_layer.data = np.zeros(self._mask_layer.data.shape, np.uint8)
-            if self._surface_layer is not None:
-                self._surface_layer.visible = False
             self.timing.value = ""
             return
-        mask = result.mask.astype(np.uint8)
-        if self._mask_layer is None or self._mask_layer not in self.viewer.layers:
-            self._mask_layer = self.viewer.add_labels(
-                mask,
-                name=f"{img.name} object",
-                opacity=0.55,
-                colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 1: OBJECT_COLOR}),
-                **placed_like(img),
-            )
-        else:
-            if not np.allclose(meta_affine(self._mask_layer), meta_affine(img), atol=1e-6):
-                place_like(self._mask_layer, img)  # the image moved: the object goes with it
-            self._mask_layer.data = mask
-        if result.mesh is not None and result.mesh.n_faces:
-            data = (result.mesh.vertices, result.mesh.faces, np.ones(result.mesh.n_vertices))
-            if self._surface_layer is None or self._surface_layer not in self.viewer.layers:
-                self._surface_layer = self.viewer.add_surface(
-                    data,
-                    name=f"{img.name} surface",
-                    colormap="yellow",
-                    contrast_limits=(0, 1),
-                    shading="smooth",
-                    opacity=0.9,
-                )
-            else:
-                self._surface_layer.data = data
-                self._surface_layer.visible = True
-        elif self._surface_layer is not None:
-            self._surface_layer.visible = False
         self.editor.select_points()
         text = result_summary(result)
         self.timing.value = text
