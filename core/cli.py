@@ -102,6 +102,16 @@ def _run_synth(args) -> int:
 # sam3d preprocess
 
 
+def _add_modality_arg(p, where: str) -> None:
+    p.add_argument(
+        "--modality",
+        choices=MODALITIES,
+        default=None,
+        help=f"how intensities are scaled (default: what {where} declares, e.g. nnU-Net's "
+        'channel_names {"0": "MRI"}; else ct)',
+    )
+
+
 def _add_preprocess(sub):
     from core.datasets import LAYOUTS
     from core.preprocess import SLICE_SAMPLINGS
@@ -121,7 +131,7 @@ def _add_preprocess(sub):
     p.add_argument("--axes", type=_int_list, default=(0, 1, 2), help="slice axes (default 0,1,2)")
     p.add_argument("--slice_sampling", choices=SLICE_SAMPLINGS, default="uniform")
     p.add_argument("--slices_per_axis", type=int, default=8, help="for uniform/random_axis")
-    p.add_argument("--modality", choices=MODALITIES, default="ct")
+    _add_modality_arg(p, "the dataset's dataset.json")
     p.add_argument("--ct_window", type=_float_pair, default=(-1000.0, 2000.0), metavar="LOW,HIGH")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.add_argument("--layout", choices=LAYOUTS, default=None, help="force a dataset layout")
@@ -281,7 +291,7 @@ def _add_predict(sub):
         "3D Slicer, ITK-SNAP and nibabel show)",
     )
     p.add_argument("--mode", choices=MODES, default="volume")
-    p.add_argument("--modality", choices=MODALITIES, default="ct")
+    _add_modality_arg(p, "the dataset.json of the folder above the volume's (e.g. imagesTr/)")
     _add_weights_args(p)
     _add_zoom_in_arg(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -331,7 +341,7 @@ def _add_eval(sub):
     p.add_argument("--max_cases", type=int, default=None)
     p.add_argument("--classes", type=_int_list, default=None, help="e.g. 1,2,3 (default: all)")
     p.add_argument("--layout", choices=("totalseg", "nnunet", "flat"), default=None)
-    p.add_argument("--modality", choices=MODALITIES, default="ct")
+    _add_modality_arg(p, "the dataset's dataset.json")
     p.add_argument("--no_baselines", action="store_true", help="skip the classical baselines")
     p.add_argument("--save_viz", action="store_true", help="overlays, comparison grids, meshes")
     _add_zoom_in_arg(p)

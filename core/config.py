@@ -146,7 +146,9 @@ class DataSection:
         against a cache's own when given)
     spacing : isotropic preprocessing spacing, mm (raw folders only)
     modality : "ct", "mr" or "us": how a raw folder is normalised; a cache must have been
-        built with it (recorded in the adapter, which warns when run on another modality)
+        built with it (recorded in the adapter, which warns when run on another modality).
+        None (the default): a cache's own, or what a raw folder's ``dataset.json`` declares
+        (nnU-Net ``channel_names``), else CT; the run's ``config.json`` records the one used
     preprocess_crop_size : side, in pixels, of the model's square slice views (crop and full
         view). An alias of ``model.view_size``: ``[H, W]`` with ``H == W`` (or one int) sets
         ``model.view_size = H``; a non-square size is refused (the views are square).
@@ -160,7 +162,7 @@ class DataSection:
     split_seed: int | None = None
     classes: int | None = None
     spacing: float = 3.0
-    modality: str = "ct"
+    modality: str | None = None
     preprocess_crop_size: int | list[int] | None = None
     num_workers: int = 0
 
@@ -173,7 +175,8 @@ class DataSection:
         self.split_seed = _int("data.split_seed", self.split_seed, lo=0, optional=True)
         self.classes = _int("data.classes", self.classes, lo=1, optional=True)
         self.spacing = _float("data.spacing", self.spacing, lo=0.0, lo_open=True)
-        self.modality = _choice("data.modality", self.modality, MODALITIES)
+        if self.modality is not None:
+            self.modality = _choice("data.modality", self.modality, MODALITIES)
         self.num_workers = _int("data.num_workers", self.num_workers, lo=0)
         c = self.preprocess_crop_size
         if c is not None:

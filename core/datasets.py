@@ -7,6 +7,11 @@
 - ``flat``: ``volumes/<name>.nii[.gz]`` and ``labels/<name>.nii[.gz]``, with optional
   ``label_names.json`` (one mapping, or one per case).
 
+A dataset may declare its modality in ``dataset.json`` at its root, as nnU-Net does:
+``channel_names`` (v2) or ``modality`` (v1), channel ``"0"`` (the channel the model reads), e.g.
+``"CT"``, ``"MRI"``, ``"T2"`` or ``"US"`` (:func:`modality_from_channel_name`). Front ends use it
+when the user picks no modality (:func:`declared_modality`, :func:`resolve_modality`).
+
 ``.nii`` and ``.nii.gz`` are both accepted everywhere. An image without its label (or a label
 without its image) is reported in :attr:`DatasetIndex.problems`, never dropped silently.
 """
@@ -21,7 +26,18 @@ from pathlib import Path
 from core.errors import InputError
 from core.io import strip_nifti_suffix
 
-__all__ = ["LAYOUTS", "Case", "DatasetIndex", "detect_layout", "discover", "label_names_for"]
+__all__ = [
+    "LAYOUTS",
+    "Case",
+    "DatasetIndex",
+    "dataset_modality",
+    "declared_modality",
+    "detect_layout",
+    "discover",
+    "label_names_for",
+    "modality_from_channel_name",
+    "resolve_modality",
+]
 
 LAYOUTS = ("totalseg", "nnunet", "flat")
 
@@ -47,6 +63,9 @@ class DatasetIndex:
     cases : complete cases, sorted by id
     problems : one line per file that could not be paired or read
     label_names : dataset-wide label id -> name (empty when unknown)
+    modality : the modality ``dataset.json`` declares for channel 0 ("ct", "mr" or "us"),
+        None when it declares none (or one this project cannot map)
+    declared_channel : that channel's name as written (e.g. "T2"), None without one
     """
 
     root: Path
@@ -54,6 +73,8 @@ class DatasetIndex:
     cases: tuple[Case, ...]
     problems: tuple[str, ...] = ()
     label_names: dict[int, str] = field(default_factory=dict)
+    modality: str | None = None
+    declared_channel: str | None = None
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -173,6 +194,82 @@ def _dataset_json_names(root: Path, problems: list[str]) -> dict[int, str]:
         return {}
     data = _read_json(root / "dataset.json", problems)
     return _names_from_mapping((data if isinstance(data, dict) else {}).get("labels", {}))
+
+
+# Channel names (nnU-Net's dataset.json) -> this project's modality. nnU-Net normalises a
+# channel named "CT" by its HU statistics and any other by a z-score; the names below are the
+# usual MR sequences and ultrasound spellings. Anything else (PET, "noNorm", ...) is not
+# guessed: the user's (or the default) modality applies, and the engine warns on non-HU values.
+_CT_NAMES = frozenset({"ct", "cta", "cect", "ncct", "ctac", "computed tomography"})
+_MR_NAMES = frozenset({
+    "mr", "mri", "mra", "t1", "t1w", "t1c", "t1ce", "t1gd", "t1-gd", "t1post", "t2", "t2w",
+    "t2*", "flair", "t2-flair", "adc", "dwi", "pd", "pdw", "swi", "dixon", "bold", "cine",
+    "magnetic resonance",
+})  # fmt: skip
+_US_NAMES = frozenset({"us", "ultrasound", "echo", "3dus", "3d us", "trus", "sonography"})
+
+
+def modality_from_channel_name(name) -> str | None:
+    """``"ct"``, ``"mr"`` or ``"us"`` for a channel name such as nnU-Net's ``"CT"``,
+    ``"MRI"``, ``"T2"``, ``"FLAIR"`` or ``"US"`` (case and surrounding spaces ignored; a name
+    starting with "MR" is MR); None when the name says neither."""
+    if not isinstance(name, str):
+        return None
+    key = " ".join(name.strip().lower().replace("_", " ").split())
+    if key in _CT_NAMES:
+        return "ct"
+    if key in _MR_NAMES or key.startswith("mr ") or key.startswith("mri "):
+        return "mr"
+    if key in _US_NAMES:
+        return "us"
+    return None
+
+
+def _declared_channel(root: Path, problems: list[str] | None = None) -> str | None:
+    """Channel 0's name in ``root/dataset.json`` (``channel_names`` of nnU-Net v2, ``modality``
+    of v1), None without one."""
+    if not (root / "dataset.json").is_file():
+        return None
+    data = _read_json(root / "dataset.json", [] if problems is None else problems)
+    if not isinstance(data, dict):
+        return None
+    for key in ("channel_names", "modality"):
+        channels = data.get(key)
+        if isinstance(channels, dict) and isinstance(channels.get("0"), str):
+            return channels["0"]
+    return None
+
+
+def dataset_modality(root: str | os.PathLike) -> str | None:
+    """The modality a dataset folder's ``dataset.json`` declares for channel 0, None when it
+    declares none (no file, an unreadable one, or a name :func:`modality_from_channel_name`
+    cannot map); never an error."""
+    return modality_from_channel_name(_declared_channel(Path(root)))
+
+
+def declared_modality(image_path: str | os.PathLike) -> str | None:
+    """The modality a dataset declares for one of its image files, None when it declares none.
+
+    The dataset folder is the image folder's parent (``imagesTr/`` of nnU-Net, ``volumes/`` of
+    the flat layout, a TotalSegmentator case folder), as for :func:`label_names_for`.
+    """
+    return dataset_modality(Path(image_path).parent.parent)
+
+
+def resolve_modality(chosen: str | None, declared: str | None, *, source="the dataset"):
+    """The modality to run: ``chosen`` when given, else ``declared``, else CT.
+
+    Returns ``(modality, warning)``; ``warning`` is a one-line note when ``chosen`` overrides
+    a different declared modality (None otherwise).
+    """
+    if chosen is None:
+        return (declared or "ct"), None
+    if declared is not None and declared != chosen:
+        return chosen, (
+            f"{source} declares its images {declared.upper()} (dataset.json) but "
+            f"{chosen.upper()} was chosen: running as {chosen.upper()}"
+        )
+    return chosen, None
 
 
 def label_names_for(label_path: str | os.PathLike) -> dict[int, str]:
@@ -299,4 +396,11 @@ def discover(
     if not cases:
         raise InputError(root, f"no usable cases found in the {layout} layout")
     cases.sort(key=lambda c: c.case_id)
-    return DatasetIndex(root, layout, tuple(cases), tuple(problems), names)
+    channel = _declared_channel(root)
+    modality = modality_from_channel_name(channel)
+    if channel is not None and modality is None:
+        problems.append(
+            f"{root / 'dataset.json'}: channel 0 is {channel!r}, not a CT, MR or US name; "
+            "its modality is not taken from it"
+        )
+    return DatasetIndex(root, layout, tuple(cases), tuple(problems), names, modality, channel)

@@ -15,6 +15,11 @@ same for each baseline; ``n_cases`` (cases tried), ``failed_cases`` (id: reason;
 without a label is one), ``dataset_problems`` (what else the dataset's discovery found
 wrong, e.g. a label without its image) and ``warnings`` (case id: the model's one-line notes,
 e.g. values that do not look like the chosen modality).
+
+The modality (how intensities are scaled) is the one asked for, else the one the dataset's
+``dataset.json`` declares (nnU-Net's ``channel_names``), else CT; ``config.modality`` in
+``metrics.json`` is the one used, and overriding a declared one is noted in
+``dataset_problems``.
 """
 
 from __future__ import annotations
@@ -22,14 +27,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from core.atomic import make_output_dir, write_json
 from core.clicks import simulate_clicks
-from core.datasets import discover
+from core.datasets import discover, resolve_modality
 from core.errors import InputError
 from core.intensity import MODALITIES
 from core.io import load_pair
@@ -54,7 +59,7 @@ class EvalConfig:
     max_cases: int | None = None
     classes: tuple[int, ...] | None = None
     layout: str | None = None
-    modality: str = "ct"
+    modality: str | None = None  # None: the dataset's declared one (dataset.json), else CT
     baselines: bool = True
     save_viz: bool = False
     tolerance_mm: float = 1.0
@@ -64,7 +69,7 @@ class EvalConfig:
             raise ValueError(f"clicks must be at least 1, got {self.clicks}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.modality not in MODALITIES:
+        if self.modality is not None and self.modality not in MODALITIES:
             raise ValueError(
                 f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"
             )
@@ -114,8 +119,12 @@ def evaluate(
 
     out = make_output_dir(cfg.output_dir)
     index = discover(cfg.data_root, layout=cfg.layout, require_labels=False)
+    modality, modality_note = resolve_modality(cfg.modality, index.modality, source=cfg.data_root)
+    cfg = replace(cfg, modality=modality)  # metrics.json records the one used
     cases = [c for c in index.cases if c.label is not None][: cfg.max_cases or None]
     failed, problems = _unusable(index)
+    if modality_note:
+        problems.append(modality_note)
     rec = Reconstructor.from_pretrained(cfg.checkpoint, cfg.adapter, policy=policy)
     methods = METHODS if cfg.baselines else ("model",)
     results = {m: {} for m in methods}

@@ -13,6 +13,7 @@ import numpy as np
 
 from core.atomic import make_output_dir, write_json
 from core.clicks import Click, PromptSet, first_click
+from core.datasets import declared_modality, resolve_modality
 from core.errors import InputError
 from core.io import Volume, load_image
 from core.modes import check_index_order
@@ -103,7 +104,7 @@ def predict_to_folder(
     mode: str = "volume",
     checkpoint=None,
     adapter=None,
-    modality: str = "ct",
+    modality: str | None = None,
     zoom_in: bool = False,
     indices: str = "ras",
     on_warning=None,
@@ -113,8 +114,10 @@ def predict_to_folder(
     ``zoom_in``: the engine's optional zoom-in on small organs (volume mode;
     :class:`core.engine.CubePolicy`). ``indices``: what ``axis``, ``slice_idx`` and the points
     index, ``"ras"`` (the volume turned to RAS+) or ``"file"`` (the file's own array order);
-    one of :data:`core.modes.INDEX_ORDERS`. ``on_warning(text)`` receives each of the result's warnings
-    (they are also in ``timings.json``)."""
+    one of :data:`core.modes.INDEX_ORDERS`. ``modality``: None takes the one the volume's dataset
+    declares (``dataset.json`` beside its image folder, e.g. nnU-Net's ``imagesTr/``), else CT.
+    ``on_warning(text)`` receives each of the result's warnings (they are also in
+    ``timings.json``)."""
     from dataclasses import asdict
 
     from core.engine import CubePolicy, Reconstructor
@@ -129,9 +132,12 @@ def predict_to_folder(
     clicks += [Click(axis, slice_idx, r, c, False) for r, c in negatives]
     if indices == "file":
         clicks = file_clicks_to_ras(clicks, grid, path=volume_path)
+    modality, note = resolve_modality(
+        modality, declared_modality(volume_path), source=str(Path(volume_path).parent.parent)
+    )
     rec = Reconstructor.from_pretrained(checkpoint, adapter, policy=CubePolicy(zoom_in=zoom_in))
     result = rec.predict(volume, PromptSet(tuple(clicks)), mode=mode, modality=modality)
-    for text in result.warnings if on_warning else ():
+    for text in ([note] if note else []) + list(result.warnings) if on_warning else ():
         on_warning(f"{volume_path}: {text}")
     extra = {
         "weights": rec.name,

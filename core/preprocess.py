@@ -21,13 +21,13 @@ import time
 import traceback
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from core.atomic import make_output_dir, save_npy, save_npz, write_json
-from core.datasets import LAYOUTS, Case, discover
+from core.datasets import LAYOUTS, Case, declared_modality, discover, resolve_modality
 from core.errors import InputError
 from core.geometry import slice_pointmap, take_slice
 from core.intensity import DEFAULT_CT_WINDOW, MODALITIES, intensity_rule, normalize_intensity
@@ -64,7 +64,8 @@ class PreprocessConfig:
     axes : slice axes to sample
     slice_sampling : one of :data:`SLICE_SAMPLINGS`
     slices_per_axis : slices per axis for ``uniform`` and ``random_axis``
-    modality : "ct", "mr" or "us"
+    modality : "ct", "mr" or "us"; None: the one the dataset's ``dataset.json`` declares,
+        else CT (``core.datasets.resolve_modality``; the cache records the one used)
     ct_window : HU window for CT
     extract_mesh : also write per-class ``.ply`` meshes in world mm
     workers : parallel processes
@@ -78,7 +79,7 @@ class PreprocessConfig:
     axes: tuple[int, ...] = (0, 1, 2)
     slice_sampling: str = "uniform"
     slices_per_axis: int = 8
-    modality: str = "ct"
+    modality: str | None = None
     ct_window: tuple[float, float] = DEFAULT_CT_WINDOW
     extract_mesh: bool = False
     workers: int = 1
@@ -101,7 +102,7 @@ class PreprocessConfig:
             )
         if int(self.slices_per_axis) < 1:
             raise ValueError(f"slices_per_axis must be at least 1, got {self.slices_per_axis}")
-        if self.modality not in MODALITIES:
+        if self.modality is not None and self.modality not in MODALITIES:
             raise ValueError(
                 f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"
             )
@@ -112,8 +113,17 @@ class PreprocessConfig:
         if self.layout is not None and self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
+    def resolved(self, declared: str | None = None) -> tuple[PreprocessConfig, str | None]:
+        """This config with its modality settled (given, else ``declared``, else CT) and the
+        note when a given modality overrides a different declared one."""
+        modality, note = resolve_modality(self.modality, declared, source=str(self.input_dir))
+        return replace(self, modality=modality), note
+
     def output_params(self) -> dict:
-        """The parameters that determine the cache's content (compared on resume)."""
+        """The parameters that determine the cache's content (compared on resume); the
+        modality must have been resolved (:meth:`resolved`)."""
+        if self.modality is None:
+            raise ValueError("output_params needs a resolved modality (PreprocessConfig.resolved)")
         d = asdict(self)
         for k in ("input_dir", "out_dir", "workers", "layout"):
             d.pop(k)
@@ -253,8 +263,11 @@ def case_is_done(out_dir: Path, case_id: str, params_hash: str) -> bool:
 
 
 def preprocess_case(case: Case, cfg: PreprocessConfig) -> CaseResult:
-    """Process one case into the cache; never raises for bad data (returns ``failed``)."""
+    """Process one case into the cache; never raises for bad data (returns ``failed``).
+    A config without a modality takes the one the case's dataset declares (else CT)."""
     t0 = time.perf_counter()
+    if cfg.modality is None:
+        cfg = cfg.resolved(declared_modality(case.image))[0]
     out_dir = Path(cfg.out_dir)
     case_dir, slice_dir = _case_paths(out_dir, case.case_id)
     try:
@@ -463,6 +476,7 @@ def preprocess_dataset(
     """
     t0 = time.perf_counter()
     index = discover(cfg.input_dir, layout=cfg.layout)
+    cfg, modality_note = cfg.resolved(index.modality)
     out_dir = Path(cfg.out_dir)
     params = cfg.output_params()
     make_output_dir(out_dir)  # a file in the way: one line naming it
@@ -471,7 +485,9 @@ def preprocess_dataset(
     manifest["label_names"] = {str(k): v for k, v in index.label_names.items()}
     write_json(out_dir / "manifest.json", manifest)
 
-    summary = PreprocessSummary(str(out_dir), problems=list(index.problems))
+    summary = PreprocessSummary(
+        str(out_dir), problems=list(index.problems) + ([modality_note] if modality_note else [])
+    )
     cases = list(index.cases)[: max_cases if max_cases else None]
     phash = _params_hash(params)
     todo = []

@@ -57,8 +57,11 @@ def _as_cache(
 ):
     """A cache folder for ``path``: itself when it is one, else ``cache_dir`` after
     preprocessing the raw dataset into it (rank 0; the others wait). None when stopped.
+    An unset ``data.modality`` is settled here: a cache's own, or what a raw folder's
+    ``dataset.json`` declares, else CT (the adapter and config.json record it).
     What preprocessing could not use goes into ``skipped`` (rank 0): ``failed`` (case id:
     reason) and ``dataset_problems`` (the dataset discovery's lines)."""
+    from core.datasets import dataset_modality
     from core.intensity import DEFAULT_CT_WINDOW, intensity_rule
     from core.preprocess import PreprocessConfig, cache_params, preprocess_dataset
 
@@ -72,6 +75,8 @@ def _as_cache(
             )
         # the adapter records data.modality, and front ends warn when it is run on another
         modality = params.get("modality")
+        if cfg.data.modality is None:  # not chosen: the cache's own (caches before it: CT)
+            cfg.data.modality = modality or "ct"
         if modality is not None and modality != cfg.data.modality:
             raise ValueError(
                 f"{src}: cache was normalised as {modality} but data.modality is "
@@ -90,6 +95,11 @@ def _as_cache(
         return src
     if not src.is_dir():
         raise ValueError(f"{src}: data folder not found")
+    if cfg.data.modality is None:  # not chosen: what the dataset declares, else CT
+        declared = dataset_modality(src)
+        cfg.data.modality = declared or "ct"
+        if declared:
+            log(f"data.modality={declared}: declared by {src / 'dataset.json'}")
     if cfg.data.classes is None:
         raise ValueError(
             f"{src}: a raw dataset folder (no manifest.json) is preprocessed first, which "

@@ -187,6 +187,9 @@ class FinetuneWidget(Container):
             self.folder_info.show_message(one_line(exc), "warning")
             return
         text = f"{index.layout} layout: {len(index)} case(s)"
+        if index.modality:  # the dataset says what it holds (dataset.json)
+            self.modality.value = index.modality
+            text += f", {index.modality.upper()} ({index.declared_channel!r} in dataset.json)"
         if index.problems:
             text += f"; {len(index.problems)} problem(s), e.g. {index.problems[0]}"
         if len(index) < 2:

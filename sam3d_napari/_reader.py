@@ -6,7 +6,9 @@ integer volume with few distinct values opens as Labels, anything else as an Ima
 layer's metadata keeps the canonical ``affine`` and the file's own orientation
 (``source_affine``), so the Labels writer can save a mask exactly on the original grid, and,
 for a label file of a dataset that names its classes, the names (``label_names``, id -> name;
-``core.datasets.label_names_for``).
+``core.datasets.label_names_for``). An image of a dataset whose ``dataset.json`` declares its
+modality (nnU-Net's ``channel_names``, e.g. "MRI") keeps it (``modality``), so Reconstruct and
+Fine-tune start on it instead of CT (``core.datasets.declared_modality``).
 
 Bad files (corrupt, not NIfTI, 2D/4D, NaN voxels, ...) give one notification naming the file
 and the problem; napari gets the "read, nothing to add" sentinel instead of a traceback.
@@ -82,7 +84,7 @@ def _notify_error(message: str) -> None:
 
 
 def _read_one(path) -> tuple:
-    from core.datasets import label_names_for
+    from core.datasets import declared_modality, label_names_for
     from core.io import LabelVolume, load_image
 
     volume = load_image(path)  # canonical RAS+, float32, with clear errors for bad files
@@ -95,7 +97,9 @@ def _read_one(path) -> tuple:
         names = label_names_for(path)  # the dataset's organ names, for Compare's table
         extra = {"metadata": {"label_names": names}} if names else {}
         return label_layer_data(label, source_affine=source_affine, **extra)
-    return volume_layer_data(volume, source_affine=source_affine)
+    modality = declared_modality(path)  # e.g. an nnU-Net MR dataset's imagesTr/ file
+    extra = {"metadata": {"modality": modality}} if modality else {}
+    return volume_layer_data(volume, source_affine=source_affine, **extra)
 
 
 def _disk_dtype(path) -> np.dtype | None:

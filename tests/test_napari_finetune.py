@@ -214,6 +214,20 @@ def test_a_stopped_run_leaves_the_bar_at_the_fraction_done(
     assert calls[-1] == (250, 250, "finished")
 
 
+def test_a_dataset_folder_that_declares_its_modality_sets_it(
+    make_napari_viewer, tmp_path, tiny_session, flat_dataset
+):
+    (flat_dataset / "dataset.json").write_text('{"channel_names": {"0": "MRI"}}')
+    viewer = make_napari_viewer()
+    widget = _finetune(viewer, tiny_session)
+    assert widget.modality.value == "ct"
+    widget.folder.value = flat_dataset
+    assert (
+        widget.modality.value == "mr" and "MR ('MRI' in dataset.json)" in widget.folder_info.value
+    )
+    assert widget.job().modality == "mr"
+
+
 def test_a_cache_folder_sets_the_modality_it_was_made_with(
     make_napari_viewer, tmp_path, tiny_session, flat_dataset
 ):

@@ -90,6 +90,23 @@ def test_reader_opens_image_and_labels_in_world_mm(make_napari_viewer, oblique_p
     np.testing.assert_allclose(labels.world_to_data(voxel_to_world(a, v)), v, atol=1e-6)
 
 
+def test_an_image_of_a_dataset_that_declares_mr_opens_as_mr(make_napari_viewer, tmp_path):
+    """nnU-Net's dataset.json says what channel 0 holds: the image layer keeps it, so
+    Reconstruct starts on MR (not CT, which would warn at the first click)."""
+    img, lab = two_organs()
+    root = tmp_path / "Dataset001_Prostate"
+    save_nifti(img, np.eye(4), root / "imagesTr" / "p_0000.nii.gz")
+    save_nifti(img, np.eye(4), tmp_path / "loose" / "q.nii.gz")
+    (root / "dataset.json").write_text('{"channel_names": {"0": "T2"}, "labels": {"A": 1}}')
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(root / "imagesTr" / "p_0000.nii.gz", plugin=PLUGIN)
+    (loose,) = viewer.open(tmp_path / "loose" / "q.nii.gz", plugin=PLUGIN)
+    assert image.metadata["modality"] == "mr" and "modality" not in loose.metadata
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct (click to 3D)")
+    widget.image.value = image
+    assert widget.modality.value == "mr"
+
+
 @pytest.mark.parametrize("folder", ["labels", "labelsTr", "labelsTs", "segmentations"])
 def test_a_float_label_map_in_a_labels_folder_opens_as_labels(make_napari_viewer, tmp_path, folder):
     """Real label maps are often stored as float64 holding integers, under the case's plain

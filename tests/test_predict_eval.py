@@ -372,6 +372,43 @@ def test_eval_of_values_that_are_not_hu_as_ct_warns_per_case(tiny_weights, tmp_p
     assert json.loads((tmp_path / "mr" / "metrics.json").read_text())["warnings"] == {}
 
 
+def test_eval_and_predict_take_the_modality_a_dataset_declares(tiny_weights, tmp_path, capsys):
+    """An nnU-Net MR dataset (dataset.json channel_names {"0": "MRI"}) runs as MR when no
+    --modality is given: no not-HU warning, metrics.json and timings.json record "mr". Asked
+    for CT, it runs as CT and says that the dataset declares MR."""
+    root = tmp_path / "mr"
+    for i in range(2):
+        img, _, affine = write_case(
+            root / "imagesTr" / f"m_{i}_0000.nii.gz", root / "labelsTr" / f"m_{i}.nii.gz", seed=i
+        )
+        save_nifti(img + 400.0, affine, root / "imagesTr" / f"m_{i}_0000.nii.gz")  # not HU
+    (root / "dataset.json").write_text('{"channel_names": {"0": "MRI"}, "labels": {"A": 1}}')
+    args = ["eval", "--checkpoint", str(tiny_weights), "--data_root", str(root), "--clicks", "1",
+            "--classes", "1", "--no_baselines"]  # fmt: skip
+    assert main([*args, "--output_dir", str(tmp_path / "auto")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    m = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert m["config"]["modality"] == "mr" and m["warnings"] == {} and m["dataset_problems"] == []
+    assert main([*args, "--output_dir", str(tmp_path / "ct"), "--modality", "ct"]) == 0
+    out = capsys.readouterr()
+    m = json.loads((tmp_path / "ct" / "metrics.json").read_text())
+    assert m["config"]["modality"] == "ct" and set(m["warnings"]) == {"m_0", "m_1"}
+    assert any("declares its images MR" in p for p in m["dataset_problems"])
+    assert "declares its images MR (dataset.json) but CT was chosen" in out.out
+    # predict on one of its volumes: the same
+    vol = root / "imagesTr" / "m_0_0000.nii.gz"
+    pred = ["predict", "--volume", str(vol), "--axis", "2", "--slice", "10", "--point", "12,14",
+            "--checkpoint", str(tiny_weights)]  # fmt: skip
+    assert main([*pred, "--out", str(tmp_path / "p_auto")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "p_auto" / "timings.json").read_text())["modality"] == "mr"
+    assert main([*pred, "--out", str(tmp_path / "p_ct"), "--modality", "ct"]) == 0
+    err = capsys.readouterr().err
+    assert json.loads((tmp_path / "p_ct" / "timings.json").read_text())["modality"] == "ct"
+    assert "declares its images MR (dataset.json) but CT was chosen" in err
+    assert "do not look like CT" in err
+
+
 def test_zoom_in_option_of_predict_and_eval(tiny_weights, hearts, tmp_path):
     """--zoom_in reaches the engine: the shipped base zooms in on a heart chamber (a second
     pass at a finer cube, then the refinement pass); eval records the policy it ran."""
