@@ -90,6 +90,11 @@ class FinetuneWidget(Container):
         self.image = ComboBox(label="Image", choices=layer_choices(viewer, "image"))
         self.labels = ComboBox(label="Labels", choices=layer_choices(viewer, "labels"))
         self.modality = ComboBox(label="Modality", choices=list(MODALITIES), value="ct")
+        # The Modality shown came from the image layer (Reconstruct keeps each image's choice
+        # in its metadata, napari sends no event when it changes): Start reads it again. A
+        # choice made here wins until another image is chosen.
+        self._modality_from_layer = True
+        self._setting_modality = False
         self.classes = SpinBox(label="Classes (0: auto)", min=0, max=10000, value=0)
         self.rank = SpinBox(label="LoRA rank", min=1, max=64, value=4)
         self.alpha = FloatSpinBox(label="LoRA alpha", min=0.5, max=512.0, step=0.5, value=8.0)
@@ -138,6 +143,7 @@ class FinetuneWidget(Container):
         self.native.layout().addWidget(self.plot)
         self.source.changed.connect(self._on_source)
         self.image.changed.connect(self._on_image)
+        self.modality.changed.connect(self._on_modality_choice)
         self.folder.changed.connect(self._on_folder)
         self.output.changed.connect(self._on_output)
         self.start_button.changed.connect(self.start)
@@ -156,9 +162,24 @@ class FinetuneWidget(Container):
         self.labels.reset_choices()
 
     def _on_image(self, layer):
+        self._modality_from_layer = True
+        self._show_layer_modality(layer)
+
+    def _show_layer_modality(self, layer) -> None:
         modality = (getattr(layer, "metadata", None) or {}).get("modality")
-        if modality in MODALITIES:
-            self.modality.value = modality
+        if modality in MODALITIES and modality != self.modality.value:
+            self._set_modality(modality)
+
+    def _set_modality(self, value: str) -> None:
+        self._setting_modality = True
+        try:
+            self.modality.value = value
+        finally:
+            self._setting_modality = False
+
+    def _on_modality_choice(self, _value):
+        if not self._setting_modality:  # the user's choice, not the layer's
+            self._modality_from_layer = False
 
     def _on_source(self, value):
         from_folder = value == FOLDER
@@ -178,7 +199,7 @@ class FinetuneWidget(Container):
             except (OSError, ValueError, KeyError):  # core.train names the problem at Start
                 modality = None
             if modality in MODALITIES:  # a cache is trained as what it was made of
-                self.modality.value = modality
+                self._set_modality(modality)
             self.folder_info.show_message(f"a preprocessed cache ({modality or 'ct'})")
             return
         try:
@@ -188,7 +209,7 @@ class FinetuneWidget(Container):
             return
         text = f"{index.layout} layout: {len(index)} case(s)"
         if index.modality:  # the dataset says what it holds (dataset.json)
-            self.modality.value = index.modality
+            self._set_modality(index.modality)
             text += f", {index.modality.upper()} ({index.declared_channel!r} in dataset.json)"
         if index.problems:
             text += f"; {len(index.problems)} problem(s), e.g. {index.problems[0]}"
@@ -227,6 +248,8 @@ class FinetuneWidget(Container):
             img, lab = self.image.value, self.labels.value
             if img is None or lab is None:
                 raise ValueError("choose an image layer and a labels layer")
+            if self._modality_from_layer:  # e.g. changed in Reconstruct since it was chosen
+                self._show_layer_modality(img)
             from core.io import LabelVolume, check_same_grid
 
             volume = volume_of(img)

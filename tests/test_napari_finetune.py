@@ -132,6 +132,30 @@ def test_finetune_on_the_image_and_labels_layers(make_napari_viewer, qtbot, tmp_
     assert widget.plot.note  # one case: no validation split, and the plot says so
 
 
+def test_start_reads_the_image_layers_modality_again_unless_chosen_here(
+    make_napari_viewer, tiny_session
+):
+    """Reconstruct keeps each image's modality in its metadata, and napari sends no event
+    when it changes: Fine-tune reads it again at Start. A choice made in Fine-tune wins until
+    another image is chosen."""
+    from sam3d_napari._finetune_widget import LAYERS
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "heart")
+    image = viewer.layers[0]
+    widget = _finetune(viewer, tiny_session)
+    widget.source.value = LAYERS
+    assert widget.image.value is image and widget.modality.value == "ct"
+    image.metadata["modality"] = "mr"  # as Reconstruct's Modality does for this image
+    assert widget.job().modality == "mr" and widget.modality.value == "mr"
+    widget.modality.value = "us"  # chosen here: kept, whatever the layer says
+    image.metadata["modality"] = "ct"
+    assert widget.job().modality == "us"
+    widget.image.value = viewer.add_image(np.zeros((4, 4, 4)), name="other")
+    widget.image.value = image  # chosen again: the layer's once more
+    assert widget.modality.value == "ct" and widget.job().modality == "ct"
+
+
 def test_closing_the_panel_stops_the_run(
     make_napari_viewer, qtbot, tmp_path, tiny_session, flat_dataset
 ):
