@@ -168,6 +168,29 @@ def pytest_runtest_call(item):
 
 
 @pytest.fixture(scope="module")
+def shipped_model():
+    """The shipped base, loaded once per test module, on one torch thread."""
+    import torch
+
+    from core.engine import Reconstructor
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads spin against each other on a busy 2-core box
+    yield Reconstructor.from_pretrained()
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fast_model(monkeypatch, shipped_model):
+    """Every napari viewer's session uses the one already loaded model (loading takes
+    seconds)."""
+    from sam3d_napari._session import Session
+
+    monkeypatch.setattr(Session, "_reconstructor", lambda self: shipped_model)
+    return shipped_model
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``)."""
     import torch

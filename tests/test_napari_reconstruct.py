@@ -1,13 +1,13 @@
 """Reconstruct widget: clicks in napari's world -> voxels, the 3D result on screen, commit,
-undo, box prompts, weights, and screenshots."""
+undo, box prompts and screenshots (the model and weights choice, and the modality:
+test_napari_model_choice.py)."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pytest
 from conftest import oblique_affine, two_organs
+from napari_common import LV, PLUGIN, RECONSTRUCT, RV, click_at, organ_click, sample, wait_result
 
 pytest.importorskip("napari")
 pytestmark = [
@@ -15,58 +15,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning"),
 ]
 
-PLUGIN = "sam3d-napari"
-RECONSTRUCT = "Reconstruct (click to 3D)"
-LV, RV = 2, 4
 # One click on the sample heart's left ventricle with the shipped base gives Dice 0.55 (base
 # of 2025-11-22); the base may be retrained, so the floor leaves a wide margin.
 DICE_FLOOR = 0.30
-
-
-@pytest.fixture(scope="module")
-def shipped_model():
-    import torch
-
-    from core.engine import Reconstructor
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads spin against each other on a busy 2-core box
-    yield Reconstructor.from_pretrained()
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def fast_model(monkeypatch, shipped_model):
-    """Every viewer's session uses the one already loaded model (loading takes seconds)."""
-    from sam3d_napari._session import Session
-
-    monkeypatch.setattr(Session, "_reconstructor", lambda self: shipped_model)
-    return shipped_model
-
-
-def _sample(viewer):
-    viewer.open_sample(PLUGIN, "heart")
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT)
-    image = viewer.layers["heart CT (synthetic)"]
-    gt = viewer.layers["heart labels (ground truth)"]
-    return widget, image, np.asarray(gt.data)
-
-
-def _click_voxel(viewer, widget, voxel, **kw):
-    """A click on the canvas at the world point of ``voxel`` on the current view."""
-    from sam3d_napari._testing import click_voxel
-
-    return click_voxel(viewer, widget.image_layer, voxel, **kw)
-
-
-def _wait(widget, qtbot, timeout=60_000):
-    qtbot.waitUntil(lambda: not widget.busy and widget.result is not None, timeout=timeout)
-
-
-def _organ_click(gt, label):
-    from core.clicks import first_click
-
-    return first_click(gt == label)
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,7 +43,7 @@ def test_clicks_on_an_oblique_volume_land_on_the_voxel_under_the_cursor(
         widget.set_view(view)
         v = np.array([11.0, 9.0, 6.0])
         v[[i for i in range(3) if i != axis]] += [0.3, -0.4]  # not on a voxel centre
-        world = _click_voxel(viewer, widget, v)
+        world = click_at(viewer, widget, v)
         c = widget.prompts().clicks[-1]
         assert (c.axis, c.positive) == (axis, True)
         np.testing.assert_allclose(c.voxel(), v, atol=1e-6)
@@ -105,7 +56,7 @@ def test_click_outside_the_volume_is_refused_with_a_message(make_napari_viewer, 
     from sam3d_napari._testing import click
 
     viewer = make_napari_viewer()
-    widget, image, _ = _sample(viewer)
+    widget, image, _ = sample(viewer)
     widget.auto_run.value = False
     click(viewer, (500.0, 0.0, 0.0))
     assert widget.prompts().clicks == ()
@@ -116,14 +67,14 @@ def test_negative_clicks_by_modifier_or_toggle_and_a_drag_is_not_a_click(
     make_napari_viewer, fast_model
 ):
     viewer = make_napari_viewer()
-    widget, _, _ = _sample(viewer)
+    widget, _, _ = sample(viewer)
     widget.auto_run.value = False
-    _click_voxel(viewer, widget, (30, 30, 31))
-    _click_voxel(viewer, widget, (31, 30, 31), modifiers=["Shift"])
+    click_at(viewer, widget, (30, 30, 31))
+    click_at(viewer, widget, (31, 30, 31), modifiers=["Shift"])
     widget._toggle_negative()  # the N key
-    _click_voxel(viewer, widget, (32, 30, 31))
+    click_at(viewer, widget, (32, 30, 31))
     widget._toggle_negative()
-    _click_voxel(viewer, widget, (33, 30, 31), drag_pixels=20)  # a pan
+    click_at(viewer, widget, (33, 30, 31), drag_pixels=20)  # a pan
     assert [c.positive for c in widget.prompts().clicks] == [True, False, False]
     colors = widget.prompt_layer.face_color
     assert colors[0][1] > colors[0][0] and colors[1][0] > colors[1][1]  # green, then red
@@ -134,13 +85,13 @@ def test_negative_clicks_by_modifier_or_toggle_and_a_drag_is_not_a_click(
     assert [c.positive for c in widget.prompts().clicks] == [True, False]
     assert widget.prompts().clicks[1].voxel()[0] == 32
     viewer.dims.ndisplay = 3
-    _click_voxel(viewer, widget, (30, 30, 31))
+    click_at(viewer, widget, (30, 30, 31))
     assert len(widget.prompts().clicks) == 2 and "2D" in widget.status.value
 
 
 def test_rgb_layers_are_not_offered_as_the_image(make_napari_viewer, fast_model):
     viewer = make_napari_viewer()
-    widget, image, _ = _sample(viewer)
+    widget, image, _ = sample(viewer)
     rgb = viewer.add_image(np.zeros((8, 16, 16, 3), np.float32), rgb=True, name="photo stack")
     assert rgb.ndim == 3 and rgb not in widget.image.choices  # a click on it raised
     assert widget.image_layer is image
@@ -151,14 +102,14 @@ def test_closing_the_dock_widget_stops_it_answering_clicks(make_napari_viewer, f
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT)
     viewer.open_sample(PLUGIN, "heart")
     widget.auto_run.value = False
-    _click_voxel(viewer, widget, (30, 30, 31))
+    click_at(viewer, widget, (30, 30, 31))
     prompts = widget.prompt_layer
     viewer.window.remove_dock_widget(dock)  # napari's close button (the widget stays alive)
     assert prompts not in viewer.layers  # its prompts layer went with it
     _, again = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT)
     again.auto_run.value = False
     assert again is not widget
-    _click_voxel(viewer, again, (30, 30, 31))
+    click_at(viewer, again, (30, 30, 31))
     assert len(again.prompts().clicks) == 1
     assert widget.prompts().clicks == ()  # the closed one no longer takes clicks
     assert [lyr.name for lyr in viewer.layers if "prompts" in lyr.name] == [again.prompt_layer.name]
@@ -166,76 +117,6 @@ def test_closing_the_dock_widget_stops_it_answering_clicks(make_napari_viewer, f
 
 # --------------------------------------------------------------------------------------------
 # with the shipped model
-
-
-def test_the_model_loads_and_warms_up_in_the_background_when_the_widget_opens(
-    make_napari_viewer, qtbot
-):
-    from sam3d_napari._widgets import ReconstructWidget
-
-    viewer = make_napari_viewer()
-    widget = ReconstructWidget(viewer)  # no image yet: the user opens one meanwhile
-    assert widget.loading and "Loading the model" in widget.timing.value
-    viewer.open_sample(PLUGIN, "heart")
-    qtbot.waitUntil(lambda: not widget.loading, timeout=60_000)
-    rec = widget.session._rec
-    assert widget.session.ready and rec.warm and widget.timing.value == "Model ready."
-    assert rec.name == "base" and not rec.merged
-    # choosing an adapter merges it in the background too
-    from core.weights import list_shipped_adapters
-
-    shipped = list(list_shipped_adapters())
-    if shipped:
-        widget.weights.value = shipped[0]
-        assert widget.loading
-        qtbot.waitUntil(lambda: not widget.loading, timeout=120_000)
-        assert rec.name == shipped[0] and len(rec.merged) == 1
-    # the first click runs on the loaded, warmed model (and the merged adapter)
-    gt = np.asarray(viewer.layers["heart labels (ground truth)"].data)
-    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
-    _wait(widget, qtbot)
-    assert widget.session._rec is rec and widget.result.mask.any()
-    assert len(rec.merged) == (1 if shipped else 0)  # merged once, by the preload
-    # another image on a warm session loads and merges nothing again
-    viewer.add_image(np.zeros((8, 8, 8), np.float32), name="other")
-    widget.image.value = viewer.layers["other"]
-    qtbot.waitUntil(lambda: not widget.loading, timeout=60_000)
-    assert widget.session._rec is rec and len(rec.merged) == (1 if shipped else 0)
-
-
-def test_changing_the_base_weights_never_waits_for_a_load_in_progress(tmp_path):
-    """A preload or a reconstruction holds the session's lock for seconds; choosing other base
-    weights from the GUI thread must not wait for it. The next use loads them."""
-    import threading
-    from types import SimpleNamespace
-
-    from sam3d_napari._session import Session
-
-    session = Session()
-    session._rec, session._rec_base = SimpleNamespace(warm=True), None  # loaded, in use
-    assert session.ready
-    with session._lock:  # a load in progress
-        t = threading.Thread(target=session.set_base_weights, args=(tmp_path / "other",))
-        t.start()
-        t.join(timeout=10)
-        assert not t.is_alive()
-    assert session.base_weights == str(tmp_path / "other") and not session.ready
-
-
-def test_a_model_that_fails_to_load_says_so_when_the_widget_opens(
-    make_napari_viewer, qtbot, tmp_path
-):
-    from sam3d_napari._session import session_for
-    from sam3d_napari._widgets import ReconstructWidget
-
-    viewer = make_napari_viewer()
-    session_for(viewer).set_base_weights(tmp_path / "missing.safetensors")
-    viewer.open_sample(PLUGIN, "heart")
-    widget = ReconstructWidget(viewer)
-    qtbot.waitUntil(lambda: not widget.loading, timeout=60_000)
-    assert "Loading the model failed" in widget.status.value
-    assert "missing.safetensors" in widget.status.value
-    assert not widget.session.ready and widget.timing.value == ""  # never "ready"
 
 
 def test_a_click_on_the_sample_organ_gives_aligned_labels_and_surface(
@@ -247,10 +128,10 @@ def test_a_click_on_the_sample_organ_gives_aligned_labels_and_surface(
     from sam3d_napari._voxelize import mesh_to_mask
 
     viewer = make_napari_viewer()
-    widget, image, gt = _sample(viewer)
-    click = _organ_click(gt, LV)
-    _click_voxel(viewer, widget, click.voxel())
-    _wait(widget, qtbot)
+    widget, image, gt = sample(viewer)
+    click = organ_click(gt, LV)
+    click_at(viewer, widget, click.voxel())
+    wait_result(widget, qtbot)
     mask_layer, surface = widget.mask_layer, widget.surface_layer
     assert type(mask_layer).__name__ == "Labels" and type(surface).__name__ == "Surface"
     # on the image's grid, in the image's world place
@@ -276,17 +157,17 @@ def test_commit_two_objects_keeps_both_and_never_overwrites_silently(
     from sam3d_napari._reconstruct_widget import OVERWRITE
 
     viewer = make_napari_viewer()
-    widget, _, gt = _sample(viewer)
+    widget, _, gt = sample(viewer)
     widget.class_id.value = LV
-    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
-    _wait(widget, qtbot)
+    click_at(viewer, widget, organ_click(gt, LV).voxel())
+    wait_result(widget, qtbot)
     lv_mask = widget.result.mask.copy()
     target = widget.commit()
     assert widget.result is None and widget.prompts().clicks == ()
     assert widget.class_id.value == LV + 1  # ready for the next object
     widget.class_id.value = RV
-    _click_voxel(viewer, widget, _organ_click(gt, RV).voxel())
-    _wait(widget, qtbot)
+    click_at(viewer, widget, organ_click(gt, RV).voxel())
+    wait_result(widget, qtbot)
     rv_mask = widget.result.mask & ~lv_mask
     widget.commit()
     labels = np.asarray(target.data).copy()
@@ -305,8 +186,8 @@ def test_commit_two_objects_keeps_both_and_never_overwrites_silently(
 
     # the same LV again as class 5: "keep" leaves the LV voxels and says how many
     widget.class_id.value = 5
-    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
-    _wait(widget, qtbot)
+    click_at(viewer, widget, organ_click(gt, LV).voxel())
+    wait_result(widget, qtbot)
     before = np.asarray(target.data).copy()
     clash = int((widget.result.mask & (before != 0)).sum())
     assert clash > 0
@@ -317,8 +198,8 @@ def test_commit_two_objects_keeps_both_and_never_overwrites_silently(
     # ... and "overwrite" replaces them, saying so
     widget.class_id.value = 6
     widget.overlap.value = OVERWRITE
-    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
-    _wait(widget, qtbot)
+    click_at(viewer, widget, organ_click(gt, LV).voxel())
+    wait_result(widget, qtbot)
     before = np.asarray(target.data).copy()
     clash = int((widget.result.mask & (before != 0)).sum())
     n = len(notification_manager.records)
@@ -329,13 +210,13 @@ def test_commit_two_objects_keeps_both_and_never_overwrites_silently(
 
 def test_undo_shows_the_previous_result_and_clear_empties(make_napari_viewer, qtbot, fast_model):
     viewer = make_napari_viewer()
-    widget, _, gt = _sample(viewer)
-    c = _organ_click(gt, LV)
-    _click_voxel(viewer, widget, c.voxel())
-    _wait(widget, qtbot)
+    widget, _, gt = sample(viewer)
+    c = organ_click(gt, LV)
+    click_at(viewer, widget, c.voxel())
+    wait_result(widget, qtbot)
     first = widget.result
     v = c.voxel() + [6, 0, 0]
-    _click_voxel(viewer, widget, v, modifiers=["Shift"])
+    click_at(viewer, widget, v, modifiers=["Shift"])
     qtbot.waitUntil(lambda: not widget.busy and widget.result is not first, timeout=60_000)
     assert len(widget.result.prompts.clicks) == 2
     widget.undo()
@@ -351,12 +232,12 @@ def test_a_click_after_the_image_layer_moved_runs_on_its_new_place(
     """The results of the old place are not the previous result of the new one (the engine
     refuses a previous of another grid; the refusal was retried without end)."""
     viewer = make_napari_viewer()
-    widget, image, gt = _sample(viewer)
-    voxel = _organ_click(gt, LV).voxel()
-    _click_voxel(viewer, widget, voxel)
-    _wait(widget, qtbot)
+    widget, image, gt = sample(viewer)
+    voxel = organ_click(gt, LV).voxel()
+    click_at(viewer, widget, voxel)
+    wait_result(widget, qtbot)
     image.translate = np.asarray(image.translate) + 5.0
-    _click_voxel(viewer, widget, (voxel[0], voxel[1] + 2, voxel[2]))
+    click_at(viewer, widget, (voxel[0], voxel[1] + 2, voxel[2]))
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert "failed" not in widget.status.value
     np.testing.assert_allclose(widget.result.affine[:3, 3], widget._volume().affine[:3, 3])
@@ -371,12 +252,12 @@ def test_undo_after_the_image_layer_moved_shows_the_result_on_its_new_place(
     from sam3d_napari._layers import layer_affine, meta_affine
 
     viewer = make_napari_viewer()
-    widget, image, gt = _sample(viewer)
-    voxel = _organ_click(gt, LV).voxel()
-    _click_voxel(viewer, widget, voxel)
-    _wait(widget, qtbot)
+    widget, image, gt = sample(viewer)
+    voxel = organ_click(gt, LV).voxel()
+    click_at(viewer, widget, voxel)
+    wait_result(widget, qtbot)
     first = widget.result
-    _click_voxel(viewer, widget, (voxel[0], voxel[1] + 2, voxel[2]))
+    click_at(viewer, widget, (voxel[0], voxel[1] + 2, voxel[2]))
     qtbot.waitUntil(lambda: not widget.busy and widget.result is not first, timeout=60_000)
     widget.start_box()  # made on the old place
     image.translate = np.asarray(image.translate) + [5.0, -3.0, 2.0]
@@ -396,7 +277,7 @@ def test_undo_after_the_image_layer_moved_shows_the_result_on_its_new_place(
 
 def test_a_failed_run_is_not_retried_without_end(make_napari_viewer, qtbot, fast_model):
     viewer = make_napari_viewer()
-    widget, _, gt = _sample(viewer)
+    widget, _, gt = sample(viewer)
     calls = []
 
     def fail(*args, **kwargs):
@@ -404,7 +285,7 @@ def test_a_failed_run_is_not_retried_without_end(make_napari_viewer, qtbot, fast
         raise RuntimeError("out of memory")
 
     widget.session.predict = fail
-    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
+    click_at(viewer, widget, organ_click(gt, LV).voxel())
     qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
     qtbot.wait(300)
     assert not widget.busy and len(calls) == 1
@@ -415,8 +296,8 @@ def test_removing_the_image_while_it_reconstructs_lets_go_of_it(
     make_napari_viewer, qtbot, fast_model
 ):
     viewer = make_napari_viewer()
-    widget, image, gt = _sample(viewer)
-    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
+    widget, image, gt = sample(viewer)
+    click_at(viewer, widget, organ_click(gt, LV).voxel())
     assert widget.busy
     viewer.layers.remove(image)  # the only image
     assert widget.image_layer is None and widget.prompt_layer is None
@@ -427,39 +308,14 @@ def test_removing_the_image_while_it_reconstructs_lets_go_of_it(
     assert "Choose an image" in widget.status.value
 
 
-def test_choosing_the_built_in_base_again_reruns_with_it(make_napari_viewer, qtbot, fast_model):
-    from core.weights import list_shipped_adapters
-    from sam3d_napari._reconstruct_widget import ADAPTER_FOLDER
-
-    shipped = list(list_shipped_adapters())
-    if not shipped:
-        pytest.skip("no shipped adapter")
-    viewer = make_napari_viewer()
-    widget, _, gt = _sample(viewer)
-    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
-    _wait(widget, qtbot)
-    base = widget.result
-    widget.weights.value = ADAPTER_FOLDER
-    widget.weights.value = shipped[0]
-    qtbot.waitUntil(
-        lambda: not widget.busy and not widget.loading and widget.result is not base,
-        timeout=120_000,
-    )
-    assert fast_model.name == shipped[0]
-    widget.weights.native.setCurrentIndex(0)  # the user picks "built-in base" (data None)
-    assert widget.weights.value is None and widget.busy  # re-runs the prompts with the base
-    qtbot.waitUntil(lambda: not widget.busy and not widget.loading, timeout=60_000)
-    assert fast_model.name == "base" and np.array_equal(widget.result.mask, base.mask)
-
-
 def test_zoom_in_checkbox_reaches_the_engine_in_volume_mode_only(
     make_napari_viewer, qtbot, fast_model
 ):
     viewer = make_napari_viewer()
-    widget, _, gt = _sample(viewer)
+    widget, _, gt = sample(viewer)
     assert widget.zoom_in.value is False  # the engine's default
-    _click_voxel(viewer, widget, _organ_click(gt, 1).voxel())  # the LA: a compact chamber
-    _wait(widget, qtbot)
+    click_at(viewer, widget, organ_click(gt, 1).voxel())  # the LA: a compact chamber
+    wait_result(widget, qtbot)
     plain = widget.result
     assert plain.cube.spacing == 3.0 and plain.passes == 2  # one pass + the refinement pass
     widget.zoom_in.value = True  # a settings change: runs again on the same clicks
@@ -487,8 +343,8 @@ def test_box_prompt_drawn_on_the_slice_reconstructs(make_napari_viewer, qtbot, f
     from core.metrics import dice
 
     viewer = make_napari_viewer()
-    widget, _, gt = _sample(viewer)
-    k = _organ_click(gt, LV).slice_idx
+    widget, _, gt = sample(viewer)
+    k = organ_click(gt, LV).slice_idx
     viewer.dims.set_point(2, widget.image_layer.data_to_world((0, 0, k))[2])
     widget.start_box()
     box_layer = widget.box_layer
@@ -498,7 +354,7 @@ def test_box_prompt_drawn_on_the_slice_reconstructs(make_napari_viewer, qtbot, f
         [[rows.min(), cols.min()], [rows.min(), cols.max()], [rows.max(), cols.max()],
          [rows.max(), cols.min()]], dtype=float)  # fmt: skip
     box_layer.add_rectangles(np.column_stack([corners, np.full(4, k)]))
-    _wait(widget, qtbot)
+    wait_result(widget, qtbot)
     box = widget.prompts().box
     assert isinstance(box, Box) and (box.axis, box.slice_idx) == (2, k)
     assert (box.r0, box.c0, box.r1, box.c1) == (
@@ -509,39 +365,6 @@ def test_box_prompt_drawn_on_the_slice_reconstructs(make_napari_viewer, qtbot, f
     )
     assert box_layer.mode == "pan_zoom"
     assert dice(widget.result.mask, gt == LV) > 0.2
-
-
-def test_weights_offer_base_shipped_adapters_and_a_folder(
-    make_napari_viewer, qtbot, tmp_path, fast_model
-):
-    from core.weights import list_shipped_adapters
-    from sam3d_napari._reconstruct_widget import ADAPTER_FOLDER
-
-    viewer = make_napari_viewer()
-    widget, _, gt = _sample(viewer)
-    shipped = list(list_shipped_adapters())
-    labels = [str(c) for c in widget.weights.choices]
-    assert all(name in labels for name in shipped)
-    widget.weights.value = ADAPTER_FOLDER
-    assert not widget.adapter_dir.native.isHidden()  # shown (the viewer itself is hidden)
-    widget.adapter_dir.value = tmp_path  # not an adapter
-    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
-    assert not widget.busy and str(tmp_path) in widget.status.value  # said at once
-    if shipped:
-        widget.weights.value = shipped[0]  # reruns the prompts with the adapter
-        _wait(widget, qtbot)
-        assert fast_model.name == shipped[0] and widget.result.mask.any()
-
-    # adapters fine-tuned in the session join the list before "adapter folder...", in order,
-    # and the chosen entry stays chosen without a change (no re-run)
-    chosen = widget.weights.value
-    changes = []
-    widget.weights.changed.connect(changes.append)
-    for run in ("run1", "run2"):
-        widget.session.add_adapter(run, tmp_path / run)
-    names = [widget.weights.native.itemText(i) for i in range(widget.weights.native.count())]
-    assert names[-3:] == ["run1 (fine-tuned)", "run2 (fine-tuned)", ADAPTER_FOLDER]
-    assert widget.weights.value == chosen and changes == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,10 +378,10 @@ def _yellow(img) -> int:
 
 def test_screenshots_show_the_result_in_2d_and_3d(make_napari_viewer, qtbot, fast_model):
     viewer = make_napari_viewer(show=True)
-    widget, _, gt = _sample(viewer)
+    widget, _, gt = sample(viewer)
     viewer.layers["heart labels (ground truth)"].visible = False
-    _click_voxel(viewer, widget, _organ_click(gt, LV).voxel())
-    _wait(widget, qtbot)
+    click_at(viewer, widget, organ_click(gt, LV).voxel())
+    wait_result(widget, qtbot)
     shot2d = viewer.screenshot(canvas_only=True, flash=False)
     assert shot2d[..., :3].std() > 10  # not blank
     assert _yellow(shot2d) > 200  # the object, in its colour, on the slice
@@ -584,63 +407,3 @@ def test_a_commit_that_changes_nothing_is_no_undo_step():
     assert not write_undoably(layer, data.copy())  # the same again: nothing changes
     layer.undo()
     assert not np.asarray(layer.data).any()  # the one undo takes the real commit back
-
-
-def test_an_eight_bit_volume_opened_as_ct_says_to_check_the_modality(
-    make_napari_viewer, qtbot, fast_model
-):
-    from core.synthetic import make_heart_phantom
-    from sam3d_napari._layers import layer_transform
-    from sam3d_napari._widgets import ReconstructWidget
-
-    image, label = make_heart_phantom(7)
-    u8 = (np.clip((image.data + 1024) / 1500, 0, 1) * 255).astype(np.uint8)
-    viewer = make_napari_viewer()
-    viewer.add_image(
-        u8, name="grey", metadata={"affine": image.affine}, **layer_transform(image.affine)
-    )
-    widget = ReconstructWidget(viewer)
-    assert widget.modality.value == "ct"
-    _click_voxel(viewer, widget, _organ_click(label.data, LV).voxel())
-    _wait(widget, qtbot)
-    assert "Check the Modality: values 0..255 do not look like CT" in widget.status.value
-    # every warning is shown, not only the first (another may name an adapter's modality)
-    widget._show(dataclasses.replace(widget.result, warnings=("first note", "second note")))
-    assert "Check the Modality: first note; second note." in widget.status.value
-    widget._show(widget._results[widget._key()])
-    widget.modality.value = "mr"  # re-runs the object with the new setting
-    qtbot.waitUntil(lambda: not widget.busy and "Check the Modality" not in widget.status.value)
-    assert "Add clicks to refine" in widget.status.value
-
-
-def test_the_modality_chosen_for_an_image_stays_with_it_and_reaches_fine_tune(
-    make_napari_viewer, fast_model
-):
-    from sam3d_napari._layers import layer_transform
-    from sam3d_napari._widgets import FinetuneWidget, ReconstructWidget
-
-    img, _ = two_organs(shape=(24, 28, 20))
-    a = np.diag([2.0, 2.0, 3.0, 1.0])
-    viewer = make_napari_viewer()
-    mr = viewer.add_image(img + 200, name="mr", metadata={"affine": a}, **layer_transform(a))
-    ct = viewer.add_image(
-        img, name="ct", metadata={"affine": a, "modality": "ct"}, **layer_transform(a)
-    )
-    widget = ReconstructWidget(viewer)
-    widget.image.value = mr
-    widget.modality.value = "mr"
-    widget.image.value = ct
-    assert widget.modality.value == "ct"
-    widget.image.value = mr  # back to the MR: its modality again, not the CT's
-    assert widget.modality.value == "mr"
-    finetune = FinetuneWidget(viewer)
-    finetune.image.value = ct
-    finetune.image.value = mr
-    assert finetune.modality.value == "mr"
-    # an image never set keeps the modality on show when chosen (its clicks run with it)
-    other = viewer.add_image(img + 300, name="other", metadata={"affine": a}, **layer_transform(a))
-    widget.image.value = other
-    assert widget.modality.value == "mr" and other.metadata["modality"] == "mr"
-    finetune.image.value = ct
-    finetune.image.value = other
-    assert finetune.modality.value == "mr"
