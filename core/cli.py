@@ -475,9 +475,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options whose value may start with "-" without being a plain number (argparse would take
+#: ``--ct_window -1000,2000`` for two options and refuse it).
+_NEGATIVE_VALUE_OPTIONS = ("--ct_window",)
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--ct_window -1000,2000`` as ``--ct_window=-1000,2000``, the form argparse accepts."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if (
+            arg in _NEGATIVE_VALUE_OPTIONS
+            and len(nxt) > 1
+            and nxt[0] == "-"
+            and nxt[1] in "0123456789."
+        ):
+            out.append(f"{arg}={nxt}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.func(args) or 0)
     except (InputError, ValueError, FileNotFoundError) as exc:

@@ -80,6 +80,16 @@ def test_cache_content_and_geometry(totalseg_dir, tmp_path):
         assert str(z["case_id"]) == "case0"
 
 
+def test_ct_window_takes_a_negative_low_bound_as_the_readme_writes_it(totalseg_dir, tmp_path):
+    # README: `sam3d preprocess ... [--ct_window -1000,2000]`; argparse alone takes a value that
+    # starts with "-" (and is not a plain number) for another option and exits 2.
+    out = tmp_path / "cache"
+    assert _run(totalseg_dir, out, "--ct_window", "-500,1500", "--max_cases", "1") == 0
+    params = json.loads((out / "manifest.json").read_text())["params"]
+    assert params["ct_window"] == [-500.0, 1500.0]
+    assert _run(totalseg_dir, tmp_path / "c2", "--ct_window=-500,1500", "--max_cases", "1") == 0
+
+
 def test_oblique_anisotropic_input_keeps_world_positions(tmp_path):
     aff = oblique_affine(spacing=(1.5, 2.0, 3.0))
     img, lab = two_organs(shape=(30, 26, 18))
