@@ -6,8 +6,10 @@
 #   bash scripts/setup.sh --gpu     # let pip choose a CUDA build of torch (GPU machines)
 #
 # On CPU machines torch is pinned through a pip constraint file (constraints/cpu.txt) on
-# every pip call, so no dependency can pull a multi-GB CUDA build. If your pip cannot find
-# a CPU build of that torch version, point PIP_EXTRA_INDEX_URL at PyTorch's CPU wheel index.
+# every pip call, and taken from PyTorch's CPU wheel index (SAM3D_TORCH_CPU_INDEX, default
+# https://download.pytorch.org/whl/cpu) when pip would otherwise pick PyPI's Linux build,
+# which is a CUDA build with about 4 GB of nvidia packages. A pip that already finds a CPU
+# build (a wheelhouse or mirror in its config) is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +57,42 @@ fi
 extras="all"
 if [ "$dev" = 1 ]; then extras="dev"; fi
 .venv/bin/python -m pip install -q --upgrade pip
+
+# Would pip install a CUDA build of torch? 0: yes, 1: no, 2: cannot tell (resolution failed).
+# A dry run reads the wheels' metadata only.
+would_pull_cuda() {
+  local report rc
+  report="$(mktemp)"
+  if ! .venv/bin/python -m pip install -q --dry-run --ignore-installed --report "$report" \
+      torch >/dev/null 2>&1; then
+    rm -f "$report"
+    return 2
+  fi
+  rc=0
+  .venv/bin/python - "$report" <<'PYEOF' || rc=$?
+import json, sys
+names = [i["metadata"]["name"].lower() for i in json.load(open(sys.argv[1]))["install"]]
+sys.exit(0 if any(n.startswith(("nvidia-", "cuda-")) for n in names) else 1)
+PYEOF
+  rm -f "$report"
+  return "$rc"
+}
+if [ "$gpu" = 0 ]; then
+  cuda=0
+  would_pull_cuda || cuda=$?
+  if [ "$cuda" = 0 ]; then
+    cpu_index="${SAM3D_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+    echo "setup.sh: pip would install torch's CUDA build; taking torch from $cpu_index"
+    export PIP_EXTRA_INDEX_URL="${PIP_EXTRA_INDEX_URL:+$PIP_EXTRA_INDEX_URL }$cpu_index"
+    cuda=0
+    would_pull_cuda || cuda=$?
+    if [ "$cuda" != 1 ]; then
+      echo "setup.sh: error: no CPU build of $(cat constraints/cpu.txt) found at $cpu_index;" \
+        "set SAM3D_TORCH_CPU_INDEX to a reachable PyTorch CPU wheel index, or use --gpu" >&2
+      exit 1
+    fi
+  fi
+fi
 # torch first, alone, so the constraint (or the GPU index) decides which build arrives.
 .venv/bin/python -m pip install -q torch
 .venv/bin/python -m pip install -q -e ".[$extras]"
