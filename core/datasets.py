@@ -225,12 +225,12 @@ def modality_from_channel_name(name) -> str | None:
     return None
 
 
-def _declared_channel(root: Path, problems: list[str] | None = None) -> str | None:
+def _declared_channel(root: Path) -> str | None:
     """Channel 0's name in ``root/dataset.json`` (``channel_names`` of nnU-Net v2, ``modality``
-    of v1), None without one."""
+    of v1), None without one (an unreadable file is reported by the label names' reading)."""
     if not (root / "dataset.json").is_file():
         return None
-    data = _read_json(root / "dataset.json", [] if problems is None else problems)
+    data = _read_json(root / "dataset.json", [])
     if not isinstance(data, dict):
         return None
     for key in ("channel_names", "modality"):

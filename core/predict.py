@@ -137,8 +137,9 @@ def predict_to_folder(
     )
     rec = Reconstructor.from_pretrained(checkpoint, adapter, policy=CubePolicy(zoom_in=zoom_in))
     result = rec.predict(volume, PromptSet(tuple(clicks)), mode=mode, modality=modality)
-    for text in ([note] if note else []) + list(result.warnings) if on_warning else ():
-        on_warning(f"{volume_path}: {text}")
+    if on_warning:
+        for text in ([note] if note else []) + list(result.warnings):
+            on_warning(f"{volume_path}: {text}")
     extra = {
         "weights": rec.name,
         "modality": modality,

@@ -61,7 +61,7 @@ def _as_cache(
     ``dataset.json`` declares, else CT (the adapter and config.json record it).
     What preprocessing could not use goes into ``skipped`` (rank 0): ``failed`` (case id:
     reason) and ``dataset_problems`` (the dataset discovery's lines)."""
-    from core.datasets import dataset_modality
+    from core.datasets import dataset_modality, resolve_modality
     from core.intensity import DEFAULT_CT_WINDOW, intensity_rule
     from core.preprocess import PreprocessConfig, cache_params, preprocess_dataset
 
@@ -97,7 +97,7 @@ def _as_cache(
         raise ValueError(f"{src}: data folder not found")
     if cfg.data.modality is None:  # not chosen: what the dataset declares, else CT
         declared = dataset_modality(src)
-        cfg.data.modality = declared or "ct"
+        cfg.data.modality = resolve_modality(None, declared)[0]
         if declared:
             log(f"data.modality={declared}: declared by {src / 'dataset.json'}")
     if cfg.data.classes is None:
