@@ -19,6 +19,7 @@ __all__ = [
     "ADAPTER_FORMAT_VERSION",
     "read_adapter_info",
     "trained_modality",
+    "trained_ct_window",
 ]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -74,3 +75,19 @@ def trained_modality(info: dict) -> str | None:
     data = training.get("data") if isinstance(training, dict) else None
     modality = data.get("modality") if isinstance(data, dict) else None
     return modality if isinstance(modality, str) else None
+
+
+def trained_ct_window(info: dict) -> tuple[float, float] | None:
+    """The HU window a CT adapter's training cache was normalised with (``sam3d preprocess
+    --ct_window``; its data summary's ``ct_window``), or None when it does not say (adapters
+    before it was recorded, and MR or US adapters)."""
+    data = info.get("data")
+    window = data.get("ct_window") if isinstance(data, dict) else None
+    if (
+        isinstance(window, (list, tuple))
+        and len(window) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)
+        and window[1] > window[0]
+    ):
+        return float(window[0]), float(window[1])
+    return None

@@ -112,6 +112,21 @@ def _add_modality_arg(p, where: str) -> None:
     )
 
 
+def _add_ct_window_arg(p, default) -> None:
+    p.add_argument(
+        "--ct_window",
+        type=_float_pair,
+        default=default,
+        metavar="LOW,HIGH",
+        help=(
+            "CT intensities: clip to LOW..HIGH HU, map to 0..1 (default -1000,2000)"
+            if default
+            else "CT intensities: clip to LOW..HIGH HU (default: the window the adapter was "
+            "trained with, recorded in its metadata; else -1000,2000)"
+        ),
+    )
+
+
 def _add_preprocess(sub):
     from core.datasets import LAYOUTS
     from core.preprocess import SLICE_SAMPLINGS
@@ -132,7 +147,7 @@ def _add_preprocess(sub):
     p.add_argument("--slice_sampling", choices=SLICE_SAMPLINGS, default="uniform")
     p.add_argument("--slices_per_axis", type=int, default=8, help="for uniform/random_axis")
     _add_modality_arg(p, "the dataset's dataset.json")
-    p.add_argument("--ct_window", type=_float_pair, default=(-1000.0, 2000.0), metavar="LOW,HIGH")
+    _add_ct_window_arg(p, (-1000.0, 2000.0))
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.add_argument("--layout", choices=LAYOUTS, default=None, help="force a dataset layout")
     p.add_argument("--max_cases", type=int, default=None, help="only the first N cases")
@@ -292,6 +307,7 @@ def _add_predict(sub):
     )
     p.add_argument("--mode", choices=MODES, default="volume")
     _add_modality_arg(p, "the dataset.json of the folder above the volume's (e.g. imagesTr/)")
+    _add_ct_window_arg(p, None)
     _add_weights_args(p)
     _add_zoom_in_arg(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -312,6 +328,7 @@ def _run_predict(args) -> int:
         checkpoint=args.checkpoint,
         adapter=args.adapter,
         modality=args.modality,
+        ct_window=args.ct_window,
         zoom_in=args.zoom_in,
         indices=args.indices,
         on_warning=lambda text: print(f"sam3d predict: warning: {text}", file=sys.stderr),
@@ -342,6 +359,7 @@ def _add_eval(sub):
     p.add_argument("--classes", type=_int_list, default=None, help="e.g. 1,2,3 (default: all)")
     p.add_argument("--layout", choices=("totalseg", "nnunet", "flat"), default=None)
     _add_modality_arg(p, "the dataset's dataset.json")
+    _add_ct_window_arg(p, None)
     p.add_argument("--no_baselines", action="store_true", help="skip the classical baselines")
     p.add_argument("--save_viz", action="store_true", help="overlays, comparison grids, meshes")
     _add_zoom_in_arg(p)
@@ -362,6 +380,7 @@ def _run_eval(args) -> int:
         classes=args.classes,
         layout=args.layout,
         modality=args.modality,
+        ct_window=args.ct_window,
         baselines=not args.no_baselines,
         save_viz=args.save_viz,
     )

@@ -140,9 +140,11 @@ class Reconstructor:
         # (folder, its weights' write time) -> the base with that adapter merged in
         self.merged: dict[tuple[Path, int], torch.nn.Module] = {}
         self.name = name
-        # the modality the adapter in use was trained on (None: the base, or not recorded)
+        # the modality the adapter in use was trained on (None: the base, or not recorded),
+        # and the CT window of its training data (None: the default, DEFAULT_CT_WINDOW)
         self.trained_modality: str | None = None
-        self._trained_on: dict[tuple[Path, int], str | None] = {}
+        self.trained_ct_window: tuple[float, float] | None = None
+        self._trained_on: dict[tuple[Path, int], tuple] = {}
         self._norm_cache: tuple | None = None
         self._canonical_cache: tuple | None = None  # (array, affine, its RAS+ Volume)
         self._cond_cache: tuple | None = None  # (model, version, view inputs, condition)
@@ -179,12 +181,13 @@ class Reconstructor:
         a key made of its full path and the time its weights were written: two runs'
         ``adapter_best`` folders never shadow each other, and an adapter retrained in place
         (a resumed run) is merged again, replacing its stale copy."""
-        from core.adapter_files import read_adapter_info, trained_modality
+        from core.adapter_files import read_adapter_info, trained_ct_window, trained_modality
         from core.lora import ADAPTER_WEIGHTS
         from core.weights import resolve_adapter
 
         if adapter is None:
-            self.model, self.name, self.trained_modality = self.base_model, "base", None
+            self.model, self.name = self.base_model, "base"
+            self.trained_modality = self.trained_ct_window = None
             return
         folder = Path(resolve_adapter(adapter)).resolve()
         weights = folder / ADAPTER_WEIGHTS
@@ -196,9 +199,15 @@ class Reconstructor:
                 del self.merged[k]  # the same folder's older weights
                 self._trained_on.pop(k, None)
             self.merged[key] = merged
-            self._trained_on[key] = trained_modality(read_adapter_info(folder))
+            info = read_adapter_info(folder)
+            self._trained_on[key] = (trained_modality(info), trained_ct_window(info))
         self.model, self.name = self.merged[key], folder.name
-        self.trained_modality = self._trained_on[key]
+        self.trained_modality, self.trained_ct_window = self._trained_on[key]
+
+    def ct_window_for(self, ct_window=None) -> tuple[float, float]:
+        """The CT window a prediction uses: ``ct_window`` when given, else the one the adapter
+        in use was trained with, else the default (the base's)."""
+        return _ct_window(ct_window, self.trained_ct_window)
 
     def _merge(self, folder: Path) -> torch.nn.Module:
         """The base with the adapter in ``folder`` folded into a copy of its weights; the
@@ -332,7 +341,7 @@ class Reconstructor:
         *,
         mode: str = "volume",
         modality: str = "ct",
-        ct_window=DEFAULT_CT_WINDOW,
+        ct_window=None,
         previous: Result | None = None,
         mesh: bool = True,
         policy: CubePolicy | None = None,
@@ -349,6 +358,9 @@ class Reconstructor:
         prompts : positive/negative clicks on any slice and axis, a box, a mask
         mode : "volume" (the model sees the 3D volume) or "slice" (only the reference slice)
         modality : "ct", "mr" or "us" (intensity normalisation, as in preprocessing)
+        ct_window : (low, high) HU for CT; None: the window the adapter in use was trained
+            with (``sam3d preprocess --ct_window``, recorded in its metadata), else
+            :data:`core.intensity.DEFAULT_CT_WINDOW` (the base's)
         previous : the last result for the same structure: refine it with the new clicks
         mesh : also extract the surface mesh
         policy : the cube policy for this call (None: the one given at construction), so
@@ -413,14 +425,21 @@ class Reconstructor:
         """:meth:`predict` on a RAS+ volume with checked prompts."""
         t0 = time.perf_counter()
         model = self.model  # read once: every pass of this call runs the same weights
-        trained = self.trained_modality
+        trained, trained_window = self.trained_modality, self.trained_ct_window
         timings: dict[str, float] = {}
-        image, warnings = self._normalized(volume, modality, ct_window)
+        window = _ct_window(ct_window, trained_window)
+        image, warnings = self._normalized(volume, modality, window)
         if trained is not None and trained != modality:
             warnings += (
                 f"the adapter {self.name} was trained on {trained.upper()} intensities but "
                 f"this run normalises them as {modality.upper()}: choose the "
                 f"{trained.upper()} modality",
+            )
+        elif modality == "ct" and trained_window and window != trained_window:
+            warnings += (
+                f"the adapter {self.name} was trained on CT in the window "
+                f"[{trained_window[0]:g}, {trained_window[1]:g}] HU but this run uses "
+                f"[{window[0]:g}, {window[1]:g}]: leave the window unset to use its own",
             )
         affine = volume.affine
         timings["normalize"] = _ms(t0)
@@ -520,6 +539,13 @@ class Reconstructor:
 _PREVIOUS = CUBE_CHANNELS.index("previous")
 # What Sam3DMed.condition reads.
 _CONDITION_INPUTS = ("crop_view", "crop_pointmap", "full_view", "full_pointmap", "center")
+
+
+def _ct_window(chosen, trained) -> tuple[float, float]:
+    """``chosen`` when given, else the adapter's training window ``trained``, else the
+    default."""
+    w = chosen if chosen is not None else trained or DEFAULT_CT_WINDOW
+    return float(w[0]), float(w[1])
 
 
 def _native_bf16(device: torch.device) -> bool:

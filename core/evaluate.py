@@ -60,6 +60,8 @@ class EvalConfig:
     classes: tuple[int, ...] | None = None
     layout: str | None = None
     modality: str | None = None  # None: the dataset's declared one (dataset.json), else CT
+    # (low, high) HU for CT; None: the adapter's training window (its metadata), else the default
+    ct_window: tuple[float, float] | None = None
     baselines: bool = True
     save_viz: bool = False
     tolerance_mm: float = 1.0
@@ -73,6 +75,13 @@ class EvalConfig:
             raise ValueError(
                 f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"
             )
+        if self.ct_window is not None:
+            lo, hi = (float(v) for v in self.ct_window)  # a pair of numbers
+            if not hi > lo:
+                raise ValueError(
+                    f"ct_window must be (low, high) with high > low, got {self.ct_window}"
+                )
+            object.__setattr__(self, "ct_window", (lo, hi))
 
 
 def _aggregate(per_case: dict, n_clicks: int) -> dict:
@@ -126,6 +135,8 @@ def evaluate(
     if modality_note:
         problems.append(modality_note)
     rec = Reconstructor.from_pretrained(cfg.checkpoint, cfg.adapter, policy=policy)
+    if cfg.modality == "ct":  # metrics.json records the window used
+        cfg = replace(cfg, ct_window=rec.ct_window_for(cfg.ct_window))
     methods = METHODS if cfg.baselines else ("model",)
     results = {m: {} for m in methods}
     names: dict[str, str] = {}
@@ -147,7 +158,9 @@ def evaluate(
             continue
         spacing = image.spacing
         classes = [k for k in label.present_labels() if cfg.classes is None or k in cfg.classes]
-        norm = normalize_intensity(image.data, cfg.modality)
+        norm = normalize_intensity(
+            image.data, cfg.modality, ct_window=rec.ct_window_for(cfg.ct_window)
+        )
         notes: list[str] = []
         for k in classes:
             names[str(k)] = case.label_names.get(k, str(k))
@@ -232,6 +245,7 @@ def _methods(rec, image, norm, cfg: EvalConfig, state: dict, timings: list) -> d
             prompts,
             mode=cfg.mode,
             modality=cfg.modality,
+            ct_window=cfg.ct_window,
             previous=state.get("last"),
             mesh=False,
         )

@@ -105,6 +105,7 @@ def predict_to_folder(
     checkpoint=None,
     adapter=None,
     modality: str | None = None,
+    ct_window=None,
     zoom_in: bool = False,
     indices: str = "ras",
     on_warning=None,
@@ -116,6 +117,7 @@ def predict_to_folder(
     index, ``"ras"`` (the volume turned to RAS+) or ``"file"`` (the file's own array order);
     one of :data:`core.modes.INDEX_ORDERS`. ``modality``: None takes the one the volume's dataset
     declares (``dataset.json`` beside its image folder, e.g. nnU-Net's ``imagesTr/``), else CT.
+    ``ct_window``: (low, high) HU; None takes the adapter's training window, else the default.
     ``on_warning(text)`` receives each of the result's warnings (they are also in
     ``timings.json``)."""
     from dataclasses import asdict
@@ -136,13 +138,16 @@ def predict_to_folder(
         modality, declared_modality(volume_path), source=str(Path(volume_path).parent.parent)
     )
     rec = Reconstructor.from_pretrained(checkpoint, adapter, policy=CubePolicy(zoom_in=zoom_in))
-    result = rec.predict(volume, PromptSet(tuple(clicks)), mode=mode, modality=modality)
+    result = rec.predict(
+        volume, PromptSet(tuple(clicks)), mode=mode, modality=modality, ct_window=ct_window
+    )
     if on_warning:
         for text in ([note] if note else []) + list(result.warnings):
             on_warning(f"{volume_path}: {text}")
     extra = {
         "weights": rec.name,
         "modality": modality,
+        "ct_window": list(rec.ct_window_for(ct_window)) if modality == "ct" else None,
         "cube_policy": asdict(rec.policy),
         "indices": indices,
     }

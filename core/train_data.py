@@ -221,6 +221,18 @@ class TrainData:
     summary: dict
 
 
+def _intensity(cache: Path, modality: str) -> tuple[str, list[float] | None]:
+    """How a cache's images were normalised: the rule's line, and its CT window (None for MR
+    and US). Caches made before the window was recorded used the default one."""
+    from core.intensity import DEFAULT_CT_WINDOW, intensity_rule
+    from core.preprocess import cache_params
+
+    if modality != "ct":
+        return intensity_rule(modality), None
+    window = [float(v) for v in cache_params(cache).get("ct_window", DEFAULT_CT_WINDOW)]
+    return intensity_rule(modality, window), window
+
+
 def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> TrainData | None:
     """Caches (preprocessing raw folders), the split by case, the datasets and loaders.
     None when ``stop`` ended preprocessing."""
@@ -237,6 +249,15 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
             return None
         train_ids = all_ids
         val_ids = CubeDataset(val_cache, model_cfg=cfg.model, sampling=cfg.sampling).case_ids
+        val_rule, train_rule = (
+            _intensity(c, cfg.data.modality)[0] for c in (val_cache, train_cache)
+        )
+        if val_rule != train_rule:  # validation would score other inputs than training sees
+            raise ValueError(
+                f"{val_cache}: validation intensities were normalised as '{val_rule}' but the "
+                f"training cache {train_cache} as '{train_rule}': preprocess both with the "
+                "same --ct_window"
+            )
         shared = sorted(set(train_ids) & set(val_ids))
         if shared:
             raise ValueError(
@@ -277,11 +298,15 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
         pin_memory=cuda,
     )
     val_loaders = _fixed_val_loaders(val_cache, val_ids, cfg, cuda) if val_ids else {}
+    rule, window = _intensity(train_cache, cfg.data.modality)
     summary = {
         "train_cache": str(train_cache),
         "val_cache": str(val_cache) if val_ids else None,
         "train_cases": train_ids,
         "val_cases": val_ids,
+        # how the inputs were normalised: front ends run an adapter in its training window
+        "intensity": rule,
+        "ct_window": window,
         "n_train_cases": len(train_ids),
         "n_val_cases": len(val_ids),
         "n_train_items": len(train_ds),
