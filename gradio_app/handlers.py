@@ -88,39 +88,50 @@ def load_volume(
     volume_name: str | None = None,
     label_name: str | None = None,
 ) -> tuple[Session, View]:
-    """Load an uploaded NIfTI volume (and optionally its labels); starts afresh."""
+    """Load an uploaded NIfTI volume (and optionally its labels); starts afresh.
+
+    All or nothing: both files are read and checked before the session changes, so a bad
+    label map leaves the session (and the page) on the volume and objects it had.
+    """
     if volume_path is None:
         raise InputError(None, "choose a NIfTI volume (.nii or .nii.gz) to upload")
     name = _file_name(volume_path, volume_name)
     volume = _read_volume(volume_path, name)
+    grid = SourceGrid.of_file(volume_path)
+    gt = None if label_path is None else _read_labels(label_path, label_name, volume)
     session = session if session is not None and not session.closed else Session(root)
-    session.set_volume(volume, name, SourceGrid.of_file(volume_path))
-    if label_path is not None:
-        session, _ = load_labels(session, label_path, label_name=label_name)
+    session.set_volume(volume, name, grid)
+    if gt is not None:
+        session.set_gt(gt)
     return session, render(session, status=_loaded_status(session))
 
 
-def load_labels(
-    session: Session | None, label_path, *, label_name: str | None = None
-) -> tuple[Session, View]:
-    """Load (or with None, drop) the ground-truth label map of the loaded volume."""
+def _read_labels(label_path, label_name: str | None, volume):
+    """The label map, checked against ``volume`` (same grid, some foreground)."""
     from core.io import LabelVolume, check_same_grid, load_label
 
-    if session is None or session.volume is None:
-        raise InputError(None, "load the volume first, then its ground-truth labels")
-    if label_path is None:
-        session.set_gt(None)
-        return session, render(session, status="Ground truth removed.")
     name = _file_name(label_path, label_name)
     try:
         lab = load_label(label_path)
     except InputError as exc:
         raise _named(exc, name) from None
     lab = LabelVolume(lab.data, lab.affine, name)
-    check_same_grid(session.volume, lab)  # names both files on a shape or affine mismatch
+    check_same_grid(volume, lab)  # names both files on a shape or affine mismatch
     if not lab.data.any():
         raise InputError(name, "label map is empty (no foreground voxels)")
-    session.set_gt(lab)
+    return lab
+
+
+def load_labels(
+    session: Session | None, label_path, *, label_name: str | None = None
+) -> tuple[Session, View]:
+    """Load (or with None, drop) the ground-truth label map of the loaded volume."""
+    if session is None or session.volume is None:
+        raise InputError(None, "load the volume first, then its ground-truth labels")
+    if label_path is None:
+        session.set_gt(None)
+        return session, render(session, status="Ground truth removed.")
+    session.set_gt(_read_labels(label_path, label_name, session.volume))
     return session, render(session, status=_loaded_status(session))
 
 

@@ -427,6 +427,21 @@ def test_bad_uploads_give_one_line_messages_naming_the_file(tmp_path, kind):
     assert "Traceback" not in info.value.message
 
 
+def test_a_bad_label_map_with_a_new_volume_keeps_the_work_on_screen(tmp_path, sample, engine):
+    """Uploading another volume while the label box still holds a label map of another grid:
+    the error names the labels, and the session stays on what the page still shows (the old
+    volume, its ground truth and objects), not on a volume the page never drew."""
+    session, _ = sample
+    _, (x, y) = lv_pixel(session)
+    session, _ = H.click(session, engine, x, y)
+    result, name = session.current.result, session.name
+    vol, lab, _ = _bad(tmp_path, "label shape")
+    with pytest.raises(InputError, match=r"^seg\.nii\.gz: shape"):
+        H.load_volume(session, vol, lab, root=tmp_path)
+    assert session.name == name and session.volume.shape == (64, 64, 64)
+    assert session.gt is not None and session.current.result is result
+
+
 def test_clicks_outside_or_before_loading_are_refused(sample, engine):
     session, _ = sample
     with pytest.raises(ValueError, match=r"outside the 512x512 slice picture"):
