@@ -342,8 +342,8 @@ def build_app(
             return show(*H.change_settings(session, engine, settings_of(m, w, mod, z)))
 
         @_guard
-        def on_undo(session):
-            return show(*H.undo(session))
+        def on_undo(session, m, w, mod, z):
+            return show(*H.undo(session, engine, settings_of(m, w, mod, z)))
 
         @_guard
         def on_new(session):
@@ -381,7 +381,7 @@ def build_app(
         slice_img.select(on_click, [state, tool, mode, weights, modality, zoom], full, **model)
         for comp in (mode, weights, modality, zoom):
             comp.input(on_settings, [state, mode, weights, modality, zoom], full, **model)
-        undo_btn.click(on_undo, [state], full, **model)
+        undo_btn.click(on_undo, [state, mode, weights, modality, zoom], full, **model)
         new_btn.click(on_new, [state], full, **model)
         clear_btn.click(on_clear, [state], full, **model)
         demo.unload(on_unload)

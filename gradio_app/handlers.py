@@ -285,26 +285,32 @@ def click(
 def _reconstruct(s, engine, obj: ObjectState, prompts, settings, *, refine: bool) -> View:
     t0 = time.perf_counter()
     previous = obj.result if refine and obj.settings == settings else None
-    result = engine.predict(
-        s.volume,
-        prompts,
-        weights=settings.weights,
-        mode=settings.mode,
-        modality=settings.modality,
-        previous=previous,
-        zoom_in=settings.zoom_in,
-    )
+    result = _predict(engine, s.volume, prompts, settings, previous)
     obj.push(prompts, result, settings)
     return render(s, started=t0)
 
 
-def undo(session: Session | None) -> tuple[Session, View]:
-    """Undo the last box corner, click, or "new object"."""
+def undo(
+    session: Session | None,
+    engine: SharedEngine | None = None,
+    settings: Settings | None = None,
+) -> tuple[Session, View]:
+    """Undo the last box corner, click, or "new object".
+
+    With ``engine`` and ``settings`` (the page's), a restored result made with other settings
+    (they changed since that click) is redone with the page's, so the page never shows an
+    object made in another mode or with other weights than it says.
+    """
     s = _need_volume(session)
     if s.corner is not None:
         s.corner = None
         return s, render(s, status="Box corner removed.")
     if s.current.pop():
+        obj = s.current
+        if engine is not None and settings is not None and obj.n_prompts:
+            settings = _check_settings(settings, engine)
+            if obj.settings != settings:
+                obj.redo(_predict(engine, s.volume, obj.prompts, settings), settings)
         return s, render(s, status="Last prompt undone.")
     if len(s.objects) > 1:
         s.objects.pop()
@@ -328,6 +334,18 @@ def clear(session: Session | None) -> tuple[Session, View]:
     return s, render(s, status="Cleared.")
 
 
+def _predict(engine, volume, prompts, settings: Settings, previous=None):
+    return engine.predict(
+        volume,
+        prompts,
+        weights=settings.weights,
+        mode=settings.mode,
+        modality=settings.modality,
+        previous=previous,
+        zoom_in=settings.zoom_in,
+    )
+
+
 def change_settings(
     session: Session | None, engine: SharedEngine, settings: Settings
 ) -> tuple[Session | None, View | None]:
@@ -340,15 +358,7 @@ def change_settings(
     redone = 0
     for obj in session.objects:
         if obj.prompts is not None and not obj.prompts.is_empty and obj.settings != settings:
-            result = engine.predict(
-                session.volume,
-                obj.prompts,
-                weights=settings.weights,
-                mode=settings.mode,
-                modality=settings.modality,
-                zoom_in=settings.zoom_in,
-            )
-            obj.push(obj.prompts, result, settings)
+            obj.redo(_predict(engine, session.volume, obj.prompts, settings), settings)
             redone += 1
     if not redone:
         return session, render(session, status="Settings will apply to the next click.")

@@ -62,6 +62,11 @@ class ObjectState:
         del self.history[:-HISTORY]
         self.prompts, self.result, self.settings = prompts, result, settings
 
+    def redo(self, result, settings) -> None:
+        """The same prompts' result under other settings: not an undo step (undo goes back a
+        prompt, and the page's settings stay as chosen)."""
+        self.result, self.settings = result, settings
+
     def pop(self) -> bool:
         """Undo the last step; False when there is nothing to undo."""
         if not self.history:

@@ -285,6 +285,26 @@ def test_undo_new_object_and_clear(sample, engine):
     assert view.downloads == [] and view.scene is None and session.current.result is None
 
 
+def test_undo_after_changing_the_mode_undoes_the_last_click_in_the_new_mode(sample, engine):
+    """Two clicks, then slice mode (every object redone), then Undo: the last click goes, and
+    the object stays in the mode the page shows (undo once restored the volume-mode result
+    of the same two clicks, saying "Last prompt undone", under a Mode set to slice)."""
+    session, _ = sample
+    _, (x, y) = lv_pixel(session)
+    session, _ = H.click(session, engine, x, y)
+    session, _ = H.click(session, engine, x + 8, y + 8)
+    slice_mode = Settings(mode="slice")
+    session, _ = H.change_settings(session, engine, slice_mode)
+    spy = Spy(engine)
+    session, view = H.undo(session, spy, slice_mode)
+    obj = session.current
+    assert len(obj.prompts.clicks) == 1 and obj.settings.mode == "slice"
+    assert [(len(p.clicks), kw["mode"]) for p, kw in spy.calls] == [(1, "slice")]
+    assert "Last prompt undone" in view.status and "slice mode" in H.render(session).status
+    session, _ = H.undo(session, spy, slice_mode)
+    assert obj.prompts is None and len(spy.calls) == 1  # nothing left to redo
+
+
 def test_overlapping_objects_never_overwrite_in_the_label_map(sample, engine):
     """Two objects on the same voxels: the downloaded label map keeps the earlier object's
     (it gave them to the later one silently), the status says so, each mesh stays whole."""
