@@ -80,8 +80,11 @@ def reconstruct_file(
     grid = SourceGrid.of_file(volume_path)
     try:
         idx = int(slice_index)
-    except (TypeError, ValueError):
-        raise ValueError(f"slice_index must be an integer, got {slice_index!r}") from None
+        whole = float(slice_index) == idx  # 30.7 is no slice (int() would give 30)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise ValueError(f"slice_index must be an integer, got {slice_index!r}")
     n = (volume.shape if indices == "ras" else grid.shape)[axis]
     if not 0 <= idx < n:
         raise InputError(name, f"slice {idx} is outside axis {axis} (0..{n - 1})")

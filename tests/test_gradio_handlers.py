@@ -552,6 +552,7 @@ def test_reconstruct_file_writes_the_mask_on_the_input_files_own_grid(tmp_path, 
         ({"points": [[1, 2, 3]]}, "points must be a list of [row, col] pairs"),
         ({"axis": 5}, "axis must be 0, 1 or 2"),
         ({"slice_index": 64}, "heart.nii.gz: slice 64 is outside axis 2 (0..63)"),
+        ({"slice_index": 30.7}, "slice_index must be an integer, got 30.7"),  # not slice 30
         ({"points": [[70, 3]]}, "heart.nii.gz: click (70, 3) on axis 2 slice 30 is outside"),
         ({"weights": "liver"}, "unknown weights 'liver'"),
         ({"modality": "pet"}, "modality must be one of ct, mr, us"),
