@@ -136,6 +136,19 @@ def _as_cache(
     return None if cancelled else cache_dir
 
 
+def _cases_of(path: str, cache: Path, cfg: TrainConfig) -> list[str]:
+    """The cases to use from ``cache``: all of them when ``path`` is the cache itself; for a
+    raw folder, only those the folder holds now (its cache in the run folder keeps the cases
+    of earlier attempts, e.g. one the user has since taken out of the folder)."""
+    from core.datasets import discover
+
+    ids = CubeDataset(cache, model_cfg=cfg.model, sampling=cfg.sampling).case_ids
+    if Path(path).resolve() == Path(cache).resolve():
+        return ids
+    present = {c.case_id for c in discover(path).cases}
+    return [c for c in ids if c in present]
+
+
 def split_seed(cfg: TrainConfig) -> int:
     """The seed of the case split and validation items: ``data.split_seed``, else
     ``training.seed``."""
@@ -242,13 +255,13 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
     train_cache = as_cache(cfg.data.train_data, out / "cache", skipped=skipped)
     if train_cache is None:
         return None
-    all_ids = CubeDataset(train_cache, model_cfg=cfg.model, sampling=cfg.sampling).case_ids
+    all_ids = _cases_of(cfg.data.train_data, train_cache, cfg)
     if cfg.data.val_data:
         val_cache = as_cache(cfg.data.val_data, out / "cache_val", skipped=skipped)
         if val_cache is None:
             return None
         train_ids = all_ids
-        val_ids = CubeDataset(val_cache, model_cfg=cfg.model, sampling=cfg.sampling).case_ids
+        val_ids = _cases_of(cfg.data.val_data, val_cache, cfg)
         val_rule, train_rule = (
             _intensity(c, cfg.data.modality)[0] for c in (val_cache, train_cache)
         )

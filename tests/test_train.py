@@ -547,3 +547,26 @@ def test_an_mr_cache_made_before_the_intensity_rule_was_recorded_is_refused(hear
     (old / "manifest.json").write_text(json.dumps(manifest))
     cfg = make_cfg(old, tmp_path / "c")
     assert _as_cache(str(old), tmp_path / "x", cfg, None, print, None, None, {}) == old
+
+
+def test_a_case_taken_out_of_a_raw_folder_is_not_trained_on(hearts_raw, tmp_path):
+    """The run folder's cache keeps what an earlier attempt preprocessed: a case the user
+    has since taken out of the raw folder (a bad or a test case) must not be trained on."""
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(hearts_raw, raw)
+    extra = ("data.classes=5", "data.spacing=6.0", "training.epochs=1")
+    steps = []
+    stopped = train(
+        make_cfg(raw, tmp_path / "r", *extra),
+        progress=lambda d, t, m: steps.append(m),
+        should_stop=lambda: any(not m.startswith("preprocess") for m in steps),
+    )
+    assert stopped.stopped and stopped.epochs_done == 0  # no last.pt: a new run may start
+    taken = sorted(p.name for p in raw.iterdir() if p.is_dir())[0]
+    shutil.rmtree(raw / taken)
+    train(make_cfg(raw, tmp_path / "r", *extra))
+    summary = json.loads((tmp_path / "r" / "data_summary.json").read_text())
+    assert taken not in summary["train_cases"] + summary["val_cases"]
+    assert summary["n_train_cases"] + summary["n_val_cases"] == 3
