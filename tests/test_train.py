@@ -570,3 +570,31 @@ def test_a_case_taken_out_of_a_raw_folder_is_not_trained_on(hearts_raw, tmp_path
     summary = json.loads((tmp_path / "r" / "data_summary.json").read_text())
     assert taken not in summary["train_cases"] + summary["val_cases"]
     assert summary["n_train_cases"] + summary["n_val_cases"] == 3
+
+
+def test_resume_refuses_data_whose_cases_changed(hearts_raw, tmp_path):
+    """Cases added to a raw folder between a run and its --resume would redraw the split:
+    cases trained on in epoch 1 could become validation cases. The resume is refused."""
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(hearts_raw, raw)
+    moved = sorted(p for p in raw.iterdir() if p.is_dir())[-1]
+    shutil.move(moved, tmp_path / moved.name)  # the run starts with 3 of the 4 cases
+    extra = ("data.classes=5", "data.spacing=6.0", "data.val_fraction=0.5")
+    train(make_cfg(raw, tmp_path / "r", "training.epochs=1", *extra))
+    before = json.loads((tmp_path / "r" / "data_summary.json").read_text())
+    shutil.move(tmp_path / moved.name, raw / moved.name)
+    with pytest.raises(ValueError, match="data changed since it started"):
+        train(make_cfg(raw, tmp_path / "r", *extra), resume=True)
+    after = json.loads((tmp_path / "r" / "data_summary.json").read_text())
+    assert after == before  # nothing of the run was rewritten
+    # the same cases again: it resumes, without the case its cache now also holds
+    shutil.move(raw / moved.name, tmp_path / moved.name)
+    assert train(make_cfg(raw, tmp_path / "r", *extra), resume=True).epochs_done == 2
+    after = json.loads((tmp_path / "r" / "data_summary.json").read_text())
+    assert (after["train_cases"], after["val_cases"]) == (
+        before["train_cases"],
+        before["val_cases"],
+    )
+    assert (tmp_path / "r" / "cache" / "cases" / moved.name / "meta.json").is_file()
