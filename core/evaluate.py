@@ -8,9 +8,10 @@ that holds it. The model refines its previous result with every click.
 
 The same protocol drives the baselines: classical 3D region growing from the clicks, and the
 extrusion of the clicked slice's 2D mask (``core.baselines``). Results go to
-``metrics.json``: per case, class and click count, Dice, IoU, HD95, ASSD, surface Dice and
-Chamfer (mm); an ``aggregate`` block with means per class and overall
-(``aggregate.dice`` = mean Dice at the last click, null when nothing was evaluated), and the
+``metrics.json`` (rewritten after every case: an interrupted run keeps the cases it finished,
+and ``complete`` is true once every case was tried): per case, class and click count, Dice,
+IoU, HD95, ASSD, surface Dice and Chamfer (mm); an ``aggregate`` block with means per class
+and overall (``aggregate.dice`` = mean Dice at the last click, null when nothing was evaluated), and the
 same for each baseline; ``n_cases`` (cases tried), ``failed_cases`` (id: reason; an image
 without a label is one), ``dataset_problems`` (what else the dataset's discovery found
 wrong, e.g. a label without its image) and ``warnings`` (case id: the model's one-line notes,
@@ -144,15 +145,48 @@ def evaluate(
     warnings: dict[str, list[str]] = {}  # case id -> the model's notes (e.g. not HU)
     t_start = time.perf_counter()
     stop = should_stop or (lambda: False)
+
+    def write_report(*, complete: bool) -> dict:
+        """metrics.json as it stands: rewritten after every case, so that an interrupted run
+        (Ctrl-C, a kill) keeps the cases it finished; ``complete`` only once all were tried."""
+        report = {
+            "config": asdict(cfg),
+            "weights": rec.name,
+            "cube_policy": asdict(rec.policy),
+            "label_names": names,
+            "cases": results["model"],
+            "aggregate": _aggregate(results["model"], cfg.clicks),
+            "baselines": {
+                m: {"cases": results[m], "aggregate": _aggregate(results[m], cfg.clicks)}
+                for m in methods
+                if m != "model"
+            },
+            "complete": complete,
+            "n_cases": n_tried,
+            "failed_cases": dict(sorted(failed.items())),
+            "warnings": warnings,
+            "dataset_problems": problems,
+            "seconds": round(time.perf_counter() - t_start, 1),
+            "model_latency_ms": {
+                "median": float(np.median(timings) * 1000) if timings else None,
+                "n": len(timings),
+            },
+        }
+        write_json(out / "metrics.json", report)
+        return report
+
     n_tried = len(failed)  # the images without a label
+    stopped = False
     for ci, case in enumerate(cases):
         if stop():
+            stopped = True
             break
         n_tried += 1
         try:
             image, label = load_pair(case.image, case.label)
         except InputError as exc:
             failed[case.case_id] = str(exc)
+            write_report(complete=False)  # the cases so far, kept should the run be interrupted
             if progress:  # the bar moves past a failed case too
                 progress(ci + 1, len(cases), f"{case.case_id}: failed")
             continue
@@ -189,32 +223,10 @@ def evaluate(
             notes += [w for w in dict.fromkeys(state.get("warnings", ())) if w not in notes]
         if notes:
             warnings[case.case_id] = notes
+        write_report(complete=False)
         if progress:
             progress(ci + 1, len(cases), case.case_id)
-    report = {
-        "config": asdict(cfg),
-        "weights": rec.name,
-        "cube_policy": asdict(rec.policy),
-        "label_names": names,
-        "cases": results["model"],
-        "aggregate": _aggregate(results["model"], cfg.clicks),
-        "baselines": {
-            m: {"cases": results[m], "aggregate": _aggregate(results[m], cfg.clicks)}
-            for m in methods
-            if m != "model"
-        },
-        "n_cases": n_tried,
-        "failed_cases": dict(sorted(failed.items())),
-        "warnings": warnings,
-        "dataset_problems": problems,
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "model_latency_ms": {
-            "median": float(np.median(timings) * 1000) if timings else None,
-            "n": len(timings),
-        },
-    }
-    write_json(out / "metrics.json", report)
-    return report
+    return write_report(complete=not stopped)
 
 
 def _unusable(index) -> tuple[dict[str, str], list[str]]:

@@ -544,3 +544,25 @@ def test_summary_table_with_one_click_shows_dice_at_1_once():
 def test_eval_config_refuses_bad_settings_when_made(kw, message):
     with pytest.raises(ValueError, match=message):
         EvalConfig("data", "out", **kw)
+
+
+def test_eval_interrupted_keeps_the_cases_it_finished(tiny_weights, hearts, tmp_path):
+    """Ctrl-C in the second case: metrics.json holds the first case, marked incomplete (the
+    CLI says "finished work is kept"); a run that tried every case is complete."""
+    seen = []
+
+    def ctrl_c_in_second_case(done, total, message):
+        seen.append(message)
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "e"
+    cfg = EvalConfig(str(hearts), str(out), checkpoint=str(tiny_weights), clicks=1,
+                     classes=(2,), baselines=False)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg, progress=ctrl_c_in_second_case)
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["cases"]) == {"heart_000"} and m["complete"] is False
+    assert m["aggregate"]["dice"] == m["cases"]["heart_000"]["2"]["1"]["dice"]
+    assert evaluate(cfg)["complete"] is True
+    assert json.loads((out / "metrics.json").read_text())["complete"] is True
