@@ -11,11 +11,13 @@ extrusion of the clicked slice's 2D mask (``core.baselines``). Results go to
 ``metrics.json`` (rewritten after every case: an interrupted run keeps the cases it finished,
 and ``complete`` is true once every case was tried): per case, class and click count, Dice,
 IoU, HD95, ASSD, surface Dice and Chamfer (mm); an ``aggregate`` block with means per class
-and overall (``aggregate.dice`` = mean Dice at the last click, null when nothing was evaluated), and the
-same for each baseline; ``n_cases`` (cases tried), ``failed_cases`` (id: reason; an image
-without a label is one), ``dataset_problems`` (what else the dataset's discovery found
-wrong, e.g. a label without its image) and ``warnings`` (case id: the model's one-line notes,
-e.g. values that do not look like the chosen modality).
+and overall (``aggregate.dice`` = mean Dice at the last click, null when nothing was
+evaluated), and the same for each baseline; ``n_cases`` (cases tried), ``failed_cases`` (id:
+reason; an image without a label is one), ``dataset_problems`` (what else the dataset's
+discovery found wrong, e.g. a label without its image) and ``warnings`` (case id: the
+model's one-line notes, e.g. values that do not look like the chosen modality, or that the
+weights were trained on the case: the training cases their run recorded, compared by source
+file).
 
 The modality (how intensities are scaled) is the one asked for, else the one the dataset's
 ``dataset.json`` declares (nnU-Net's ``channel_names``), else CT; ``config.modality`` in
@@ -138,6 +140,7 @@ def evaluate(
     rec = Reconstructor.from_pretrained(cfg.checkpoint, cfg.adapter, policy=policy)
     if cfg.modality == "ct":  # metrics.json records the window used
         cfg = replace(cfg, ct_window=rec.ct_window_for(cfg.ct_window))
+    trained = _trained_on(cfg)
     methods = METHODS if cfg.baselines else ("model",)
     results = {m: {} for m in methods}
     names: dict[str, str] = {}
@@ -195,7 +198,7 @@ def evaluate(
         norm = normalize_intensity(
             image.data, cfg.modality, ct_window=rec.ct_window_for(cfg.ct_window)
         )
-        notes: list[str] = []
+        notes: list[str] = _leak_note(case, trained)
         for k in classes:
             names[str(k)] = case.label_names.get(k, str(k))
             gt = label.data == k
@@ -227,6 +230,59 @@ def evaluate(
         if progress:
             progress(ci + 1, len(cases), case.case_id)
     return write_report(complete=not stopped)
+
+
+def _trained_on(cfg: EvalConfig) -> tuple[str, dict[str, str | None]] | None:
+    """What the weights were trained on, as their training run recorded it (the adapter's
+    ``sam3d_adapter.json``, or a full run's ``.safetensors`` JSON): the weights' name and
+    training case id -> source image (None when the run's cache is no longer there to say);
+    None when nothing is recorded (the shipped base)."""
+    if cfg.adapter is not None:
+        from core.adapter_files import read_adapter_info
+        from core.weights import resolve_adapter
+
+        folder = resolve_adapter(cfg.adapter)
+        name, data = f"adapter {folder}", read_adapter_info(folder).get("data")
+    elif cfg.checkpoint is not None and Path(cfg.checkpoint).suffix != ".pt":
+        from core.weights import read_weights_info
+
+        trained_on = read_weights_info(cfg.checkpoint).get("trained_on")
+        name = f"weights {cfg.checkpoint}"
+        data = trained_on.get("data") if isinstance(trained_on, dict) else None
+    else:
+        return None
+    if not isinstance(data, dict) or not data.get("train_cases"):
+        return None
+    cache = Path(str(data.get("train_cache") or ""))
+    sources: dict[str, str | None] = {}
+    for cid in data["train_cases"]:
+        try:
+            sources[cid] = json.loads((cache / "cases" / cid / "meta.json").read_text())[
+                "source_image"
+            ]
+        except (OSError, ValueError, KeyError, TypeError):
+            sources[cid] = None
+    return name, sources
+
+
+def _leak_note(case, trained) -> list[str]:
+    """A warning when the weights were trained on this case: the same source file, or the
+    same case id where the training cache is gone and the files cannot be compared."""
+    if trained is None or case.case_id not in trained[1]:
+        return []
+    name, source = trained[0], trained[1][case.case_id]
+    if source is None:
+        return [
+            f"{name} was trained on a case with this id (its training cache is gone: the "
+            "files cannot be compared): if it is this image, its scores here overstate what "
+            "the weights do on unseen data"
+        ]
+    if Path(source).resolve() != Path(case.image).resolve():
+        return []  # another dataset's case that happens to share the id
+    return [
+        f"{name} was trained on this image: its scores here overstate what the weights do "
+        "on unseen data (evaluate on held-out cases)"
+    ]
 
 
 def _unusable(index) -> tuple[dict[str, str], list[str]]:
