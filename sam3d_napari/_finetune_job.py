@@ -153,8 +153,13 @@ def build_config(job: FinetuneJob, data_root: Path, classes: int, *, n_cases: in
 
 
 def _n_cases(data_root: Path) -> int:
-    if (data_root / "manifest.json").is_file():
-        return 2  # a cache: core.train splits it (and says so if it cannot)
+    manifest = data_root / "manifest.json"
+    if manifest.is_file():  # a cache: its finished cases (core.train reads them alike)
+        try:
+            cases = json.loads(manifest.read_text()).get("cases") or {}
+        except (OSError, ValueError, AttributeError):
+            return 2  # core.train names the problem
+        return sum(1 for c in cases.values() if isinstance(c, dict) and c.get("status") == "done")
     from core.datasets import discover
 
     return len(discover(data_root))

@@ -4,6 +4,7 @@ training on layers, and the new adapter offered in Reconstruct at once."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,3 +270,31 @@ def test_a_cache_folder_sets_the_modality_it_was_made_with(
     widget.folder.value = cache
     assert widget.modality.value == "mr" and "cache (mr)" in widget.folder_info.value
     assert widget.job().modality == "mr"
+
+
+def test_a_one_case_cache_trains_without_a_validation_split(monkeypatch, tmp_path, flat_dataset):
+    """A one-case folder trains without validation; the same case as a cache failed with
+    "a validation split needs at least 2 cases" (the cache was taken for two or more)."""
+    import dataclasses
+    import shutil
+
+    import core.train
+    from core.preprocess import PreprocessConfig, preprocess_dataset
+    from sam3d_napari._finetune_job import FinetuneJob, _stopped_before_start, run_finetune
+
+    one = tmp_path / "one"
+    for sub in ("volumes", "labels"):
+        (one / sub).mkdir(parents=True)
+        shutil.copy(flat_dataset / sub / "case0.nii.gz", one / sub)
+    cache = tmp_path / "cache"
+    preprocess_dataset(PreprocessConfig(input_dir=str(one), out_dir=str(cache), classes=2))
+    seen = {}
+
+    def fake_train(cfg, *, progress, should_stop, resume):
+        seen[Path(cfg.data.train_data).name] = cfg.data.val_fraction
+        return dataclasses.replace(_stopped_before_start(tmp_path), stopped=False)
+
+    monkeypatch.setattr(core.train, "train", fake_train)
+    for data in (one, cache, flat_dataset):
+        run_finetune(FinetuneJob(str(tmp_path / f"run_{data.name}"), data_root=str(data)))
+    assert seen == {"one": 0.0, "cache": 0.0, "flat": 0.2}
