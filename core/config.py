@@ -373,8 +373,59 @@ _SECTIONS = {
     "lora": LoraSection,
     "sampling": CubeSampling,
 }
-# CubeSampling is frozen and keeps what it is given: lists from YAML/JSON become tuples here.
-_SAMPLING_TUPLES = ("fill_range", "prompt_kinds", "prompt_probs", "classes")
+_SAMPLING_PROBABILITIES = (
+    "p_volume", "p_default_spacing", "p_refine", "p_self_refine", "p_no_click_round",
+)  # fmt: skip
+_SAMPLING_NON_NEGATIVE = ("scale_noise", "center_jitter", "point_jitter", "intensity_jitter")
+
+
+def _float_tuple(name: str, v, *, n: int | None = None, **limits) -> tuple[float, ...]:
+    if not isinstance(v, (list, tuple)) or (n is not None and len(v) != n):
+        size = f"{n} numbers" if n is not None else "numbers"
+        raise ValueError(f"{name} must be a list of {size}, got {v!r}")
+    return tuple(_float(name, x, **limits) for x in v)
+
+
+def _sampling_values(values: dict) -> dict:
+    """The ``sampling`` section's values, checked by key as the other sections check theirs
+    (``CubeSampling`` is frozen, checks only how its values relate, and keeps what it is
+    given: lists from YAML/JSON become tuples here)."""
+    from core.prompts import PROMPT_KINDS
+
+    out = dict(values)
+    for k in _SAMPLING_PROBABILITIES:
+        if k in out:
+            out[k] = _float(f"sampling.{k}", out[k], lo=0.0, hi=1.0)
+    for k in _SAMPLING_NON_NEGATIVE:
+        if k in out:
+            out[k] = _float(f"sampling.{k}", out[k], lo=0.0)
+    if "default_spacing_mm" in out:
+        out["default_spacing_mm"] = _float(
+            "sampling.default_spacing_mm", out["default_spacing_mm"], lo=0.0, lo_open=True
+        )
+    for k in ("max_refine_clicks", "max_self_rounds"):
+        if k in out:
+            out[k] = _int(f"sampling.{k}", out[k], lo=1)
+    if "fill_range" in out:
+        out["fill_range"] = _float_tuple("sampling.fill_range", out["fill_range"], n=2)
+    if "prompt_kinds" in out:
+        kinds = _str_tuple("sampling.prompt_kinds", out["prompt_kinds"])
+        unknown = sorted(set(kinds) - set(PROMPT_KINDS))
+        if unknown:
+            raise ValueError(
+                f"sampling.prompt_kinds: unknown kinds {unknown}; valid: {', '.join(PROMPT_KINDS)}"
+            )
+        out["prompt_kinds"] = kinds
+    if "prompt_probs" in out:
+        out["prompt_probs"] = _float_tuple("sampling.prompt_probs", out["prompt_probs"], lo=0.0)
+    if out.get("classes") is not None:
+        c = out["classes"]
+        out["classes"] = tuple(
+            _int("sampling.classes", k, lo=1) for k in (c if isinstance(c, (list, tuple)) else [c])
+        )
+        if not out["classes"]:
+            raise ValueError("sampling.classes must name at least one class (null: all classes)")
+    return out
 
 
 @dataclass
@@ -433,10 +484,7 @@ class TrainConfig:
                     f"valid keys of {name}: {', '.join(valid)}"
                 )
             if section_cls is CubeSampling:
-                values = {
-                    k: tuple(v) if k in _SAMPLING_TUPLES and isinstance(v, list) else v
-                    for k, v in values.items()
-                }
+                values = _sampling_values(values)
             try:
                 kwargs[name] = section_cls(**values)
             except TypeError as exc:  # a wrong type reaching a section without its own checks

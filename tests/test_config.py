@@ -118,12 +118,28 @@ def test_unknown_key_in_yaml_file_names_file_and_key(tmp_path):
         ("model.heads=3", "divisible by heads"),
         ("training.epochs", "section.key=value"),
         ("training.epochs=[1", "not valid YAML"),
+        # the sampling section names its keys too (it crashed on some: a traceback)
+        ("sampling.classes=3x", "sampling.classes must be an integer"),
+        ("sampling.classes=[]", "sampling.classes must name at least one class"),
+        ("sampling.p_volume=abc", "sampling.p_volume must be a number"),
+        ("sampling.p_refine=1.5", "sampling.p_refine must be <= 1.0"),
+        ("sampling.center_jitter=-1", "sampling.center_jitter must be >= 0.0"),
+        ("sampling.max_refine_clicks=0", "sampling.max_refine_clicks must be at least 1"),
+        ("sampling.max_self_rounds=1.5", "sampling.max_self_rounds must be an integer"),
+        ("sampling.fill_range=0.5", "sampling.fill_range must be a list of 2 numbers"),
+        ("sampling.prompt_kinds=[blob]", "sampling.prompt_kinds: unknown kinds ['blob']"),
+        ("sampling.prompt_probs=[a]", "sampling.prompt_probs must be a number"),
     ],
 )
 def test_bad_values_raise_clear_errors(override, needle):
     with pytest.raises(ValueError) as err:
         load_config(None, [override])
     assert needle in str(err.value)
+
+
+def test_one_sampling_class_may_be_given_as_a_number():
+    """`sampling.classes=3` ended in a TypeError traceback (a number, not a list)."""
+    assert load_config(None, ["sampling.classes=3"]).sampling.classes == (3,)
 
 
 def test_lora_targets_take_the_encoders_first_convolutions_by_full_name():
