@@ -149,6 +149,23 @@ def _cases_of(path: str, cache: Path, cfg: TrainConfig) -> list[str]:
     return [c for c in ids if c in present]
 
 
+def _same_case(cache_a: Path, cache_b: Path, case_id: str) -> bool:
+    """Whether two caches' cases of one id hold the same scan. Caches made with the same
+    parameters are compared by their preprocessed image (a case copied into another folder or
+    layout is caught; ``sam3d synth`` hearts of another seed share ids, not images); caches
+    made otherwise cannot be compared, and one id is taken for one case."""
+    from core.preprocess import cache_params
+
+    if cache_params(cache_a) != cache_params(cache_b):
+        return True
+    images = [Path(c) / "cases" / case_id / "image.npy" for c in (cache_a, cache_b)]
+    try:
+        a, b = (np.load(p, mmap_mode="r") for p in images)
+    except (OSError, ValueError):
+        return True
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
 def split_seed(cfg: TrainConfig) -> int:
     """The seed of the case split and validation items: ``data.split_seed``, else
     ``training.seed``."""
@@ -271,7 +288,8 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
                 f"training cache {train_cache} as '{train_rule}': preprocess both with the "
                 "same --ct_window"
             )
-        shared = sorted(set(train_ids) & set(val_ids))
+        shared = [c for c in sorted(set(train_ids) & set(val_ids))
+                  if _same_case(train_cache, val_cache, c)]  # fmt: skip
         if shared:
             raise ValueError(
                 f"data.val_data shares cases with data.train_data ({', '.join(shared[:5])}): "

@@ -598,3 +598,28 @@ def test_resume_refuses_data_whose_cases_changed(hearts_raw, tmp_path):
         before["val_cases"],
     )
     assert (tmp_path / "r" / "cache" / "cases" / moved.name / "meta.json").is_file()
+
+
+def test_separate_validation_data_is_refused_only_when_it_holds_training_scans(
+    hearts_raw, tmp_path
+):
+    """`sam3d synth` hearts of another seed share their ids with the training hearts
+    (heart_000, ...) but are other scans: refused as "leaking" before. A copy of training
+    cases in another folder still is."""
+    import shutil
+
+    from core.synthetic import write_heart_dataset
+
+    other = tmp_path / "other_seed"
+    write_heart_dataset(other, 2, seed=1000, shape=(32, 32, 32), spacing=6.0)
+    extra = ("data.classes=5", "data.spacing=6.0", "training.epochs=1")
+    val = f"data.val_data={json.dumps(str(other))}"
+    result = train(make_cfg(hearts_raw, tmp_path / "a", *extra, val))
+    summary = json.loads((tmp_path / "a" / "data_summary.json").read_text())
+    assert result.epochs_done == 1 and set(summary["val_cases"]) & set(summary["train_cases"])
+
+    copy = tmp_path / "copy"
+    shutil.copytree(hearts_raw / "heart_001", copy / "heart_001")
+    val = f"data.val_data={json.dumps(str(copy))}"
+    with pytest.raises(ValueError, match="leak"):
+        train(make_cfg(hearts_raw, tmp_path / "b", *extra, val))
