@@ -276,7 +276,7 @@ def build_app(
                 session,
                 view.slice_image,
                 view.axis,
-                gr.Slider(minimum=0, maximum=max(view.n_slices - 1, 1), value=view.slice_idx),
+                _slice_slider(view.n_slices, view.slice_idx),
                 view.scene,
                 view.views,
                 view.status,
@@ -315,12 +315,7 @@ def build_app(
         @_guard
         def on_axis(session, axis_value):
             session, view = H.set_axis(session, axis_value)
-            n = view.n_slices
-            return (
-                session,
-                view.slice_image,
-                gr.Slider(minimum=0, maximum=max(n - 1, 1), value=view.slice_idx),
-            )
+            return session, view.slice_image, _slice_slider(view.n_slices, view.slice_idx)
 
         @_guard
         def on_slice(session, idx):
@@ -451,6 +446,13 @@ def _upload_path(volume) -> tuple[str, str | None]:
     if meta.get("_type") != "gradio.FileData":
         raise InputError(None, "volume must be an uploaded file (gradio_client.handle_file)")
     return volume["path"], volume.get("orig_name")
+
+
+def _slice_slider(n: int, idx: int):
+    """The slice slider for an axis of ``n`` slices. Its range never collapses to one value
+    (gradio's slider needs two), so an axis of one slice (a 2D image stored as 3D) freezes it
+    at slice 0 instead of offering a slice 1 that is not there."""
+    return gr.Slider(minimum=0, maximum=max(n - 1, 1), value=idx, interactive=n > 1)
 
 
 def _same_scale(path, camera_mm):

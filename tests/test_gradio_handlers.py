@@ -602,3 +602,14 @@ def test_importing_gradio_app_loads_no_model():
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_the_slice_slider_of_a_one_slice_axis_cannot_move():
+    """A 2D image stored as 3D has one slice on its third axis; the slider's range keeps two
+    values (gradio needs them), so it must not be movable to the slice 1 that is not there."""
+    from gradio_app.app import _slice_slider
+
+    one = _slice_slider(1, 0)
+    assert one.interactive is False and one.value == 0
+    many = _slice_slider(40, 12)
+    assert many.interactive is True and (many.minimum, many.maximum, many.value) == (0, 39, 12)
