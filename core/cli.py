@@ -522,7 +522,14 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    argv = _attach_negative_values(sys.argv[1:] if argv is None else list(argv))
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":  # overrides after a flag too: a=1 --epochs 2 b=2
+        more = [a for a in extra if "=" in a and not a.startswith("-")]
+        args.overrides += more
+        extra = [a for a in extra if a not in more]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except (InputError, ValueError, FileNotFoundError) as exc:

@@ -17,7 +17,7 @@ def add_train(sub) -> None:
         description="Train from a YAML config (a file, or a shipped config by name: "
         "lora_headneck, lora_heart, base_synthetic, ...) plus section.key=value "
         "overrides, e.g. training.epochs=50 lora.rank=8 data.preprocess_crop_size=[64,64] "
-        "(values are read as YAML; give the overrides together, in one group). The flags "
+        "(values are read as YAML; before, between or after the flags). The flags "
         "below are shortcuts for common overrides and win over them. A raw dataset folder "
         "is preprocessed into <output_dir>/cache first (needs data.classes). Ctrl-C stops "
         "before the next batch and keeps last.pt of the last finished epoch (exit 130); "

@@ -216,3 +216,33 @@ def test_headneck_lora_trains_under_two_percent_of_the_default_model(name):
     model = lora.apply_lora(Sam3DMed(hn.model), **hn.lora.adapter_settings())
     frac = lora.trainable_fraction(model)
     assert 0.005 < frac < hn.lora.max_trainable_fraction <= 0.02
+
+
+def test_cli_train_takes_overrides_before_between_and_after_its_flags(monkeypatch, capsys):
+    """`sam3d train a=1 --epochs 2 b=2`: argparse alone refused the overrides after a flag
+    ("unrecognized arguments")."""
+    import core.train
+    from core.cli import main
+
+    seen = {}
+
+    def fake_train(cfg, **kwargs):
+        seen["cfg"] = cfg
+        raise ValueError("stop here")  # the command line was understood; nothing trains
+
+    monkeypatch.setattr(core.train, "train", fake_train)
+    code = main(["train", "training.learning_rate=1e-4", "--epochs", "3", "lora.rank=8",
+                 "--batch_size", "2", "loss.w_sdf_loss=0.5"])  # fmt: skip
+    assert code == 1 and "stop here" in capsys.readouterr().err
+    cfg = seen["cfg"]
+    assert cfg.training.learning_rate == 1e-4 and cfg.lora.rank == 8
+    assert cfg.loss.w_sdf_loss == 0.5
+    assert cfg.training.epochs == 3 and cfg.training.batch_size == 2
+    # anything else left over is still refused, by argparse's usual message
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "training.seed=1", "--epochs", "3", "stray"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["synth", "--out", "x", "a=1"])  # only train takes overrides
+    assert "unrecognized arguments: a=1" in capsys.readouterr().err
