@@ -13,6 +13,7 @@ import numpy as np
 
 from core.atomic import atomic_path
 from core.geometry import take_slice
+from core.intensity import display_window
 
 __all__ = ["overlay_views", "comparison_grid", "click_curves", "AXIS_NAMES"]
 
@@ -33,11 +34,6 @@ def _display(img2d: np.ndarray) -> np.ndarray:
     # Rows of a RAS slice run along the first remaining axis; transpose and flip so that
     # "up" on screen is anterior/superior, the usual radiological look.
     return np.flipud(np.asarray(img2d).T)
-
-
-def _window(img: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(img, [1, 99])
-    return float(lo), float(max(hi, lo + 1e-6))
 
 
 def _save(fig, path) -> Path:
@@ -79,7 +75,7 @@ def overlay_views(
         if point is None
         else tuple(int(round(x)) for x in point)
     )
-    lo, hi = _window(image)
+    lo, hi = display_window(image)
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8))
     for ax_i, ax in enumerate(axes):
         idx = int(np.clip(p[ax_i], 0, image.shape[ax_i] - 1))
@@ -112,7 +108,7 @@ def comparison_grid(
     """
     plt = _plt()
     p = _centre(gt, np.array(image.shape) // 2)
-    lo, hi = _window(image)
+    lo, hi = display_window(image)
     fig, axes = plt.subplots(3, 3, figsize=(9, 9))
     for r in range(3):
         idx = int(p[r])

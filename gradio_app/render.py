@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from core.geometry import other_axes, take_slice
+from core.intensity import display_window as intensity_window  # the page's grey levels
 
 __all__ = [
     "AXIS_NAMES",
@@ -125,23 +126,6 @@ class SliceView:
         k = self.n_cols - 1 - float(col)
         y = (k + 0.5) * self.height / self.n_cols - 0.5
         return x, y
-
-
-def intensity_window(data: np.ndarray) -> tuple[float, float]:
-    """Display window ``(low, high)``: the 1st percentile (as :mod:`core.viz`) and the 99th of
-    the voxels above the volume's minimum.
-
-    The minimum is left out of the high end because it is often padding that fills most of the
-    field (the air around a head CT: 90-98% of the OpenKBP volumes at -1024): counted in, the
-    99th percentile falls into soft tissue and the whole body is drawn white.
-    """
-    d = np.asarray(data)
-    if d.size > 2_000_000:  # a strided sample is plenty for percentiles of a large CT
-        d = d.ravel()[:: d.size // 1_000_000]
-    lo = np.percentile(d, 1)
-    above = d[d > d.min()]
-    hi = np.percentile(above, 99) if above.size else lo
-    return float(lo), float(max(hi, lo + 1e-6))
 
 
 def _grey(slice2d, window) -> np.ndarray:

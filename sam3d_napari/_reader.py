@@ -153,14 +153,6 @@ def _same_as_next(data: np.ndarray) -> float:
     return 1.0 if n == 0 else np.count_nonzero((a == b) & fg) / n
 
 
-def _display_window(data: np.ndarray) -> list[float]:
-    sample = data[::2, ::2, ::2]
-    lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
-    if hi <= lo:
-        lo, hi = float(data.min()), float(data.max()) + 1.0
-    return [lo, hi]
-
-
 def _metadata(vol, kind: str, source_affine, extra: dict) -> dict:
     """Layer metadata: the affine (world mm), where the data came from, and the file's own
     affine (for writing back on its grid); pops ``extra["metadata"]`` into it."""
@@ -175,12 +167,14 @@ def _metadata(vol, kind: str, source_affine, extra: dict) -> dict:
 
 def volume_layer_data(volume, *, name: str | None = None, source_affine=None, **extra) -> tuple:
     """An Image layer data tuple for a ``core.io.Volume``, placed in world mm."""
+    from core.intensity import display_window
+
     name = name or _stem(volume.path) or "volume"
     meta = _metadata(volume, "image", source_affine, extra)
     kwargs = {
         "name": name,
         "colormap": "gray",
-        "contrast_limits": _display_window(volume.data),
+        "contrast_limits": list(display_window(volume.data)),
         "metadata": meta,
         **layer_transform(volume.affine),
         **extra,

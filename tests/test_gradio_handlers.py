@@ -112,20 +112,25 @@ def test_picture_pixels_map_back_to_the_voxel_drawn_there(axis):
             view.pixel_to_rc(x, y)
 
 
-def test_a_small_body_in_a_field_of_air_is_drawn_with_contrast():
-    """A head CT as OpenKBP's: most voxels are padding air at -1024. Soft tissue must
-    be drawn grey, between air and bone, not white (the window once ended in soft tissue)."""
-    from gradio_app.render import intensity_window
+def test_a_small_body_in_a_field_of_air_is_drawn_with_contrast(tmp_path):
+    """A head CT as OpenKBP's (most voxels padding air at -1024): the page draws soft tissue
+    grey, between air and bone, not white (its window once ended in soft tissue). The rule
+    itself: core.intensity.display_window, tests/test_intensity.py."""
+    from core.io import Volume
+    from gradio_app.session import Session
 
     vol = np.full((64, 64, 64), -1024.0, np.float32)
     r = np.linalg.norm(np.indices(vol.shape) - 31.5, axis=0)
     vol[r < 10] = 1000.0  # skull
     vol[r < 9] = 40.0  # soft tissue: with the skull, 1.6% of the voxels
-    lo, hi = intensity_window(vol)
-    grey = (np.array([-1024.0, 40.0, 1000.0]) - lo) / (hi - lo)
-    assert grey[0] <= 0.0 and 0.3 < grey[1] < 0.7 and grey[2] >= 0.95
-    # a volume of two values keeps both apart
-    assert intensity_window((r < 9).astype(np.float32)) == (0.0, 1.0)
+    s = Session(tmp_path)
+    try:
+        s.set_volume(Volume(vol, np.eye(4), "head"), "head")
+        lo, hi = s.window
+        grey = (np.array([-1024.0, 40.0, 1000.0]) - lo) / (hi - lo)
+        assert grey[0] <= 0.0 and 0.3 < grey[1] < 0.7 and grey[2] >= 0.95
+    finally:
+        s.close()
 
 
 def test_a_click_anywhere_on_a_drawn_voxel_selects_that_voxel(sample, engine):

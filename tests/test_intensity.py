@@ -157,3 +157,30 @@ def test_the_base_finds_organs_on_real_mr(base):
 
 def test_default_window_is_the_documented_one():
     assert DEFAULT_CT_WINDOW == (-1000.0, 2000.0)
+
+
+def _head_in_air():
+    """A head CT as OpenKBP's: most voxels are padding air at -1024 HU."""
+    vol = np.full((64, 64, 64), -1024.0, np.float32)
+    r = np.linalg.norm(np.indices(vol.shape) - 31.5, axis=0)
+    vol[r < 10] = 1000.0  # skull
+    vol[r < 9] = 40.0  # soft tissue: with the skull, 1.6 % of the voxels
+    return vol, r
+
+
+def test_the_display_window_draws_a_small_body_in_a_field_of_air_with_contrast():
+    """Soft tissue grey, between air and bone: with the air counted in the high end, the
+    window ended in soft tissue and the whole head was drawn white."""
+    from core.intensity import display_window
+
+    vol, r = _head_in_air()
+    lo, hi = display_window(vol)
+    grey = (np.array([-1024.0, 40.0, 1000.0]) - lo) / (hi - lo)
+    assert grey[0] <= 0.0 and 0.3 < grey[1] < 0.7 and grey[2] >= 0.95
+    # MR's zero background alike; a volume of two values keeps both apart; a constant one
+    # gets a window that is not empty
+    mr = np.where(r < 9, 300.0 + r, 0.0).astype(np.float32)
+    assert display_window(mr)[1] > 300.0
+    assert display_window((r < 9).astype(np.float32)) == (0.0, 1.0)
+    lo, hi = display_window(np.full((8, 8, 8), 5.0))
+    assert lo == 5.0 and hi > lo

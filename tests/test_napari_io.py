@@ -107,6 +107,22 @@ def test_an_image_of_a_dataset_that_declares_mr_opens_as_mr(make_napari_viewer, 
     assert widget.modality.value == "mr"
 
 
+def test_a_head_ct_in_a_field_of_air_opens_with_soft_tissue_grey(make_napari_viewer, tmp_path):
+    """OpenKBP's head CTs are 90-98 % padding air at -1024 HU: the window's top at the 99.5th
+    percentile of every voxel fell in soft tissue (pt_203: -1024..33) and the head opened
+    white. The window (core.intensity.display_window) leaves the minimum out of its top."""
+    vol = np.full((64, 64, 64), -1024.0, np.float32)
+    r = np.linalg.norm(np.indices(vol.shape) - 31.5, axis=0)
+    vol[r < 10] = 1000.0  # skull
+    vol[r < 9] = 40.0  # soft tissue
+    save_nifti(vol, np.eye(4), tmp_path / "head.nii.gz")
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(tmp_path / "head.nii.gz", plugin=PLUGIN)
+    lo, hi = image.contrast_limits
+    grey = (np.array([-1024.0, 40.0, 1000.0]) - lo) / (hi - lo)
+    assert grey[0] <= 0.0 and 0.3 < grey[1] < 0.7 and grey[2] >= 0.95
+
+
 @pytest.mark.parametrize("folder", ["labels", "labelsTr", "labelsTs", "segmentations"])
 def test_a_float_label_map_in_a_labels_folder_opens_as_labels(make_napari_viewer, tmp_path, folder):
     """Real label maps are often stored as float64 holding integers, under the case's plain
