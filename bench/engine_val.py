@@ -134,6 +134,21 @@ def prepare(a: argparse.Namespace, out: Path) -> Path | None:
     return headneck_cases(val, data, out)
 
 
+def print_class_table(per_class: dict, columns, note: str) -> None:
+    """A Markdown table of Dice per class (``per_class``: class -> rows of one value per
+    column, one row per structure) and the mean of the class means, as ``sam3d eval``
+    aggregates."""
+    import numpy as np
+
+    print(f"\n| class | {' | '.join(columns)} | ({note}) |")
+    print("| --- |" + " --- |" * (len(columns) + 1))
+    means = {k: np.mean(v, axis=0) for k, v in sorted(per_class.items())}
+    for k, m in means.items():
+        print(f"| {k} | " + " | ".join(f"{x:.3f}" for x in m) + " | |")
+    overall = np.mean(list(means.values()), axis=0)
+    print("| **mean** | " + " | ".join(f"**{x:.3f}**" for x in overall) + " | |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_validation_args(ap)

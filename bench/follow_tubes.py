@@ -122,13 +122,9 @@ def main(argv=None) -> int:
             row = [dice(plain, gt), dice(followed, gt)]
             per_class.setdefault(k, []).append(row)
             print(case.case_id, k, used, " ".join(f"{x:.3f}" for x in row), flush=True)
-    print(f"\n| class | plain Dice@1 | followed | ({a.which}, {a.mode}, ratio {a.ratio:g}) |")
-    print("| --- | --- | --- | --- |")
-    means = {k: np.mean(v, axis=0) for k, v in sorted(per_class.items())}
-    for k, m in means.items():
-        print(f"| {k} | " + " | ".join(f"{x:.3f}" for x in m) + " | |")
-    overall = np.mean(list(means.values()), axis=0)
-    print("| **mean** | " + " | ".join(f"**{x:.3f}**" for x in overall) + " | |")
+    engine_val.print_class_table(
+        per_class, ("plain Dice@1", "followed"), f"{a.which}, {a.mode}, ratio {a.ratio:g}"
+    )
     print(f"extra model runs per structure: mean {np.mean(clicks):.1f}, max {max(clicks)}")
     return 0
 

@@ -89,13 +89,8 @@ def main(argv=None) -> int:
             ]
             per_class.setdefault(k, []).append(row)
             print(case.case_id, k, " ".join(f"{x:.3f}" for x in row), flush=True)
-    print(f"\n| class | plain Dice@1 | mirrored | average | ({a.which}, {a.mode}) |")
-    print("| --- | --- | --- | --- | --- |")
-    means = {k: np.mean(v, axis=0) for k, v in sorted(per_class.items())}
-    for k, m in means.items():
-        print(f"| {k} | " + " | ".join(f"{x:.3f}" for x in m) + " | |")
-    overall = np.mean(list(means.values()), axis=0)
-    print("| **mean** | " + " | ".join(f"**{x:.3f}**" for x in overall) + " | |")
+    columns = ("plain Dice@1", "mirrored", "average")
+    engine_val.print_class_table(per_class, columns, f"{a.which}, {a.mode}")
     return 0
 
 

@@ -138,8 +138,9 @@ def evaluate(
     if modality_note:
         problems.append(modality_note)
     rec = Reconstructor.from_pretrained(cfg.checkpoint, cfg.adapter, policy=policy)
+    window = rec.ct_window_for(cfg.ct_window)  # the baselines see the model's intensities
     if cfg.modality == "ct":  # metrics.json records the window used
-        cfg = replace(cfg, ct_window=rec.ct_window_for(cfg.ct_window))
+        cfg = replace(cfg, ct_window=window)
     trained = _trained_on(cfg)
     methods = METHODS if cfg.baselines else ("model",)
     results = {m: {} for m in methods}
@@ -195,9 +196,7 @@ def evaluate(
             continue
         spacing = image.spacing
         classes = [k for k in label.present_labels() if cfg.classes is None or k in cfg.classes]
-        norm = normalize_intensity(
-            image.data, cfg.modality, ct_window=rec.ct_window_for(cfg.ct_window)
-        )
+        norm = normalize_intensity(image.data, cfg.modality, ct_window=window)
         notes: list[str] = _leak_note(case, trained)
         for k in classes:
             names[str(k)] = case.label_names.get(k, str(k))

@@ -54,7 +54,7 @@ from core.losses import compute_loss, dice_score
 from core.model import INPUTS, Sam3DMed
 from core.precision import env_choice, fast_cpu_bf16
 from core.self_refine import self_refine_batch
-from core.train_data import build_data, split_cases
+from core.train_data import build_data, check_same_split, split_cases
 from core.train_outputs import RunLog, TrainResult, epoch_line, run_result, save_epoch
 
 __all__ = ["TrainResult", "train", "lr_at", "split_cases", "evaluate", "TrainingDiverged"]
@@ -250,29 +250,6 @@ def _initial_adapter(model, lc) -> tuple[torch.nn.Module, Path]:
     return lora.load_adapter(model, folder, trainable=True), folder
 
 
-def _check_same_split(path: Path, before: dict | None, now: dict) -> None:
-    """A resumed run must train and validate on the cases it started with: cases added to
-    (or gone from) its data would redraw the split, so that cases trained on in earlier epochs
-    could become validation cases (leakage) and validation Dice would change meaning."""
-    if not before:  # a checkpoint from before the summary was kept in it
-        return
-    for side in ("train", "val"):
-        was, is_ = set(before.get(f"{side}_cases", ())), set(now[f"{side}_cases"])
-        if was != is_:
-            added, gone = sorted(is_ - was), sorted(was - is_)
-            change = "; ".join(
-                f"{what} {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
-                for what, ids in (("now in it:", added), ("no longer in it:", gone))
-                if ids
-            )
-            name = "training" if side == "train" else "validation"
-            raise ValueError(
-                f"{path}: the run's data changed since it started, so its {name} cases "
-                f"differ ({change}): resume with the same data, or start a new run in another "
-                "training.output_dir"
-            )
-
-
 def _build_model(cfg: TrainConfig, log) -> tuple[torch.nn.Module, str | None, float]:
     """The model to train, the base's hash (LoRA) and the trainable fraction."""
     model, origin = _initial_model(cfg)
@@ -435,7 +412,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, progress, should_stop, resume) 
                     f"{out / 'last.pt'}: the run was trained with another {section} config; "
                     "resume with the same one (see its config.json)"
                 )
-        _check_same_split(out / "last.pt", ckpt["extra"].get("data"), data.summary)
+        check_same_split(out / "last.pt", ckpt["extra"].get("data"), data.summary)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, start_epoch = int(ckpt["step"]), int(ckpt["epoch"])

@@ -30,7 +30,7 @@ from core.cubes import CubeDataset
 if TYPE_CHECKING:
     from core.train import Dist
 
-__all__ = ["TrainData", "EpochSampler", "build_data", "split_cases"]
+__all__ = ["TrainData", "EpochSampler", "build_data", "check_same_split", "split_cases"]
 
 
 def split_cases(case_ids, *, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -62,7 +62,6 @@ def _as_cache(
     What preprocessing could not use goes into ``skipped`` (rank 0): ``failed`` (case id:
     reason) and ``dataset_problems`` (the dataset discovery's lines)."""
     from core.datasets import dataset_modality, resolve_modality
-    from core.intensity import DEFAULT_CT_WINDOW, intensity_rule
     from core.preprocess import PreprocessConfig, cache_params, preprocess_dataset
 
     src = Path(path)
@@ -85,7 +84,7 @@ def _as_cache(
         # MR and US caches made before the rule was recorded hold a z-score (MR) or [0, 1]
         # (US): an adapter trained on them would see other intensities at inference
         rule = params.get("intensity")
-        expected = intensity_rule(cfg.data.modality, params.get("ct_window", DEFAULT_CT_WINDOW))
+        expected = _intensity(src, cfg.data.modality)[0]
         if rule != expected and (rule is not None or cfg.data.modality != "ct"):
             made = f"as '{rule}'" if rule else "under an earlier rule (none in its manifest)"
             raise ValueError(
@@ -149,21 +148,48 @@ def _cases_of(path: str, cache: Path, cfg: TrainConfig) -> list[str]:
     return [c for c in ids if c in present]
 
 
-def _same_case(cache_a: Path, cache_b: Path, case_id: str) -> bool:
-    """Whether two caches' cases of one id hold the same scan. Caches made with the same
-    parameters are compared by their preprocessed image (a case copied into another folder or
-    layout is caught; ``sam3d synth`` hearts of another seed share ids, not images); caches
-    made otherwise cannot be compared, and one id is taken for one case."""
+def _shared_scans(train_cache: Path, val_cache: Path, ids) -> list[str]:
+    """The case ids of ``ids`` (in both caches) whose two cases hold the same scan. Caches
+    made with the same parameters are compared by their preprocessed images (a case copied
+    into another folder or layout is caught; ``sam3d synth`` hearts of another seed share ids,
+    not images); caches made otherwise cannot be compared, and one id is taken for one case."""
     from core.preprocess import cache_params
 
-    if cache_params(cache_a) != cache_params(cache_b):
-        return True
-    images = [Path(c) / "cases" / case_id / "image.npy" for c in (cache_a, cache_b)]
-    try:
-        a, b = (np.load(p, mmap_mode="r") for p in images)
-    except (OSError, ValueError):
-        return True
-    return a.shape == b.shape and bool(np.array_equal(a, b))
+    if cache_params(train_cache) != cache_params(val_cache):
+        return sorted(ids)
+
+    def same(case_id: str) -> bool:
+        images = [Path(c) / "cases" / case_id / "image.npy" for c in (train_cache, val_cache)]
+        try:
+            a, b = (np.load(p, mmap_mode="r") for p in images)
+        except (OSError, ValueError):
+            return True
+        return a.shape == b.shape and bool(np.array_equal(a, b))
+
+    return [c for c in sorted(ids) if same(c)]
+
+
+def check_same_split(path: Path, before: dict | None, now: dict) -> None:
+    """A resumed run must train and validate on the cases it started with: cases added to
+    (or gone from) its data would redraw the split, so that cases trained on in earlier epochs
+    could become validation cases (leakage) and validation Dice would change meaning."""
+    if not before:  # a checkpoint from before the summary was kept in it
+        return
+    for side in ("train", "val"):
+        was, is_ = set(before.get(f"{side}_cases", ())), set(now[f"{side}_cases"])
+        if was != is_:
+            added, gone = sorted(is_ - was), sorted(was - is_)
+            change = "; ".join(
+                f"{what} {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
+                for what, ids in (("now in it:", added), ("no longer in it:", gone))
+                if ids
+            )
+            name = "training" if side == "train" else "validation"
+            raise ValueError(
+                f"{path}: the run's data changed since it started, so its {name} cases "
+                f"differ ({change}): resume with the same data, or start a new run in another "
+                "training.output_dir"
+            )
 
 
 def split_seed(cfg: TrainConfig) -> int:
@@ -288,8 +314,7 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
                 f"training cache {train_cache} as '{train_rule}': preprocess both with the "
                 "same --ct_window"
             )
-        shared = [c for c in sorted(set(train_ids) & set(val_ids))
-                  if _same_case(train_cache, val_cache, c)]  # fmt: skip
+        shared = _shared_scans(train_cache, val_cache, set(train_ids) & set(val_ids))
         if shared:
             raise ValueError(
                 f"data.val_data shares cases with data.train_data ({', '.join(shared[:5])}): "

@@ -100,3 +100,18 @@ def test_unknown_cube_policy_is_refused_before_any_work(engine_val, capsys):
 
     for kwargs in engine_val.POLICIES.values():  # every named policy is a valid CubePolicy
         CubePolicy(**kwargs)
+
+
+def test_the_class_table_gives_the_mean_of_the_class_means(engine_val, capsys):
+    """bench/mirror.py's and bench/follow_tubes.py's table: classes in order, then the mean
+    of the class means (as sam3d eval aggregates), not of the structures."""
+    per_class = {2: [[0.3, 0.4], [0.5, 0.6]], 1: [[0.7, 0.5]]}
+    engine_val.print_class_table(per_class, ("plain Dice@1", "followed"), "hearts, volume")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [
+        "| class | plain Dice@1 | followed | (hearts, volume) |",
+        "| --- | --- | --- | --- |",
+        "| 1 | 0.700 | 0.500 | |",
+        "| 2 | 0.400 | 0.500 | |",
+        "| **mean** | **0.550** | **0.500** | |",
+    ]

@@ -112,9 +112,10 @@ def test_the_engine_uses_the_adapters_training_window(rec, tmp_path):
 def test_training_records_the_caches_window_and_refuses_a_mismatched_val_cache(
     hearts_raw, tmp_path
 ):
+    from train_common import make_cfg
+
     from core.preprocess import PreprocessConfig, preprocess_dataset
     from core.train import train
-    from tests.test_train import make_cfg
 
     caches = {}
     for name, window in (("tight", TIGHT), ("default", DEFAULT_CT_WINDOW)):
@@ -144,13 +145,13 @@ def test_training_records_the_caches_window_and_refuses_a_mismatched_val_cache(
 
 def test_a_lora_adapter_carries_its_training_window(hearts_raw, tmp_path):
     import torch
+    from train_common import make_cfg
 
     from core.checkpoint import save_weights_safetensors
     from core.engine import Reconstructor
     from core.model import Sam3DMed
     from core.preprocess import PreprocessConfig, preprocess_dataset
     from core.train import train
-    from tests.test_train import make_cfg
 
     pcfg = PreprocessConfig(
         input_dir=str(hearts_raw),

@@ -1,10 +1,12 @@
-"""The launched web demo, driven by gradio_client over HTTP on 127.0.0.1, and `sam3d app`."""
+"""The launched web demo, driven by gradio_client over HTTP on 127.0.0.1, `sam3d app`, what
+importing the app costs, and its slice slider."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 
 import nibabel as nib
@@ -299,3 +301,27 @@ def test_cli_app_busy_port_is_one_line(app, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"sam3d app: error: cannot serve on 127.0.0.1:{port}")
     assert "Traceback" not in err
+
+
+def test_importing_gradio_app_loads_no_model():
+    code = textwrap.dedent(
+        """
+        import sys
+        import gradio_app, gradio_app.app, gradio_app.handlers, gradio_app.api, gradio_app.page
+        heavy = [m for m in ("torch", "peft", "core.model", "core.engine") if m in sys.modules]
+        assert not heavy, heavy
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_the_slice_slider_of_a_one_slice_axis_cannot_move():
+    """A 2D image stored as 3D has one slice on its third axis; the slider's range keeps two
+    values (gradio needs them), so it must not be movable to the slice 1 that is not there."""
+    from gradio_app.app import _slice_slider
+
+    one = _slice_slider(1, 0)
+    assert one.interactive is False and one.value == 0
+    many = _slice_slider(40, 12)
+    assert many.interactive is True and (many.minimum, many.maximum, many.value) == (0, 39, 12)

@@ -7,14 +7,10 @@ Dice of 0.54 (volume mode) when these tests were written.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO, save_nifti
+from conftest import save_nifti
 
 pytest.importorskip("gradio")
 
@@ -573,7 +569,7 @@ def test_reconstruct_file_bad_requests(tmp_path, engine, heart_files, kw, messag
 
 
 # --------------------------------------------------------------------------------------------
-# sessions, files, imports
+# sessions and their files
 
 
 def test_session_files_are_removed_when_the_session_ends(tmp_path, engine):
@@ -594,27 +590,3 @@ def test_old_step_folders_are_pruned(tmp_path):
         s.step_dir()
     assert len(list(s.dir.iterdir())) == 3
     s.close()
-
-
-def test_importing_gradio_app_loads_no_model():
-    code = textwrap.dedent(
-        """
-        import sys
-        import gradio_app, gradio_app.app, gradio_app.handlers, gradio_app.api, gradio_app.page
-        heavy = [m for m in ("torch", "peft", "core.model", "core.engine") if m in sys.modules]
-        assert not heavy, heavy
-        """
-    )
-    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-
-
-def test_the_slice_slider_of_a_one_slice_axis_cannot_move():
-    """A 2D image stored as 3D has one slice on its third axis; the slider's range keeps two
-    values (gradio needs them), so it must not be movable to the slice 1 that is not there."""
-    from gradio_app.app import _slice_slider
-
-    one = _slice_slider(1, 0)
-    assert one.interactive is False and one.value == 0
-    many = _slice_slider(40, 12)
-    assert many.interactive is True and (many.minimum, many.maximum, many.value) == (0, 39, 12)

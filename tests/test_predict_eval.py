@@ -438,63 +438,6 @@ def test_zoom_in_option_of_predict_and_eval(tiny_weights, hearts, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["cube_policy"]["zoom_in"] is True
 
 
-def test_shipped_adapter_was_made_by_its_recipe():
-    """configs/lora_headneck.yaml (scripts/train_headneck.sh) is the recipe of the shipped
-    head-and-neck adapter: the same LoRA settings and the same schedule and data, so changing
-    one without the other fails here."""
-    from pathlib import Path
-
-    from core.config import load_config
-    from core.lora import lora_settings, read_adapter_info, settings_differences
-    from core.weights import resolve_adapter
-
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "lora_headneck.yaml", [])
-    info = read_adapter_info(resolve_adapter("headneck-ct"))
-    settings = cfg.lora.adapter_settings()
-    wanted = lora_settings(**settings)
-    trained = info["training"]
-    # What peft saved, and the training config recorded with it.
-    assert settings_differences(wanted, info["lora"]) == []
-    recorded = lora_settings(**{k: trained["lora"][k] for k in settings})
-    assert settings_differences(wanted, recorded) == []
-    for key in (
-        "epochs",
-        "steps_per_epoch",
-        "batch_size",
-        "learning_rate",
-        "warmup_steps",
-        "lr_schedule",
-        "val_cases",
-    ):
-        assert trained["training"][key] == getattr(cfg.training, key), key
-    assert trained["data"]["val_fraction"] == cfg.data.val_fraction
-    assert trained["data"]["classes"] == cfg.data.classes
-    assert info["epoch"] <= cfg.training.epochs
-
-
-def test_shipped_adapter_is_addressable_by_name_and_matches_the_base():
-    from core.clicks import Click, PromptSet
-    from core.engine import Reconstructor
-    from core.lora import read_adapter_info
-    from core.synthetic import make_heart_phantom
-    from core.weights import list_shipped_adapters, read_weights_info, shipped_base_path
-
-    adapters = list_shipped_adapters()
-    assert "headneck-ct" in adapters
-    info = read_adapter_info(adapters["headneck-ct"])
-    assert info["base_hash"] == read_weights_info(shipped_base_path())["sha256"]
-    assert info["trainable_fraction"] < 0.02
-    train_cases = set(info["data"]["train_cases"]) | set(info["data"].get("val_cases", []))
-    assert train_cases and not any(c in train_cases for c in ("pt_201", "pt_233"))  # val set
-    image, label = make_heart_phantom(3)
-    rec = Reconstructor.from_pretrained(adapter="headneck-ct")
-    prompts = PromptSet((Click(2, 32, 32, 32),))
-    with_adapter = rec.predict(image, prompts, mesh=False).cube_probability
-    rec.set_adapter(None)  # back to the bare base without reloading it
-    bare = rec.predict(image, prompts, mesh=False).cube_probability
-    assert rec.name == "base" and not np.allclose(with_adapter, bare)
-
-
 def _report(baselines: dict, clicks: int = 2) -> dict:
     cls = {"dice@1": 0.5, "dice@2": 0.75, "hd95@2": 3.25, "hd95@1": 4.5}
     return {
