@@ -402,6 +402,14 @@ def _run_eval(args) -> int:
     for cid, notes in report["warnings"].items():
         for note in notes:
             print(f"sam3d eval: warning: {cid}: {note}", file=sys.stderr)
+    seen = list(report["seen_in_training"].values())
+    if seen:
+        print(
+            f"sam3d eval: warning: the weights saw {len(seen)} of the {report['n_cases']} "
+            f"case(s) in training ({seen.count('train')} trained on, {seen.count('val')} "
+            "validation); the aggregate includes them (metrics.json: seen_in_training)",
+            file=sys.stderr,
+        )
     if not evaluated:
         n = report["n_cases"]
         if len(failed) == n:

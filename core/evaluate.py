@@ -16,8 +16,10 @@ evaluated), and the same for each baseline; ``n_cases`` (cases tried), ``failed_
 reason; an image without a label is one), ``dataset_problems`` (what else the dataset's
 discovery found wrong, e.g. a label without its image) and ``warnings`` (case id: the
 model's one-line notes, e.g. values that do not look like the chosen modality, or that the
-weights were trained on the case: the training cases their run recorded, compared by source
-file).
+weights saw the case in training) and ``seen_in_training`` (case id: "train" when the weights
+were trained on the case's scan, "val" when their run chose its best epoch on it). Seen cases
+are recognised by the scans' fingerprints that training records (:func:`core.io.fingerprint`:
+a copy under another name, folder or layout is caught), else by source file or case id.
 
 The modality (how intensities are scaled) is the one asked for, else the one the dataset's
 ``dataset.json`` declares (nnU-Net's ``channel_names``), else CT; ``config.modality`` in
@@ -40,7 +42,7 @@ from core.clicks import simulate_clicks
 from core.datasets import discover, resolve_modality
 from core.errors import InputError
 from core.intensity import MODALITIES
-from core.io import load_pair
+from core.io import fingerprint, load_pair
 from core.metrics import METRIC_NAMES, binary_metrics
 from core.modes import MODES
 
@@ -147,6 +149,7 @@ def evaluate(
     names: dict[str, str] = {}
     timings: list[float] = []
     warnings: dict[str, list[str]] = {}  # case id -> the model's notes (e.g. not HU)
+    seen_cases: dict[str, str] = {}  # case id -> "train" / "val": the weights saw it
     t_start = time.perf_counter()
     stop = should_stop or (lambda: False)
 
@@ -169,6 +172,7 @@ def evaluate(
             "n_cases": n_tried,
             "failed_cases": dict(sorted(failed.items())),
             "warnings": warnings,
+            "seen_in_training": dict(sorted(seen_cases.items())),
             "dataset_problems": problems,
             "seconds": round(time.perf_counter() - t_start, 1),
             "model_latency_ms": {
@@ -197,7 +201,9 @@ def evaluate(
         spacing = image.spacing
         classes = [k for k in label.present_labels() if cfg.classes is None or k in cfg.classes]
         norm = normalize_intensity(image.data, cfg.modality, ct_window=window)
-        notes: list[str] = _leak_note(case, trained)
+        role, notes = _leak_note(case, image, trained)
+        if role is not None:
+            seen_cases[case.case_id] = role
         for k in classes:
             names[str(k)] = case.label_names.get(k, str(k))
             gt = label.data == k
@@ -231,11 +237,21 @@ def evaluate(
     return write_report(complete=not stopped)
 
 
-def _trained_on(cfg: EvalConfig) -> tuple[str, dict[str, str | None]] | None:
-    """What the weights were trained on, as their training run recorded it (the adapter's
-    ``sam3d_adapter.json``, or a full run's ``.safetensors`` JSON): the weights' name and
-    training case id -> source image (None when the run's cache is no longer there to say);
-    None when nothing is recorded (the shipped base)."""
+@dataclass(frozen=True)
+class _Seen:
+    """What the weights saw in training, as their run recorded it: their name; per role
+    ("train": trained on, "val": chose the best epoch on) case id -> source image (None when
+    the run's cache is no longer there to say); and fingerprint -> (role, case id) for the
+    cases whose scan was fingerprinted (:func:`core.io.fingerprint`)."""
+
+    name: str
+    sources: dict[str, dict[str, str | None]]
+    fingerprints: dict[str, tuple[str, str]]
+
+
+def _trained_on(cfg: EvalConfig) -> _Seen | None:
+    """What the weights saw in training (the adapter's ``sam3d_adapter.json``, or a full
+    run's ``.safetensors`` JSON); None when nothing is recorded (the shipped base)."""
     if cfg.adapter is not None:
         from core.adapter_files import read_adapter_info
         from core.weights import resolve_adapter
@@ -252,36 +268,58 @@ def _trained_on(cfg: EvalConfig) -> tuple[str, dict[str, str | None]] | None:
         return None
     if not isinstance(data, dict) or not data.get("train_cases"):
         return None
-    cache = Path(str(data.get("train_cache") or ""))
-    sources: dict[str, str | None] = {}
-    for cid in data["train_cases"]:
-        try:
-            sources[cid] = json.loads((cache / "cases" / cid / "meta.json").read_text())[
-                "source_image"
+    sources: dict[str, dict[str, str | None]] = {}
+    prints: dict[str, tuple[str, str]] = {}
+    for role in ("train", "val"):
+        cache = Path(str(data.get(f"{role}_cache") or ""))
+        sources[role] = {}
+        for cid in data.get(f"{role}_cases") or ():
+            try:
+                meta = json.loads((cache / "cases" / cid / "meta.json").read_text())
+                sources[role][cid] = meta["source_image"]
+            except (OSError, ValueError, KeyError, TypeError):
+                sources[role][cid] = None
+        recorded = data.get(f"{role}_fingerprints")
+        for cid, fp in (recorded.items() if isinstance(recorded, dict) else ()):
+            if isinstance(fp, str) and cid in sources[role]:
+                prints.setdefault(fp, (role, cid))
+    return _Seen(name, sources, prints)
+
+
+_SEEN = {
+    "train": "was trained on this image{as_}: its scores here overstate what the weights do "
+    "on unseen data (evaluate on held-out cases)",
+    "val": "chose its best epoch on this image (a validation case of its run{as_}): its "
+    "scores here are optimistic (evaluate on cases the run never saw)",
+}
+
+
+def _leak_note(case, image, seen: _Seen | None) -> tuple[str | None, list[str]]:
+    """Whether the weights saw this case in training ("train", "val" or None) and the warning
+    that says so: the same scan by fingerprint, whatever its name or folder; for cases the run
+    did not fingerprint, the same source file, or the same case id where the training cache
+    is gone and the files cannot be compared."""
+    if seen is None:
+        return None, []
+    fp = fingerprint(image) if seen.fingerprints else None
+    if fp in seen.fingerprints:
+        role, cid = seen.fingerprints[fp]
+        as_ = "" if cid == case.case_id else f", as its case {cid}"
+        return role, [f"{seen.name} " + _SEEN[role].format(as_=as_)]
+    printed = {cid for _, cid in seen.fingerprints.values()}
+    for role, cases in seen.sources.items():
+        if case.case_id not in cases or case.case_id in printed:
+            continue  # fingerprinted: another scan that happens to share the id
+        source = cases[case.case_id]
+        if source is None:
+            return role, [
+                f"{seen.name} saw a case with this id during its training run (its cache is gone: the "
+                "files cannot be compared): if it is this image, its scores here overstate "
+                "what the weights do on unseen data"
             ]
-        except (OSError, ValueError, KeyError, TypeError):
-            sources[cid] = None
-    return name, sources
-
-
-def _leak_note(case, trained) -> list[str]:
-    """A warning when the weights were trained on this case: the same source file, or the
-    same case id where the training cache is gone and the files cannot be compared."""
-    if trained is None or case.case_id not in trained[1]:
-        return []
-    name, source = trained[0], trained[1][case.case_id]
-    if source is None:
-        return [
-            f"{name} was trained on a case with this id (its training cache is gone: the "
-            "files cannot be compared): if it is this image, its scores here overstate what "
-            "the weights do on unseen data"
-        ]
-    if Path(source).resolve() != Path(case.image).resolve():
-        return []  # another dataset's case that happens to share the id
-    return [
-        f"{name} was trained on this image: its scores here overstate what the weights do "
-        "on unseen data (evaluate on held-out cases)"
-    ]
+        if Path(source).resolve() == Path(case.image).resolve():
+            return role, [f"{seen.name} " + _SEEN[role].format(as_="")]
+    return None, []
 
 
 def _unusable(index) -> tuple[dict[str, str], list[str]]:

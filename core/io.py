@@ -9,6 +9,7 @@ label map as intensities.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import zlib
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "to_file_orientation",
     "NIFTI_SUFFIXES",
     "strip_nifti_suffix",
+    "fingerprint",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -111,6 +113,16 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         return spacing_of(self.affine)
+
+
+def fingerprint(volume: Volume) -> str:
+    """The scan's identity, whatever its file name, folder, dataset layout, compression or
+    on-disk axis order: a digest of the voxels as :func:`load_image` returns them (canonical
+    orientation, float32) and of their shape. Training records it for every case it sees, so
+    that evaluation recognises a training scan that was copied or renamed."""
+    digest = hashlib.sha256(repr(tuple(volume.shape)).encode())
+    digest.update(np.ascontiguousarray(volume.data, dtype=np.float32).data)
+    return digest.hexdigest()[:32]
 
 
 @dataclass(frozen=True, eq=False)

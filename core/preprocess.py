@@ -31,7 +31,7 @@ from core.datasets import LAYOUTS, Case, declared_modality, discover, resolve_mo
 from core.errors import InputError
 from core.geometry import slice_pointmap, take_slice
 from core.intensity import DEFAULT_CT_WINDOW, MODALITIES, intensity_rule, normalize_intensity
-from core.io import load_pair
+from core.io import fingerprint, load_pair
 from core.resample import resample_pair
 from core.sdf import class_sdfs
 
@@ -293,6 +293,7 @@ def _preprocess_case(case: Case, cfg: PreprocessConfig, case_dir: Path, slice_di
     if case.label is None:
         raise InputError(case.image, "no label file for this image")
     image, label = load_pair(case.image, case.label, max_label=cfg.classes)
+    source_fingerprint = fingerprint(image)  # the scan as loaded, before resampling
     image, label = resample_pair(image, label, cfg.spacing)
     if not label.data.any():
         raise InputError(case.label, "label map is empty after resampling (organs too small?)")
@@ -358,6 +359,7 @@ def _preprocess_case(case: Case, cfg: PreprocessConfig, case_dir: Path, slice_di
             "params_hash": _params_hash(cfg.output_params()),
             "source_image": str(case.image),
             "source_label": str(case.label),
+            "source_fingerprint": source_fingerprint,
             "affine": image.affine.tolist(),
             "spacing": list(spacing),
             "shape": list(lab.shape),

@@ -12,6 +12,7 @@ class bounding boxes) serve every epoch instead of being rebuilt at each epoch's
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 from dataclasses import dataclass, replace
 from functools import partial
@@ -167,6 +168,19 @@ def _shared_scans(train_cache: Path, val_cache: Path, ids) -> list[str]:
         return a.shape == b.shape and bool(np.array_equal(a, b))
 
     return [c for c in sorted(ids) if same(c)]
+
+
+def _fingerprints(cache: Path, ids) -> dict[str, str | None]:
+    """Case id -> the fingerprint of its source scan, as preprocessing recorded it (None for a
+    cache made before fingerprints were recorded)."""
+    out = {}
+    for cid in ids:
+        try:
+            meta = json.loads((Path(cache) / "cases" / cid / "meta.json").read_text())
+            out[cid] = meta.get("source_fingerprint")
+        except (OSError, ValueError, AttributeError):
+            out[cid] = None
+    return out
 
 
 def check_same_split(path: Path, before: dict | None, now: dict) -> None:
@@ -360,6 +374,9 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
         "val_cache": str(val_cache) if val_ids else None,
         "train_cases": train_ids,
         "val_cases": val_ids,
+        # each case's scan (core.io.fingerprint): evaluation recognises it under any name
+        "train_fingerprints": _fingerprints(train_cache, train_ids),
+        "val_fingerprints": _fingerprints(val_cache, val_ids),
         # how the inputs were normalised: front ends run an adapter in its training window
         "intensity": rule,
         "ct_window": window,

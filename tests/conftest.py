@@ -223,3 +223,18 @@ def hearts_cache(hearts_raw):
     )
     assert preprocess_dataset(cfg).n_done == 4
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """An untrained tiny base (32^3 cube) saved as weights: the CLI tests' plumbing model."""
+    import torch
+
+    from core.model import Sam3DMed
+    from core.weights import save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    model = Sam3DMed(tiny_model_config(32))
+    save_weights(model, path, metadata={"trained_on": "nothing (test)", "recipe": "test"})
+    return path

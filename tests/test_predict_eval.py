@@ -9,25 +9,14 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from conftest import save_nifti, tiny_model_config, write_case
 
 from core.cli import main
 from core.evaluate import EvalConfig, evaluate
 from core.io import load_image
-from core.model import Sam3DMed
 from core.synthetic import write_heart_dataset
-from core.weights import save_weights
 
 TINY = tiny_model_config(32)
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_weights(Sam3DMed(TINY), path, metadata={"trained_on": "nothing (test)", "recipe": "test"})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -509,39 +498,3 @@ def test_eval_interrupted_keeps_the_cases_it_finished(tiny_weights, hearts, tmp_
     assert m["aggregate"]["dice"] == m["cases"]["heart_000"]["2"]["1"]["dice"]
     assert evaluate(cfg)["complete"] is True
     assert json.loads((out / "metrics.json").read_text())["complete"] is True
-
-
-def test_eval_of_weights_on_their_own_training_cases_warns(tiny_weights, hearts, tmp_path, capsys):
-    """An adapter evaluated on a case it was trained on (its sam3d_adapter.json lists the
-    training cases; their cache, the source files) is named on stderr and in `warnings`: a
-    case of another dataset that shares the id is not; with the cache gone, the id is."""
-    from core import lora
-    from core.weights import load_model
-
-    base = load_model(tiny_weights)
-    digest = lora.base_hash(base)
-    peft = lora.apply_lora(base, rank=2, alpha=4, targets=("to_qkv",), modules_to_save=())
-    cache = tmp_path / "cache"
-    sources = {"heart_000": hearts / "heart_000" / "heart_000-image.nii.gz",
-               "heart_001": tmp_path / "other" / "heart_001-image.nii.gz"}  # fmt: skip
-    for cid, src in sources.items():
-        (cache / "cases" / cid).mkdir(parents=True)
-        (cache / "cases" / cid / "meta.json").write_text(json.dumps({"source_image": str(src)}))
-    data = {"train_cache": str(cache), "train_cases": sorted(sources), "val_cases": []}
-    adapter = lora.save_adapter(peft, tmp_path / "ad", base_hash=digest, metadata={"data": data})
-    args = ["eval", "--checkpoint", str(tiny_weights), "--adapter", str(adapter), "--data_root",
-            str(hearts), "--clicks", "1", "--classes", "2", "--no_baselines"]  # fmt: skip
-    assert main([*args, "--output_dir", str(tmp_path / "e1")]) == 0
-    err = capsys.readouterr().err
-    assert "heart_000: adapter" in err and "was trained on this image" in err
-    assert "warning: heart_001" not in err
-    warned = json.loads((tmp_path / "e1" / "metrics.json").read_text())["warnings"]
-    assert list(warned) == ["heart_000"]
-
-    import shutil
-
-    shutil.rmtree(cache)  # nothing left to compare the files with: the ids say it
-    assert main([*args, "--output_dir", str(tmp_path / "e2")]) == 0
-    warned = json.loads((tmp_path / "e2" / "metrics.json").read_text())["warnings"]
-    assert sorted(warned) == ["heart_000", "heart_001"]
-    assert "a case with this id" in warned["heart_001"][0]
