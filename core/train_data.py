@@ -53,6 +53,25 @@ def split_cases(case_ids, *, val_fraction: float, seed: int) -> tuple[list[str],
     return sorted(set(ids) - set(val)), val
 
 
+def _check_splittable(src: Path) -> None:
+    """A raw folder with fewer than 2 labelled cases cannot be split for validation: said
+    before preprocessing it (a cache is checked by :func:`split_cases`)."""
+    from core.datasets import discover
+    from core.errors import InputError
+
+    if (src / "manifest.json").is_file() or not src.is_dir():
+        return
+    try:
+        n = sum(c.label is not None for c in discover(src, require_labels=False).cases)
+    except InputError:
+        return  # preprocessing says what is wrong with the folder
+    if n < 2:
+        raise ValueError(
+            f"{src}: a validation split needs at least 2 cases, the folder has {n} with a "
+            "label; set data.val_fraction=0 or give data.val_data"
+        )
+
+
 def _as_cache(
     path: str, cache_dir: Path, cfg: TrainConfig, d: Dist, log, progress, stop, skipped: dict
 ):
@@ -308,6 +327,8 @@ def build_data(cfg: TrainConfig, d: Dist, out: Path, log, progress, stop) -> Tra
     None when ``stop`` ended preprocessing."""
     tc = cfg.training
     skipped: dict = {"failed": {}, "dataset_problems": []}
+    if not cfg.data.val_data and cfg.data.val_fraction > 0:
+        _check_splittable(Path(cfg.data.train_data))
     as_cache = partial(_as_cache, cfg=cfg, d=d, log=log, progress=progress, stop=stop)
     train_cache = as_cache(cfg.data.train_data, out / "cache", skipped=skipped)
     if train_cache is None:

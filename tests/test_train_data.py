@@ -169,3 +169,19 @@ def test_separate_validation_data_is_refused_only_when_it_holds_training_scans(
     val = f"data.val_data={json.dumps(str(copy))}"
     with pytest.raises(ValueError, match="leak"):
         train(make_cfg(hearts_raw, tmp_path / "b", *extra, val))
+
+
+def test_a_one_case_raw_folder_is_refused_before_it_is_preprocessed(hearts_raw, tmp_path):
+    """A validation split of a raw folder holding one labelled case (a second image without
+    its label) failed only after preprocessing the whole folder; it is now said at once."""
+    import shutil
+
+    raw = tmp_path / "raw"
+    for cid in ("heart_000", "heart_001"):
+        shutil.copytree(hearts_raw / cid, raw / cid)
+    (raw / "heart_001" / "heart_001-label.nii.gz").unlink()
+    cfg = make_cfg(raw, tmp_path / "run", "data.classes=5", "data.spacing=6.0")
+    with pytest.raises(ValueError, match=r"raw: a validation split needs at least 2 cases, "
+                       r"the folder has 1 with a label; set data.val_fraction=0"):  # fmt: skip
+        train(cfg)
+    assert not (tmp_path / "run" / "cache").exists()
