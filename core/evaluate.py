@@ -280,7 +280,7 @@ def _trained_on(cfg: EvalConfig) -> _Seen | None:
             except (OSError, ValueError, KeyError, TypeError):
                 sources[role][cid] = None
         recorded = data.get(f"{role}_fingerprints")
-        for cid, fp in (recorded.items() if isinstance(recorded, dict) else ()):
+        for cid, fp in recorded.items() if isinstance(recorded, dict) else ():
             if isinstance(fp, str) and cid in sources[role]:
                 prints.setdefault(fp, (role, cid))
     return _Seen(name, sources, prints)
