@@ -152,7 +152,8 @@ def build_config(job: FinetuneJob, data_root: Path, classes: int, *, n_cases: in
     return load_config(None, over)
 
 
-def _n_cases(data_root: Path) -> int:
+def n_cases(data_root: Path) -> int:
+    """The cases a folder trains on: a cache's finished ones, a dataset's cases."""
     manifest = data_root / "manifest.json"
     if manifest.is_file():  # a cache: its finished cases (core.train reads them alike)
         try:
@@ -208,7 +209,7 @@ def run_finetune(
         classes = count_classes(job, data_root)
         if classes < 1:
             raise ValueError(f"{data_root}: the labels are empty (no class to learn)")
-    cfg = build_config(job, data_root, classes, n_cases=_n_cases(data_root))
+    cfg = build_config(job, data_root, classes, n_cases=n_cases(data_root))
 
     metrics = out / "metrics.jsonl"
     seen = len(read_history(out)) if job.resume else 0

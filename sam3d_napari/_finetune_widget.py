@@ -31,7 +31,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QObject, Signal
 
 from core.intensity import MODALITIES
-from sam3d_napari._finetune_job import FinetuneJob, TrainingProcess, read_history
+from sam3d_napari._finetune_job import FinetuneJob, TrainingProcess, n_cases, read_history
 from sam3d_napari._plot import TrainingPlot
 from sam3d_napari._qt_common import (
     StatusLabel,
@@ -200,7 +200,11 @@ class FinetuneWidget(Container):
                 modality = None
             if modality in MODALITIES:  # a cache is trained as what it was made of
                 self._set_modality(modality)
-            self.folder_info.show_message(f"a preprocessed cache ({modality or 'ct'})")
+            n = n_cases(path)
+            text = f"a preprocessed cache ({modality or 'ct'}): {n} case(s)"
+            self.folder_info.show_message(
+                text + ("; one case: no validation split" if n < 2 else "")
+            )
             return
         try:
             index = discover(path)

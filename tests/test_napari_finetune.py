@@ -268,7 +268,7 @@ def test_a_cache_folder_sets_the_modality_it_was_made_with(
     widget = _finetune(viewer, tiny_session)
     assert widget.modality.value == "ct"
     widget.folder.value = cache
-    assert widget.modality.value == "mr" and "cache (mr)" in widget.folder_info.value
+    assert widget.modality.value == "mr" and "cache (mr): 3 case(s)" in widget.folder_info.value
     assert widget.job().modality == "mr"
 
 
