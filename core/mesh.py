@@ -165,6 +165,7 @@ def mask_to_mesh(
     pad = [(int(x == 0), int(h == n)) for x, h, n in zip(lo, hi, data.shape, strict=True)]
     background = 0.0 if level > 0 else float(level) - 1.0  # any value below level
     padded = np.pad(crop.astype(np.float32), pad, mode="constant", constant_values=background)
+    padded = _away_from_level(padded, float(level))
     verts, faces, _, _ = marching_cubes(padded, level=float(level), step_size=int(step_size))
     offset = np.asarray(start, dtype=np.float64) - [before for before, _ in pad]
     ijk = verts.astype(np.float64) + offset  # back to indices of the whole array
@@ -179,6 +180,27 @@ def mask_to_mesh(
     if smooth_iterations:
         mesh = _taubin(mesh, int(smooth_iterations))
     return mesh
+
+
+def _away_from_level(field: np.ndarray, level: float) -> np.ndarray:
+    """``field`` with every value at least ``delta`` (1e-3 of its range) away from ``level``.
+
+    Marching cubes puts one vertex on each grid edge the surface crosses. Where a grid value
+    equals the level (a probability of exactly 0.5 does come out of the model) or lies within
+    a few float32 steps of it, the vertices of all the edges around that grid point land on
+    it: the mesh is closed as an index list, but a tool that welds vertices by position
+    (trimesh's default load, every STL reader) then finds edges with three or four faces, so
+    the mesh is no longer watertight. With the values kept ``delta`` away, every vertex lies
+    at least 1e-3 of a voxel from the grid points. Values at the level go below it (the object
+    is where ``field > level``); a vertex moves by at most ``2 delta / |v - level|`` voxels,
+    ``v`` the value at the other end of its edge.
+    """
+    delta = np.float32(1e-3) * (field.max() - field.min())
+    near = np.abs(field - np.float32(level)) < delta
+    if not near.any():
+        return field
+    side = np.where(field > level, np.float32(level) + delta, np.float32(level) - delta)
+    return np.where(near, side, field).astype(np.float32, copy=False)
 
 
 def _bbox(inside: np.ndarray) -> tuple[list[int], list[int]]:
