@@ -31,6 +31,11 @@ __all__ = [
 # suffix -> trimesh file type
 MESH_FORMATS = {".glb": "glb", ".obj": "obj", ".ply": "ply", ".stl": "stl"}
 
+#: The coordinate system note in .ply, .obj and .stl headers (at most 80 bytes: an STL header).
+#: 3D Slicer (4.11 and later) looks for "SPACE=RAS" or "SPACE=LPS" there and takes a mesh
+#: file without either as LPS, which would mirror our RAS meshes against the volume.
+SPACE_NOTE = "SPACE=RAS: NIfTI world mm, +x right, +y anterior, +z superior"
+
 
 @dataclass(frozen=True, eq=False)
 class Mesh:
@@ -239,8 +244,11 @@ def _supported() -> str:
 def save_mesh(mesh: Mesh, path: str | os.PathLike) -> Path:
     """Write a mesh atomically; the format comes from the suffix (.glb, .obj, .ply, .stl).
 
-    Coordinates are written as they are (world mm, no axis swap): glTF viewers that assume
-    metres and +Y up will show the object 1000x large and possibly rotated.
+    Every format holds the same numbers: the vertices as they are, world mm of the volume's
+    NIfTI affine (RAS+: +x right, +y anterior, +z superior), with no axis swap or scaling. A
+    .ply, .obj or .stl says so in its header (:data:`SPACE_NOTE`), for 3D Slicer, which takes
+    a mesh file that does not as LPS (mirrored against the volume). glTF viewers assume metres
+    and +Y up: they show a .glb 1000x large with anterior up.
 
     Raises
     ------
@@ -254,9 +262,24 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike) -> Path:
     if fmt is None:
         raise ValueError(f"{p}: unsupported mesh format {p.suffix!r} (supported: {_supported()})")
     tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    data = _with_space_note(tm, fmt)
     with atomic_path(p, suffix=p.suffix) as tmp:
-        tm.export(str(tmp), file_type=fmt)
+        tmp.write_bytes(data)
     return p
+
+
+def _with_space_note(tm, fmt: str) -> bytes:
+    """The file's bytes with :data:`SPACE_NOTE` where 3D Slicer looks for it: a ``comment``
+    line of a .ply header, a ``#`` line heading an .obj, the 80-byte header of a binary .stl."""
+    if fmt == "obj":
+        return tm.export(file_type="obj", header=SPACE_NOTE).encode("utf-8")
+    data = tm.export(file_type=fmt)
+    if fmt == "ply":  # after the "ply" and "format ..." lines, as the PLY spec wants
+        magic, fmt_line, rest = data.split(b"\n", 2)
+        return b"\n".join([magic, fmt_line, b"comment " + SPACE_NOTE.encode("ascii"), rest])
+    if fmt == "stl":
+        return SPACE_NOTE.encode("ascii").ljust(80, b"\0") + data[80:]
+    return data
 
 
 def label_meshes(labels: np.ndarray, affine: np.ndarray, *, smooth_iterations: int = 5):

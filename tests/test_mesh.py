@@ -148,6 +148,32 @@ def test_export_round_trip_and_atomic_write(tmp_path, ell, suffix):
         assert np.array_equal(back.vertices, mesh.vertices)
 
 
+def _slicer_header(path) -> str:
+    """Where 3D Slicer looks for "SPACE=RAS" / "SPACE=LPS" (vtkMRMLModelStorageNode): the
+    comments of a .ply header, the comment lines heading an .obj, an .stl's header."""
+    raw = path.read_bytes()
+    if path.suffix == ".ply":
+        lines = raw.split(b"end_header")[0].decode("ascii").splitlines()
+        return "\n".join(x for x in lines if x.startswith("comment "))
+    if path.suffix == ".obj":
+        lines = raw.decode("ascii").splitlines()
+        return "\n".join(x for x in lines[: [x.startswith("#") for x in lines].index(False)])
+    assert not raw.startswith(b"solid")  # binary, not to be read as ASCII STL
+    return raw[:80].decode("ascii")
+
+
+@pytest.mark.parametrize("suffix", [".obj", ".ply", ".stl"])
+def test_mesh_files_tell_3d_slicer_they_are_ras(tmp_path, ell, suffix):
+    """Slicer 4.11+ reads a mesh file without "SPACE=..." in its header as LPS: an RAS mesh
+    came in mirrored (x and y negated) against the NIfTI volume it was made from."""
+    mask, affine, _, _ = ell
+    mesh = mask_to_mesh(mask[::3, ::3, ::3], affine @ np.diag((3, 3, 3, 1)))
+    out = save_mesh(mesh, tmp_path / f"organ{suffix}")
+    assert "SPACE=RAS" in _slicer_header(out) and "SPACE=LPS" not in _slicer_header(out)
+    back = load_mesh(out)  # the note changes nothing for other readers
+    assert np.allclose(back.vertices[back.faces], mesh.vertices[mesh.faces], atol=1e-5)
+
+
 def test_file_errors(tmp_path):
     mesh = Mesh(np.eye(3), [[0, 1, 2]])
     with pytest.raises(ValueError, match=r"organ\.vtk.*\.glb, \.obj, \.ply, \.stl"):
