@@ -277,8 +277,10 @@ def _add_predict(sub):
         help="reconstruct a structure in 3D from clicks on one slice of a NIfTI volume",
         description="Clicks are ROW,COL pixels of the slice np.take(volume, SLICE, axis=AXIS) "
         "of the volume in canonical RAS orientation (axis 2 = axial). Writes mask.nii.gz "
-        "(the input's grid and affine), mesh.glb and mesh.ply (world mm), preview.png and "
-        "timings.json.",
+        "(the input's grid and affine), mesh.glb and mesh.ply, preview.png and timings.json. "
+        "Mesh vertices are world mm of the input's NIfTI affine, RAS+ (+x right, +y anterior, "
+        "+z superior), in both files: the .ply says SPACE=RAS for 3D Slicer; the .glb keeps "
+        "these numbers, not glTF's metres and +Y up.",
     )
     p.add_argument("--volume", required=True, help="input .nii/.nii.gz")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2)

@@ -1,7 +1,8 @@
 """``sam3d predict`` and ``sam3d demo``: one reconstruction written to a folder.
 
-Outputs: ``mask.nii.gz`` (the input's grid and affine), ``mesh.glb`` and ``mesh.ply`` (world
-mm), ``preview.png`` (three orthogonal slices with the mask), ``timings.json`` (ms per stage).
+Outputs: ``mask.nii.gz`` (the input's grid and affine), ``mesh.glb`` and ``mesh.ply`` (the
+same vertices, world mm of the input's affine, RAS+; see :func:`core.mesh.save_mesh`),
+``preview.png`` (three orthogonal slices with the mask), ``timings.json`` (ms per stage).
 """
 
 from __future__ import annotations
