@@ -253,7 +253,8 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike) -> Path:
     Raises
     ------
     ValueError
-        Unknown suffix (the message names the path and the supported formats).
+        Unknown suffix (the message names the path and the supported formats), or a mesh with
+        no triangles (:func:`load_mesh` refuses such a file).
     """
     import trimesh
 
@@ -261,6 +262,8 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike) -> Path:
     fmt = _format_of(p)
     if fmt is None:
         raise ValueError(f"{p}: unsupported mesh format {p.suffix!r} (supported: {_supported()})")
+    if mesh.n_faces == 0:
+        raise ValueError(f"{p}: the mesh is empty (no triangles): nothing to save")
     tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
     data = _with_space_note(tm, fmt)
     with atomic_path(p, suffix=p.suffix) as tmp:
@@ -316,7 +319,7 @@ def save_scene(parts, path: str | os.PathLike) -> Path:
     Raises
     ------
     ValueError
-        Another suffix than ``.glb``, or no mesh.
+        Another suffix than ``.glb``, no mesh, or a mesh with no triangles.
     """
     import trimesh
     from trimesh.visual import TextureVisuals
@@ -327,6 +330,8 @@ def save_scene(parts, path: str | os.PathLike) -> Path:
         raise ValueError(f"{p}: a scene of several meshes is written as .glb")
     scene = trimesh.Scene()
     for name, mesh, colour in parts:
+        if mesh.n_faces == 0:
+            raise ValueError(f"{p}: the mesh {name!r} is empty (no triangles): nothing to save")
         tm = trimesh.Trimesh(
             np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces), process=False
         )

@@ -13,7 +13,7 @@ from skimage.measure import marching_cubes
 
 from core.errors import InputError
 from core.io import voxel_to_world
-from core.mesh import MESH_FORMATS, Mesh, load_mesh, mask_to_mesh, save_mesh
+from core.mesh import MESH_FORMATS, Mesh, load_mesh, mask_to_mesh, save_mesh, save_scene
 
 SEMI_AXES = (10.0, 14.0, 20.0)  # mm
 SPACING = (1.0, 0.8, 1.25)  # mm
@@ -184,6 +184,13 @@ def test_file_errors(tmp_path):
     bad.write_bytes(b"this is not a glb file")
     with pytest.raises(InputError, match="garbage.glb"):
         load_mesh(bad)
+    # no triangles: refused, as load_mesh refuses such a file (it wrote one and said nothing)
+    empty = Mesh(np.zeros((0, 3)), np.zeros((0, 3), int))
+    for suffix in MESH_FORMATS:
+        with pytest.raises(ValueError, match=rf"organ\{suffix}: the mesh is empty"):
+            save_mesh(empty, tmp_path / f"organ{suffix}")
+    with pytest.raises(ValueError, match=r"organs\.glb: the mesh 'liver' is empty"):
+        save_scene([("heart", mesh, None), ("liver", empty, None)], tmp_path / "organs.glb")
     assert list(tmp_path.iterdir()) == [bad]
 
 

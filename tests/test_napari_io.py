@@ -265,6 +265,19 @@ def test_labels_save_as_one_mesh_per_class_in_world_mm(make_napari_viewer, obliq
     assert not list(tmp_path.glob("empty*")) and not list(tmp_path.glob("negative*"))
 
 
+def test_an_empty_surface_is_refused_with_its_reason(tmp_path):
+    """A Surface with no triangles wrote an empty file without a word (which load_mesh and
+    other tools then refuse); now the save says why, as for an empty label map."""
+    from sam3d_napari._writer import SaveError, write_surface
+
+    for suffix in (".glb", ".ply", ".stl"):
+        with pytest.raises(SaveError, match=rf"organ\{suffix}: the mesh is empty"):
+            write_surface(
+                str(tmp_path / f"organ{suffix}"), (np.zeros((0, 3)), np.zeros((0, 3))), {}
+            )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_labels_as_meshes_take_any_names_and_no_wide_copy(tmp_path):
     """label_names that are not {class id: name} (a name -> id mapping, a None name) only
     lose their decoration, never the save (it raised 'invalid literal for int()'); a bool map
