@@ -337,6 +337,8 @@ def _run_predict(args) -> int:
     )
     for name, path in paths.items():
         print(f"predict: {name}: {path}")
+    if "mesh_glb" not in paths:
+        print("predict: mesh: none (the mask is empty, or too small for a surface)")
     return 0
 
 

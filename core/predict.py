@@ -68,9 +68,12 @@ def write_outputs(
 
     make_output_dir(out_dir)
     paths = {"mask": save_mask(result.mask, volume.affine, out_dir / "mask.nii.gz", grid)}
-    if result.mesh is not None:
-        paths["mesh_glb"] = save_mesh(result.mesh, out_dir / "mesh.glb")
-        paths["mesh_ply"] = save_mesh(result.mesh, out_dir / "mesh.ply")
+    for suffix in ("glb", "ply"):
+        mesh_path = out_dir / f"mesh.{suffix}"
+        if result.mesh is not None:
+            paths[f"mesh_{suffix}"] = save_mesh(result.mesh, mesh_path)
+        else:  # no surface: an earlier run's mesh in this folder would contradict the mask
+            mesh_path.unlink(missing_ok=True)
     click = result.prompts.positives[0].voxel() if result.prompts.positives else None
     paths["preview"] = overlay_views(
         volume.data,

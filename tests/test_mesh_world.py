@@ -66,3 +66,23 @@ def test_predict_meshes_lie_on_the_mask_in_world_mm_for_any_affine(tmp_path):
     # The model sees the turned volume resampled: a few voxels differ (0.11 mm on average, 1.6
     # at most); a wrong frame would put the mesh tens of mm away.
     assert dist.mean() < 0.3 and dist.max() < 3.0
+
+
+def test_a_result_without_a_surface_leaves_no_earlier_mesh_behind(tmp_path):
+    """`sam3d predict --out DIR` again, and this time nothing to mesh (an empty mask): the
+    first run's mesh.glb / mesh.ply stayed beside the new mask.nii.gz, contradicting it."""
+    from core.clicks import PromptSet
+    from core.engine import Reconstructor
+    from core.predict import write_outputs
+
+    image, label = make_heart_phantom(DEMO_SEED)
+    rec = Reconstructor.from_pretrained()
+    prompts = PromptSet((first_click(label.data == 2),))
+    paths = write_outputs(rec.predict(image, prompts), image, tmp_path)
+    assert {"mesh_glb", "mesh_ply"} <= set(paths) and (tmp_path / "mesh.ply").is_file()
+    no_surface = rec.predict(image, prompts, mesh=False)  # mesh None, as for an empty mask
+    assert no_surface.mesh is None
+    paths = write_outputs(no_surface, image, tmp_path)
+    assert "mesh_glb" not in paths and "mesh_ply" not in paths
+    assert not (tmp_path / "mesh.glb").exists() and not (tmp_path / "mesh.ply").exists()
+    assert (tmp_path / "mask.nii.gz").is_file()
