@@ -130,7 +130,8 @@ def mask_to_mesh(
         mask gives a staircase surface whose area is ~8% too large; ~10 passes bring the area
         within ~1% while changing the volume by well under 1% (Taubin does not shrink like plain
         Laplacian smoothing).
-    step_size : int, marching-cubes step in voxels (>1 gives a coarser, faster mesh)
+    step_size : int, marching-cubes step in voxels (>1 gives a coarser, faster mesh, still
+        closed; its surface lies up to half a step from the step-1 one)
 
     Returns
     -------
@@ -162,7 +163,7 @@ def mask_to_mesh(
     # Crop to the object's bounding box plus one voxel (an organ is small next to a CT volume);
     # where that margin falls outside the array, pad with background so that objects touching
     # the border still get a closed surface. Interior margins keep the real neighbour values,
-    # so vertex positions are the same as on the whole array.
+    # so vertex positions are the same as on the whole array (with step 1).
     lo, hi = _bbox(inside)
     start = [max(x - 1, 0) for x in lo]
     stop = [min(x + 1, n) for x, n in zip(hi, data.shape, strict=True)]
@@ -170,6 +171,11 @@ def mask_to_mesh(
     pad = [(int(x == 0), int(h == n)) for x, h, n in zip(lo, hi, data.shape, strict=True)]
     background = 0.0 if level > 0 else float(level) - 1.0  # any value below level
     padded = np.pad(crop.astype(np.float32), pad, mode="constant", constant_values=background)
+    # Marching cubes samples every step-th index from 0; with a step > 1 the last index of an
+    # axis must be one of them, or the margin there is skipped and the surface left open.
+    if step_size > 1:
+        end = [(0, -(n - 1) % step_size) for n in padded.shape]
+        padded = np.pad(padded, end, mode="constant", constant_values=background)
     padded = _away_from_level(padded, float(level))
     verts, faces, _, _ = marching_cubes(padded, level=float(level), step_size=int(step_size))
     offset = np.asarray(start, dtype=np.float64) - [before for before, _ in pad]

@@ -92,6 +92,30 @@ def test_normals_point_outward_for_any_handedness(flip_axis):
     assert outward_fraction(mesh, center) > 0.99
 
 
+def border_box():
+    mask = np.zeros((20, 21, 22), bool)
+    mask[:, 4:15, 3:] = True  # touches both ends of axis 0 and the far end of axis 2
+    return mask
+
+
+@pytest.mark.parametrize("step", [2, 3])
+@pytest.mark.parametrize("make", [border_box, lambda: np.pad(ellipsoid(6, 7, 8), 3)])
+def test_coarse_step_still_gives_a_closed_surface(step, make):
+    """Marching cubes samples every step-th voxel from index 0: the background margin at the
+    end of an axis was skipped, and the surface came out open on that side (an object cut by
+    the array border, and at step 3 an ellipsoid well inside)."""
+    mask = make()
+    affine = affine_from(np.diag((1.2, 0.8, 2.0)), (10.0, 20.0, 30.0))
+    fine = mask_to_mesh(mask, affine)
+    coarse = mask_to_mesh(mask, affine, step_size=step)
+    tm = trimesh.Trimesh(coarse.vertices, coarse.faces)
+    assert tm.is_watertight and tm.is_winding_consistent
+    assert 0.6 * fine.volume() < coarse.volume() < fine.volume()  # 0.84 / 0.65: coarser
+    # in place: within half a step (of the coarsest axis, 2 mm) of the fine surface's box
+    lo, hi = fine.bounds()
+    assert np.all(coarse.bounds() >= lo - step) and np.all(coarse.bounds() <= hi + step)
+
+
 def test_crop_keeps_vertices_of_a_small_object_in_a_large_volume():
     big = np.zeros((90, 80, 70), dtype=np.float32)
     big[30:45, 20:31, 40:52] = ellipsoid(7, 5, 5.5)[1:16, 1:12, 1:13]
