@@ -1,6 +1,7 @@
 """The current object's layers in napari: its mask (a Labels layer on the image's grid) and its
 surface (a Surface layer in world mm), made on first use, kept on the image's grid when the
-user moves the image, hidden when there is nothing to show."""
+user moves the image, hidden and emptied when there is nothing to show (saving it then says
+so, instead of writing an earlier result's surface)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ class ObjectLayers:
         if not self._present(self.surface):
             self.surface = None
 
+    def _no_surface(self):
+        if self.surface is not None:
+            self.surface.data = (np.zeros((0, 3)), np.zeros((0, 3), int), np.zeros(0))
+            self.surface.visible = False
+
     def show(self, result, image):
         """Draw ``result`` (a ``core.engine.Result`` on ``image``'s grid); None empties."""
         from napari.utils.colormaps import DirectLabelColormap
@@ -40,8 +46,7 @@ class ObjectLayers:
         if result is None:
             if self.mask is not None:
                 self.mask.data = np.zeros(self.mask.data.shape, np.uint8)
-            if self.surface is not None:
-                self.surface.visible = False
+            self._no_surface()
             return
         mask = result.mask.astype(np.uint8)
         if not self._present(self.mask):
@@ -56,8 +61,7 @@ class ObjectLayers:
             place_like(self.mask, image)  # the image moved: the object goes with it
             self.mask.data = mask
         if result.mesh is None or not result.mesh.n_faces:
-            if self.surface is not None:
-                self.surface.visible = False
+            self._no_surface()
             return
         data = (result.mesh.vertices, result.mesh.faces, np.ones(result.mesh.n_vertices))
         if not self._present(self.surface):

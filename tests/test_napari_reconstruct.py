@@ -208,7 +208,9 @@ def test_commit_two_objects_keeps_both_and_never_overwrites_silently(
     assert (np.asarray(target.data) == LV).sum() < lv_mask.sum()
 
 
-def test_undo_shows_the_previous_result_and_clear_empties(make_napari_viewer, qtbot, fast_model):
+def test_undo_shows_the_previous_result_and_clear_empties(
+    make_napari_viewer, qtbot, fast_model, tmp_path
+):
     viewer = make_napari_viewer()
     widget, _, gt = sample(viewer)
     c = organ_click(gt, LV)
@@ -224,6 +226,13 @@ def test_undo_shows_the_previous_result_and_clear_empties(make_napari_viewer, qt
     widget.clear()
     assert widget.result is None and len(widget.prompt_layer.data) == 0
     assert not np.asarray(widget.mask_layer.data).any()
+    # the surface is emptied too, not only hidden: saving it would write the cleared result
+    surface = widget.surface_layer
+    assert not surface.visible and len(surface.data[1]) == 0
+    from sam3d_napari._writer import SaveError, write_surface
+
+    with pytest.raises(SaveError, match="the mesh is empty"):
+        write_surface(str(tmp_path / "s.ply"), surface.data, {})
 
 
 def test_a_click_after_the_image_layer_moved_runs_on_its_new_place(
