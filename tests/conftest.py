@@ -27,6 +27,9 @@ atexit.register(shutil.rmtree, os.environ["SAM3D_CACHE_DIR"], ignore_errors=True
 # tests' numbers do not depend on the CPU; the tests of core.precision's rule and of CPU bf16
 # training set or clear SAM3D_CPU_BF16 themselves.
 os.environ["SAM3D_CPU_BF16"] = "0"
+# The web demo's tests share fixtures through this module (their pytest_plugins) and import its
+# helpers too: registered here, before that import, so that its asserts are rewritten.
+pytest.register_assert_rewrite("gradio_common")
 
 
 def oblique_affine(spacing=(1.5, 2.0, 3.0), angles=(0.3, -0.2, 0.25), origin=(-40.0, 25.0, 10.0)):

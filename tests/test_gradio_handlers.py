@@ -13,6 +13,9 @@ import pytest
 from conftest import save_nifti
 
 pytest.importorskip("gradio")
+pytest_plugins = ["gradio_common"]  # the engine and sample fixtures
+
+from gradio_common import LV, Spy, lv_pixel, pixel_of  # noqa: E402
 
 from core.clicks import first_click  # noqa: E402
 from core.engine import CubePolicy  # noqa: E402
@@ -27,48 +30,7 @@ from gradio_app.api import reconstruct_file  # noqa: E402
 from gradio_app.render import GT_OUTLINE, POSITIVE, SliceView, colour_of, render_slice  # noqa: E402
 from gradio_app.session import Session, Settings  # noqa: E402
 
-LV = 2
 DICE_FLOOR = 0.3  # measured 0.54 on the demo heart's LV with the first shipped base
-
-
-@pytest.fixture(scope="module")
-def engine():
-    from core.engine import Reconstructor
-    from gradio_app.service import SharedEngine
-
-    return SharedEngine(Reconstructor.from_pretrained())
-
-
-class Spy:
-    """A SharedEngine stand-in that records the calls and forwards them."""
-
-    def __init__(self, engine):
-        self.engine, self.calls = engine, []
-
-    def check_weights(self, name):
-        return self.engine.check_weights(name)
-
-    def predict(self, volume, prompts, **kw):
-        self.calls.append((prompts, kw))
-        return self.engine.predict(volume, prompts, **kw)
-
-
-@pytest.fixture
-def sample(tmp_path):
-    session, view = H.load_sample(None, root=tmp_path)
-    yield session, view
-    session.close()
-
-
-def pixel_of(session, row, col):
-    return H.slice_view(session).rc_to_pixel(row, col)
-
-
-def lv_pixel(session):
-    """A pixel deep inside the LV on the slice on screen."""
-    gt = session.gt.data == LV
-    r, c = interior_point(take_slice(gt, session.axis, session.slice_idx))
-    return (r, c), pixel_of(session, r, c)
 
 
 # --------------------------------------------------------------------------------------------

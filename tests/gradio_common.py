@@ -1,0 +1,54 @@
+"""What the web demo's handler tests share: the shipped model behind a SharedEngine, the
+sample heart loaded in a session, a spy on the engine's calls and pixels of the slice picture.
+
+Test modules take its fixtures with ``pytest_plugins = ["gradio_common"]``."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.geometry import take_slice
+from core.prompts import interior_point
+from gradio_app import handlers as H
+
+LV = 2  # the sample heart's left ventricle
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from core.engine import Reconstructor
+    from gradio_app.service import SharedEngine
+
+    return SharedEngine(Reconstructor.from_pretrained())
+
+
+@pytest.fixture
+def sample(tmp_path):
+    session, view = H.load_sample(None, root=tmp_path)
+    yield session, view
+    session.close()
+
+
+class Spy:
+    """A SharedEngine stand-in that records the calls and forwards them."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+
+    def check_weights(self, name):
+        return self.engine.check_weights(name)
+
+    def predict(self, volume, prompts, **kw):
+        self.calls.append((prompts, kw))
+        return self.engine.predict(volume, prompts, **kw)
+
+
+def pixel_of(session, row, col):
+    return H.slice_view(session).rc_to_pixel(row, col)
+
+
+def lv_pixel(session):
+    """A pixel deep inside the LV on the slice on screen."""
+    gt = session.gt.data == LV
+    r, c = interior_point(take_slice(gt, session.axis, session.slice_idx))
+    return (r, c), pixel_of(session, r, c)
