@@ -62,7 +62,8 @@ def reconstruct_file(
     ``mesh`` (path of a .glb in world mm, or None when nothing was found) and ``info``
     (``timings_ms`` per stage, ``passes``, ``voxels``, ``volume_ml``, ``touches_border``,
     ``warnings`` (one-line notes, e.g. values that do not look like the chosen modality),
-    ``mode``, ``zoom_in``, ``indices``, ``adapter``, ``shape`` (the input's), ``wall_ms``).
+    ``mode``, ``modality`` (as used: ``mode`` and ``modality`` are taken in any case, "CT" is
+    "ct"), ``zoom_in``, ``indices``, ``adapter``, ``shape`` (the input's), ``wall_ms``).
     """
     from core.mesh import save_mesh
 
@@ -114,6 +115,7 @@ def reconstruct_file(
         "touches_border": bool(result.touches_border),
         "warnings": list(result.warnings),
         "mode": settings.mode,
+        "modality": settings.modality,
         "zoom_in": settings.zoom_in,
         "indices": indices,
         "adapter": settings.weights,

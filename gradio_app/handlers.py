@@ -220,16 +220,21 @@ def show_slice(session: Session | None, slice_idx) -> tuple[Session, View]:
 # prompts and reconstruction
 
 
+def _choice(value, choices: tuple[str, ...], what: str) -> str:
+    """``value`` as one of ``choices`` whatever its case ("CT" and " Ct" are "ct"), or a
+    one-line ValueError naming the choices."""
+    key = value.strip().lower() if isinstance(value, str) else value
+    if key not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return key
+
+
 def _check_settings(settings: Settings, engine: SharedEngine) -> Settings:
-    if settings.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {settings.mode!r}")
-    if settings.modality not in MODALITIES:
-        raise ValueError(
-            f"modality must be one of {', '.join(MODALITIES)}, got {settings.modality!r}"
-        )
     # where zoom-in changes nothing (slice mode) it is off, so ticking it there redoes nothing
     return replace(
         settings,
+        mode=_choice(settings.mode, MODES, "mode"),
+        modality=_choice(settings.modality, MODALITIES, "modality"),
         weights=engine.check_weights(settings.weights),
         zoom_in=bool(settings.zoom_in) and zoom_in_applies(settings.mode),
     )

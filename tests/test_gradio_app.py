@@ -142,8 +142,9 @@ def test_api_zoom_in_reaches_the_engine(app, client, heart):
 
     args = [handle_file(str(path)), c.axis, c.slice_idx, [[c.row, c.col]], None, "volume"]
     _, _, plain = client.predict(*args, "base", "ct", False, api_name="/reconstruct")
-    _, _, zoomed = client.predict(*args, "base", "ct", True, api_name="/reconstruct")
+    _, _, zoomed = client.predict(*args, "base", "CT", True, api_name="/reconstruct")
     assert plain["zoom_in"] is False and plain["passes"] == 2
+    assert plain["modality"] == zoomed["modality"] == "ct"  # any case
     assert zoomed["zoom_in"] is True and zoomed["passes"] == 3  # first, zoomed, refinement
     direct = app.sam3d_engine.predict(load_image(path), PromptSet((c,)), zoom_in=True)
     assert zoomed["voxels"] == int(direct.mask.sum()) and direct.cube.spacing < 2.0

@@ -530,6 +530,22 @@ def test_reconstruct_file_bad_requests(tmp_path, engine, heart_files, kw, messag
     assert message in str(info.value)
 
 
+def test_reconstruct_file_takes_mode_and_modality_in_any_case(tmp_path, engine, heart_files):
+    """ "CT", "Ct" and " ct " are the CT of the page ("ct"; the API refused all but that)."""
+    args = {"axis": 2, "slice_index": 30, "points": [[30, 30]]}
+    plain = reconstruct_file(engine, heart_files[0], out_dir=tmp_path / "ct", **args)["info"]
+    assert plain["modality"] == "ct" and plain["voxels"] > 0
+    for i, (modality, mode) in enumerate([("CT", "Volume"), ("Ct", "VOLUME"), (" ct ", "volume")]):
+        out = reconstruct_file(
+            engine, heart_files[0], out_dir=tmp_path / str(i), modality=modality, mode=mode, **args
+        )
+        info = out["info"]
+        assert (info["modality"], info["mode"], info["voxels"]) == ("ct", "volume", plain["voxels"])
+    with pytest.raises(ValueError) as bad:
+        reconstruct_file(engine, heart_files[0], out_dir=tmp_path, modality="PET", **args)
+    assert str(bad.value) == "modality must be one of ct, mr, us, got 'PET'"
+
+
 # --------------------------------------------------------------------------------------------
 # sessions and their files
 
