@@ -300,7 +300,7 @@ def undo(
     engine: SharedEngine | None = None,
     settings: Settings | None = None,
 ) -> tuple[Session, View]:
-    """Undo the last box corner, click, or "new object".
+    """Undo the last box corner, click, "new object" or "clear".
 
     With ``engine`` and ``settings`` (the page's), a restored result made with other settings
     (they changed since that click) is redone with the page's, so the page never shows an
@@ -320,6 +320,11 @@ def undo(
     if len(s.objects) > 1:
         s.objects.pop()
         return s, render(s, status=f"Back to object {len(s.objects)}.")
+    if s.restore_cleared():
+        if engine is not None and settings is not None:
+            _redo_all(s, engine, _check_settings(settings, engine))
+        n = sum(1 for o in s.objects if o.n_prompts)
+        return s, render(s, status=f"Clear undone: {n} object{'s' if n > 1 else ''} back.")
     return s, render(s, status="Nothing to undo.")
 
 
@@ -333,10 +338,10 @@ def new_object(session: Session | None) -> tuple[Session, View]:
 
 
 def clear(session: Session | None) -> tuple[Session, View]:
-    """Remove every object and prompt."""
+    """Remove every object and prompt (Undo brings them back)."""
     s = _need_volume(session)
-    s.reset_objects()
-    return s, render(s, status="Cleared.")
+    cleared = s.clear_objects()
+    return s, render(s, status="Cleared (Undo brings it back)." if cleared else "Cleared.")
 
 
 def _predict(engine, volume, prompts, settings: Settings, previous=None):
@@ -360,11 +365,17 @@ def change_settings(
         return session, None
     settings = _check_settings(settings, engine)
     t0 = time.perf_counter()
+    redone = _redo_all(session, engine, settings)
+    if not redone:
+        return session, render(session, status="Settings will apply to the next click.")
+    return session, render(session, started=t0, redone=redone)
+
+
+def _redo_all(session: Session, engine: SharedEngine, settings: Settings) -> int:
+    """Redo every object made with other settings than ``settings``; how many were."""
     redone = 0
     for obj in session.objects:
         if obj.prompts is not None and not obj.prompts.is_empty and obj.settings != settings:
             obj.redo(_predict(engine, session.volume, obj.prompts, settings), settings)
             redone += 1
-    if not redone:
-        return session, render(session, status="Settings will apply to the next click.")
-    return session, render(session, started=t0, redone=redone)
+    return redone

@@ -2,7 +2,7 @@
 
 A session holds the loaded volume (and its ground truth), the slice on screen, and the objects
 the user has reconstructed: each object is its prompts plus the latest result, with a short
-history so that "undo" restores the previous result exactly. Files written for the session live
+history so that "undo" restores the previous result exactly; "clear" is an undo step too. Files written for the session live
 in its own temporary folder, removed by :meth:`Session.close` when gradio deletes the state
 (the tab closed) or when the app shuts down.
 """
@@ -28,6 +28,8 @@ __all__ = ["Settings", "ObjectState", "Session"]
 
 #: Undo steps kept per object (each holds a full-size mask).
 HISTORY = 20
+#: "Clear"s that Undo can take back, per session (each keeps every object and its history).
+CLEARS = 5
 #: Output folders kept per session (older ones are deleted: gradio has its own copies).
 KEEP_STEPS = 3
 
@@ -97,6 +99,7 @@ class Session:
         self.slice_idx = 0
         self.objects: list[ObjectState] = [ObjectState()]
         self.corner: tuple[int, int, int, int] | None = None  # (axis, idx, row, col) of a box
+        self._cleared: list[list[ObjectState]] = []  # the objects before each "clear"
         self._steps = itertools.count(1)
         self.closed = False
 
@@ -116,8 +119,29 @@ class Session:
         self.gt, self.class_names, self.gt_meshes = gt, dict(class_names or {}), {}
 
     def reset_objects(self) -> None:
+        """No objects, and none to bring back (a new volume, or the session's end)."""
         self.objects = [ObjectState()]
         self.corner = None
+        self._cleared = []
+
+    def clear_objects(self) -> bool:
+        """Remove every object and prompt as one undo step; False when there was none."""
+        self.corner = None
+        if not any(o.n_prompts for o in self.objects):
+            return False
+        self._cleared.append(self.objects)
+        del self._cleared[:-CLEARS]
+        self.objects = [ObjectState()]
+        return True
+
+    def restore_cleared(self) -> bool:
+        """Undo the last "clear" (the objects come back with their own undo history); False
+        when there is none to undo. Only once the objects made since are undone: undo goes
+        back one step at a time."""
+        if not self._cleared or len(self.objects) > 1 or self.current.n_prompts:
+            return False
+        self.objects = self._cleared.pop()
+        return True
 
     @property
     def current(self) -> ObjectState:
@@ -180,5 +204,5 @@ class Session:
         self.closed = True
         self.volume = None
         self.set_gt(None)
-        self.objects = [ObjectState()]
+        self.reset_objects()
         shutil.rmtree(self.dir, ignore_errors=True)

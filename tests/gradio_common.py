@@ -11,7 +11,7 @@ from core.geometry import take_slice
 from core.prompts import interior_point
 from gradio_app import handlers as H
 
-LV = 2  # the sample heart's left ventricle
+LV, RV = 2, 4  # the sample heart's left and right ventricles
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,23 @@ def pixel_of(session, row, col):
     return H.slice_view(session).rc_to_pixel(row, col)
 
 
-def lv_pixel(session):
-    """A pixel deep inside the LV on the slice on screen."""
-    gt = session.gt.data == LV
+def organ_pixel(session, label: int):
+    """``(row, col), (x, y)`` of a pixel deep inside ground-truth class ``label`` on the slice
+    on screen."""
+    gt = session.gt.data == label
     r, c = interior_point(take_slice(gt, session.axis, session.slice_idx))
     return (r, c), pixel_of(session, r, c)
+
+
+def lv_pixel(session):
+    """A pixel deep inside the LV on the slice on screen."""
+    return organ_pixel(session, LV)
+
+
+def click_lv_twice(session, engine):
+    """Two positive clicks on the LV (the second refines the first); the first's result."""
+    _, (x, y) = lv_pixel(session)
+    H.click(session, engine, x, y)
+    first = session.current.result
+    H.click(session, engine, x + 8, y + 8)
+    return first

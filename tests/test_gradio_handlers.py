@@ -15,7 +15,7 @@ from conftest import save_nifti
 pytest.importorskip("gradio")
 pytest_plugins = ["gradio_common"]  # the engine and sample fixtures
 
-from gradio_common import LV, Spy, lv_pixel, pixel_of  # noqa: E402
+from gradio_common import LV, RV, Spy, click_lv_twice, lv_pixel, organ_pixel, pixel_of  # noqa: E402
 
 from core.clicks import first_click  # noqa: E402
 from core.engine import CubePolicy  # noqa: E402
@@ -24,7 +24,6 @@ from core.geometry import take_slice  # noqa: E402
 from core.io import load_image, load_label  # noqa: E402
 from core.mesh import load_mesh  # noqa: E402
 from core.metrics import dice  # noqa: E402
-from core.prompts import interior_point  # noqa: E402
 from gradio_app import handlers as H  # noqa: E402
 from gradio_app.api import reconstruct_file  # noqa: E402
 from gradio_app.render import GT_OUTLINE, POSITIVE, SliceView, colour_of, render_slice  # noqa: E402
@@ -228,18 +227,13 @@ def test_negative_point_first_is_refused(sample, engine):
 
 def test_undo_new_object_and_clear(sample, engine):
     session, _ = sample
-    _, (x, y) = lv_pixel(session)
-    session, _ = H.click(session, engine, x, y)
-    first = session.current.result
-    session, _ = H.click(session, engine, x + 8, y + 8)
+    first = click_lv_twice(session, engine)
     session, view = H.undo(session)
     assert session.current.result is first and len(session.current.prompts.clicks) == 1
     # a second object: the right ventricle
     session, view = H.new_object(session)
     assert len(session.objects) == 2 and session.current.result is None
-    rv = session.gt.data == 4
-    r, c = interior_point(take_slice(rv, 2, session.slice_idx))
-    session, view = H.click(session, engine, *pixel_of(session, r, c))
+    session, view = H.click(session, engine, *organ_pixel(session, RV)[1])
     assert [row[1] for row in view.metrics] == ["LV", "RV"]
     labels = load_label(view.downloads[0]).data
     assert set(np.unique(labels)) == {0, 1, 2}
@@ -253,9 +247,7 @@ def test_undo_after_changing_the_mode_undoes_the_last_click_in_the_new_mode(samp
     the object stays in the mode the page shows (undo once restored the volume-mode result
     of the same two clicks, saying "Last prompt undone", under a Mode set to slice)."""
     session, _ = sample
-    _, (x, y) = lv_pixel(session)
-    session, _ = H.click(session, engine, x, y)
-    session, _ = H.click(session, engine, x + 8, y + 8)
+    click_lv_twice(session, engine)
     slice_mode = Settings(mode="slice")
     session, _ = H.change_settings(session, engine, slice_mode)
     spy = Spy(engine)

@@ -1,0 +1,71 @@
+"""The web demo's session over several steps, as plain handler calls: Undo after Clear, what
+the upload boxes show, the names of uploaded labels, a tab closed in the middle of a click.
+
+The engine is the shipped model (``tests/gradio_common.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("gradio")
+pytest_plugins = ["gradio_common"]  # the engine and sample fixtures
+
+from gradio_common import RV, Spy, click_lv_twice, lv_pixel, organ_pixel  # noqa: E402
+
+from gradio_app import handlers as H  # noqa: E402
+from gradio_app.session import Settings  # noqa: E402
+
+
+def test_undo_after_clear_brings_every_object_back(sample, engine):
+    """Clear is an undo step like a click: Undo restores the objects, their results and their
+    own undo steps (Clear once dropped them for good: Undo said "Nothing to undo")."""
+    session, _ = sample
+    lv_first = click_lv_twice(session, engine)
+    session, _ = H.new_object(session)
+    session, _ = H.click(session, engine, *organ_pixel(session, RV)[1])
+    results = [o.result for o in session.objects]
+
+    session, view = H.clear(session)
+    assert session.current.result is None and view.scene is None and view.downloads == []
+    spy = Spy(engine)
+    session, view = H.undo(session, spy, Settings())
+    assert "Clear undone: 2 objects back" in view.status and spy.calls == []
+    assert [o.result for o in session.objects] == results
+    assert [row[1] for row in view.metrics] == ["LV", "RV"] and len(view.downloads) == 3
+    # Undo goes on through the restored objects' own steps
+    session, _ = H.undo(session)
+    session, _ = H.undo(session)
+    session, view = H.undo(session)
+    assert len(session.objects) == 1 and session.current.result is lv_first
+    assert len(session.current.prompts.clicks) == 1
+
+
+def test_undo_takes_back_the_clicks_after_a_clear_then_the_clear(sample, engine):
+    session, _ = sample
+    _, (x, y) = lv_pixel(session)
+    session, _ = H.click(session, engine, x, y)
+    kept = session.current.result
+    session, _ = H.clear(session)
+    session, _ = H.click(session, engine, x + 8, y + 8)
+    session, view = H.undo(session)
+    assert "Last prompt undone" in view.status and session.current.result is None
+    # the settings changed since the clear: the objects come back in the page's settings
+    slice_mode = Settings(mode="slice")
+    session, view = H.change_settings(session, engine, slice_mode)
+    assert "next click" in view.status
+    spy = Spy(engine)
+    session, view = H.undo(session, spy, slice_mode)
+    assert "Clear undone: 1 object back" in view.status
+    assert [kw["mode"] for _, kw in spy.calls] == ["slice"]
+    assert session.current.settings.mode == "slice" and session.current.result is not kept
+    assert len(session.current.prompts.clicks) == 1
+    # an empty clear is no step, and a new volume drops what Clear kept
+    session, _ = H.clear(session)
+    session, _ = H.clear(session)
+    session, view = H.undo(session)
+    assert "Clear undone" in view.status
+    session, _ = H.clear(session)
+    session, _ = H.load_sample(session)
+    session, view = H.undo(session)
+    assert view.status == "Nothing to undo." and session.current.result is None
