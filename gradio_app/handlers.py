@@ -102,7 +102,7 @@ def load_volume(
     session = session if session is not None and not session.closed else Session(root)
     session.set_volume(volume, name, grid)
     if gt is not None:
-        session.set_gt(gt)
+        session.set_gt(gt, _label_names(gt))
     return session, render(session, status=_loaded_status(session))
 
 
@@ -122,6 +122,19 @@ def _read_labels(label_path, label_name: str | None, volume):
     return lab
 
 
+def _label_names(labels) -> dict[int, str]:
+    """Names for the classes of an uploaded label map, after its file as the user named it
+    (``labels.path``, without .nii/.nii.gz): "liver" for the one class of liver.nii.gz, and
+    "seg 1", "seg 2" for the classes 1 and 2 of seg.nii.gz (the values tell them apart)."""
+    from core.io import strip_nifti_suffix
+
+    stem = strip_nifti_suffix(labels.path) or labels.path
+    values = [int(v) for v in np.unique(labels.data) if v]
+    if len(values) == 1:
+        return {values[0]: stem}
+    return {v: f"{stem} {v}" for v in values}
+
+
 def load_labels(
     session: Session | None, label_path, *, label_name: str | None = None
 ) -> tuple[Session, View]:
@@ -131,7 +144,8 @@ def load_labels(
     if label_path is None:
         session.set_gt(None)
         return session, render(session, status="Ground truth removed.")
-    session.set_gt(_read_labels(label_path, label_name, session.volume))
+    gt = _read_labels(label_path, label_name, session.volume)
+    session.set_gt(gt, _label_names(gt))
     return session, render(session, status=_loaded_status(session))
 
 
@@ -161,7 +175,7 @@ def _loaded_status(s: Session) -> str:
     text = f"Loaded **{md_escape(s.name)}**: {v.shape[0]} x {v.shape[1]} x {v.shape[2]} voxels of {sp} mm."
     if s.gt is not None:
         labels = np.unique(s.gt.data)
-        names = ", ".join(s.class_name(int(k)) for k in labels if k)
+        names = ", ".join(md_escape(s.class_name(int(k))) for k in labels if k)
         text += f" Ground truth: {names}."
     return text
 

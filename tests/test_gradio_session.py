@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("gradio")
 pytest_plugins = ["gradio_common"]  # the engine and sample fixtures
 
-from gradio_common import RV, Spy, click_lv_twice, lv_pixel, organ_pixel  # noqa: E402
+from gradio_common import LV, RV, Spy, click_lv_twice, lv_pixel, organ_pixel  # noqa: E402
 
 from gradio_app import handlers as H  # noqa: E402
 from gradio_app.session import Settings  # noqa: E402
@@ -69,3 +69,30 @@ def test_undo_takes_back_the_clicks_after_a_clear_then_the_clear(sample, engine)
     session, _ = H.load_sample(session)
     session, view = H.undo(session)
     assert view.status == "Nothing to undo." and session.current.result is None
+
+
+def test_uploaded_labels_are_named_after_their_file(tmp_path, engine):
+    """The classes of an uploaded label map take its file's name (they were "label 1",
+    "label 2"...): the one class of left_ventricle.nii.gz is "left_ventricle", the classes of
+    heart-seg.nii are "heart-seg 1" to "heart-seg 5"; in the status and the metrics."""
+    import numpy as np
+
+    from core.io import LabelVolume, save_image, save_label
+    from core.synthetic import make_heart_phantom
+
+    image, label = make_heart_phantom(5)
+    vol = save_image(image, tmp_path / "ct.nii.gz")
+    lv = LabelVolume((label.data == LV).astype(np.uint8), label.affine)
+    one = save_label(lv, tmp_path / "upload1" / "left_ventricle.nii.gz")
+    many = save_label(label, tmp_path / "upload2" / "heart-seg.nii")
+    session, view = H.load_volume(None, vol, one, root=tmp_path)
+    try:
+        assert view.status.endswith("Ground truth: left\\_ventricle.")  # markdown-escaped
+        session, view = H.click(session, engine, *organ_pixel(session, 1)[1])
+        assert view.metrics[0][1] == "left_ventricle"
+        session, view = H.load_labels(session, many)
+        names = ", ".join(f"heart-seg {k}" for k in range(1, 6))
+        assert view.status.endswith(f"Ground truth: {names}.")
+        assert H.render(session).metrics[0][1] == "heart-seg 2"
+    finally:
+        session.close()
