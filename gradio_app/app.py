@@ -106,7 +106,12 @@ def _close_session(session) -> None:
 
 
 def _guard(fn):
-    """Turn the handlers' one-line errors into gr.Error; never show a stack trace."""
+    """Turn the handlers' one-line errors into gr.Error; never show a stack trace.
+
+    A tab closed while its request runs (gradio then ends the session: ``on_unload``) makes
+    the handler fail on the closed session; nobody is left to answer, so that is one line of
+    the log at info level, not an error with its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -116,7 +121,15 @@ def _guard(fn):
             raise
         except (InputError, ValueError) as exc:
             raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None
-        except Exception:
+        except Exception as exc:
+            if args and isinstance(args[0], Session) and args[0].closed:
+                log.info(
+                    "%s: the tab closed while it ran; dropped (%s: %s)",
+                    fn.__name__,
+                    type(exc).__name__,
+                    " ".join(str(exc).split()),
+                )
+                raise gr.Error("This page was closed.", print_exception=False) from None
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(
                 "Internal error while handling this request (details are in the server log).",

@@ -96,3 +96,30 @@ def test_uploaded_labels_are_named_after_their_file(tmp_path, engine):
         assert H.render(session).metrics[0][1] == "heart-seg 2"
     finally:
         session.close()
+
+
+def test_a_tab_closed_mid_click_is_one_quiet_log_line(sample, engine, caplog):
+    """gradio ends the session of a closed tab (``on_unload``, from another thread) while its
+    click may still be running; the click then failed on the closed session and the server
+    logged an "unexpected error" with its traceback. Now: one info line, no files left."""
+    import logging
+
+    import gradio as gr
+
+    from gradio_app.app import _guard
+
+    session, _ = sample
+
+    class ClosedMidway(Spy):
+        def predict(self, volume, prompts, **kw):
+            result = super().predict(volume, prompts, **kw)
+            session.close()  # the tab closes while the model runs
+            return result
+
+    caplog.set_level(logging.INFO, logger="gradio_app")
+    with pytest.raises(gr.Error):
+        _guard(H.click)(session, ClosedMidway(engine), *lv_pixel(session)[1])
+    (record,) = [r for r in caplog.records if r.name == "gradio_app"]
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert "the tab closed while it ran" in record.getMessage()
+    assert "\n" not in record.getMessage() and not session.dir.exists()
