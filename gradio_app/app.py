@@ -371,9 +371,20 @@ def build_app(
             "concurrency_limit": concurrency,
             "show_progress": "minimal",
         }
-        sample_btn.click(on_sample, [state, seed], full, **model)
-        volume_file.upload(on_volume, [state, volume_file, label_file], full, **model)
-        label_file.upload(on_labels, [state, label_file], full, **model)
+        # the upload boxes show what is loaded: the sample empties them, and a failed upload
+        # leaves them as they were before it (not showing a file that was not loaded)
+        boxes = {
+            "fn": H.upload_boxes,
+            "inputs": [state],
+            "outputs": [volume_file, label_file],
+            "show_progress": "hidden",
+            **private,
+        }
+        sample_btn.click(on_sample, [state, seed], full, **model).success(**boxes)
+        volume_file.upload(on_volume, [state, volume_file, label_file], full, **model).failure(
+            **boxes
+        )
+        label_file.upload(on_labels, [state, label_file], full, **model).failure(**boxes)
         label_file.clear(on_labels, [state, label_file], full, **model)
         axis.input(
             on_axis, [state, axis], [state, slice_img, slider], **private, show_progress="hidden"

@@ -43,6 +43,7 @@ __all__ = [
     "load_volume",
     "load_labels",
     "load_sample",
+    "upload_boxes",
     "show_slice",
     "set_axis",
     "click",
@@ -100,9 +101,9 @@ def load_volume(
     grid = SourceGrid.of_file(volume_path)
     gt = None if label_path is None else _read_labels(label_path, label_name, volume)
     session = session if session is not None and not session.closed else Session(root)
-    session.set_volume(volume, name, grid)
+    session.set_volume(volume, name, grid, file=volume_path)
     if gt is not None:
-        session.set_gt(gt, _label_names(gt))
+        session.set_gt(gt, _label_names(gt), file=label_path)
     return session, render(session, status=_loaded_status(session))
 
 
@@ -145,8 +146,18 @@ def load_labels(
         session.set_gt(None)
         return session, render(session, status="Ground truth removed.")
     gt = _read_labels(label_path, label_name, session.volume)
-    session.set_gt(gt, _label_names(gt))
+    session.set_gt(gt, _label_names(gt), file=label_path)
     return session, render(session, status=_loaded_status(session))
+
+
+def upload_boxes(session: Session | None) -> tuple[str | None, str | None]:
+    """What the volume and label upload boxes should hold: the uploaded files the session has
+    loaded; None for none, for the sample (no upload), or for a file gradio has since deleted.
+    After a failed upload the boxes so show what is loaded, not the file that failed."""
+    if session is None or session.closed:
+        return None, None
+    files = (session.volume_file, session.label_file)
+    return tuple(p if p is not None and os.path.isfile(p) else None for p in files)
 
 
 def load_sample(session: Session | None, seed: int | None = None, *, root=None):

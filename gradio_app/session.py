@@ -10,6 +10,7 @@ in its own temporary folder, removed by :meth:`Session.close` when gradio delete
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class Session:
         self.volume: Volume | None = None
         self.name = ""
         self.grid: SourceGrid | None = None  # the uploaded file's own grid (None for the sample)
+        # the server paths of the uploads loaded (None for the sample), for the upload boxes
+        self.volume_file: str | None = None
+        self.label_file: str | None = None
         self.gt: LabelVolume | None = None
         self.class_names: dict[int, str] = {}
         self.gt_meshes: dict = {}  # ground-truth class -> core.mesh.Mesh, made once
@@ -105,18 +109,20 @@ class Session:
 
     # ----------------------------------------------------------------------------------------
 
-    def set_volume(self, volume: Volume, name: str, grid=None) -> None:
+    def set_volume(self, volume: Volume, name: str, grid=None, file=None) -> None:
         from gradio_app.render import intensity_window
 
         self.volume, self.name, self.grid = volume, name, grid
+        self.volume_file = None if file is None else os.fspath(file)
         self.set_gt(None)
         self.window = intensity_window(volume.data)
         self.axis = 2
         self.slice_idx = volume.shape[2] // 2
         self.reset_objects()
 
-    def set_gt(self, gt, class_names=None) -> None:
+    def set_gt(self, gt, class_names=None, file=None) -> None:
         self.gt, self.class_names, self.gt_meshes = gt, dict(class_names or {}), {}
+        self.label_file = None if file is None else os.fspath(file)
 
     def reset_objects(self) -> None:
         """No objects, and none to bring back (a new volume, or the session's end)."""

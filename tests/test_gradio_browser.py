@@ -76,6 +76,57 @@ class HeldEngine(SharedEngine):
         return super().predict(*args, **kwargs)
 
 
+def upload(page, box: str, path) -> None:
+    page.locator(f"#{box} input[type=file]").set_input_files(str(path))
+
+
+def wait_box(page, box: str, name: str, state: str = "visible") -> None:
+    """Wait until upload box ``box`` shows the file ``name`` (or, "detached", no longer)."""
+    page.wait_for_selector(f"#{box} td.filename[aria-label='{name}']", state=state, timeout=30_000)
+
+
+def check_uploads(page, session, tmp_path, image, label) -> None:
+    """Bad uploads get a one-line error and leave their box, which shows what is loaded again
+    (it kept showing the file that failed); a volume and its labels load; the sample empties
+    the boxes and keeps its own ground truth."""
+    from conftest import save_nifti
+
+    from core.io import save_image, save_label
+
+    seg = save_nifti(np.ones((8, 8, 8), np.uint8), np.eye(4), tmp_path / "seg.nii.gz")
+    upload(page, "label-file", seg)
+    page.wait_for_selector("text=seg.nii.gz: shape (8, 8, 8) does not match", timeout=30_000)
+    wait_box(page, "label-file", "seg.nii.gz", "detached")
+    assert session.class_name(LV) == "LV"  # the sample's ground truth stays
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a volume")
+    upload(page, "volume-file", bad)
+    page.wait_for_selector("text=notes.txt: not a NIfTI file", timeout=30_000)
+    assert page.locator("text=Traceback").count() == 0
+    wait_box(page, "volume-file", "notes.txt", "detached")
+
+    upload(page, "volume-file", save_image(image, tmp_path / "my_ct.nii.gz"))
+    page.wait_for_selector("#status :text('my_ct.nii.gz')", timeout=30_000)
+    assert session.name == "my_ct.nii.gz" and session.gt is None
+    upload(page, "label-file", save_label(label, tmp_path / "heartseg.nii.gz"))
+    page.wait_for_selector("#status :text('heartseg 2')", timeout=30_000)
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"\x89PNG not a volume")
+    page.click("#volume-file button[aria-label='Clear']")  # to pick another file
+    upload(page, "volume-file", bad)
+    page.wait_for_selector("text=scan.png: not a NIfTI file", timeout=30_000)
+    wait_box(page, "volume-file", "scan.png", "detached")
+    wait_box(page, "volume-file", "my_ct.nii.gz")  # what is loaded, shown again
+    wait_box(page, "label-file", "heartseg.nii.gz")
+
+    page.click("#load-sample")
+    page.wait_for_selector("#status :text('synthetic heart')", timeout=60_000)
+    wait_box(page, "volume-file", "my_ct.nii.gz", "detached")
+    wait_box(page, "label-file", "heartseg.nii.gz", "detached")
+    time.sleep(1.0)  # emptying the label box must not count as the user clearing it
+    assert session.class_name(LV) == "LV" and page.locator("text=Ground truth removed").count() == 0
+
+
 def test_click_the_sample_in_a_browser(tmp_path, caplog):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
@@ -83,7 +134,6 @@ def test_click_the_sample_in_a_browser(tmp_path, caplog):
 
     from core.engine import Reconstructor
     from core.geometry import take_slice
-    from core.io import save_image
     from core.metrics import dice
     from core.predict import DEMO_SEED
     from core.prompts import interior_point
@@ -173,17 +223,7 @@ def test_click_the_sample_in_a_browser(tmp_path, caplog):
             )
             assert session.slice_idx == 20
 
-            # uploads: a file that is not NIfTI gets a one-line error, a NIfTI file loads
-            bad = tmp_path / "notes.txt"
-            bad.write_text("not a volume")
-            page.locator("#volume-file input[type=file]").set_input_files(str(bad))
-            page.wait_for_selector("text=notes.txt: not a NIfTI file", timeout=30_000)
-            assert page.locator("text=Traceback").count() == 0
-            page.click("#volume-file button[aria-label='Clear']")
-            good = save_image(image, tmp_path / "my_ct.nii.gz")
-            page.locator("#volume-file input[type=file]").set_input_files(str(good))
-            page.wait_for_selector("#status :text('my_ct.nii.gz')", timeout=30_000)
-            assert session.name == "my_ct.nii.gz" and session.gt is None
+            check_uploads(page, session, tmp_path, image, label)
 
             # closing the tab in the middle of a click ends the session and removes its files;
             # the click, left without its session, is one line of the log, not an error

@@ -6,6 +6,9 @@ The engine is the shipped model (``tests/gradio_common.py``).
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 
 pytest.importorskip("gradio")
@@ -71,12 +74,46 @@ def test_undo_takes_back_the_clicks_after_a_clear_then_the_clear(sample, engine)
     assert view.status == "Nothing to undo." and session.current.result is None
 
 
+def test_the_upload_boxes_show_the_files_loaded(tmp_path):
+    """After a failed upload the page puts back in the boxes what is loaded (it kept showing
+    the file that failed); the sample empties them; a file gradio deleted is no longer shown.
+    The page's wiring of this: tests/test_gradio_browser.py."""
+    from conftest import save_nifti
+
+    from core.errors import InputError
+    from core.io import save_image, save_label
+    from core.synthetic import make_heart_phantom
+
+    image, label = make_heart_phantom(5)
+    vol = str(save_image(image, tmp_path / "ct.nii.gz"))
+    lab = str(save_label(label, tmp_path / "ct-seg.nii.gz"))
+    seg = save_nifti(np.ones((8, 8, 8), np.uint8), np.eye(4), tmp_path / "seg.nii.gz")
+    bad = tmp_path / "notes.nii.gz"
+    bad.write_text("not a volume")
+    assert H.upload_boxes(None) == (None, None)
+    session, _ = H.load_volume(None, vol, lab, root=tmp_path)
+    try:
+        with pytest.raises(InputError):
+            H.load_volume(session, bad, None)
+        with pytest.raises(InputError):
+            H.load_labels(session, seg)
+        assert H.upload_boxes(session) == (vol, lab)
+        session, _ = H.load_labels(session, None)
+        assert H.upload_boxes(session) == (vol, None)
+        session, _ = H.load_labels(session, lab)
+        os.remove(lab)  # gradio's cache deletes old uploads
+        assert H.upload_boxes(session) == (vol, None)
+        session, _ = H.load_sample(session)
+        assert H.upload_boxes(session) == (None, None)
+    finally:
+        session.close()
+    assert H.upload_boxes(session) == (None, None)
+
+
 def test_uploaded_labels_are_named_after_their_file(tmp_path, engine):
     """The classes of an uploaded label map take its file's name (they were "label 1",
     "label 2"...): the one class of left_ventricle.nii.gz is "left_ventricle", the classes of
     heart-seg.nii are "heart-seg 1" to "heart-seg 5"; in the status and the metrics."""
-    import numpy as np
-
     from core.io import LabelVolume, save_image, save_label
     from core.synthetic import make_heart_phantom
 
