@@ -10,10 +10,10 @@ import numpy as np
 
 from core.clicks import Click, PromptSet, check_click_in_volume
 from core.errors import InputError
-from core.modes import check_index_order
+from core.modes import INDEX_ORDERS
 from core.predict import file_clicks_to_ras
 from core.source_grid import SourceGrid, save_mask
-from gradio_app.handlers import _check_axis, _check_settings, _file_name, _read_volume
+from gradio_app.handlers import _check_axis, _check_settings, _choice, _file_name, _read_volume
 from gradio_app.session import Settings
 
 if TYPE_CHECKING:
@@ -62,8 +62,7 @@ def reconstruct_file(
     ``mesh`` (path of a .glb in world mm, or None when nothing was found) and ``info``
     (``timings_ms`` per stage, ``passes``, ``voxels``, ``volume_ml``, ``touches_border``,
     ``warnings`` (one-line notes, e.g. values that do not look like the chosen modality),
-    ``mode``, ``modality`` (as used: ``mode`` and ``modality`` are taken in any case, "CT" is
-    "ct"), ``zoom_in``, ``indices``, ``adapter``, ``shape`` (the input's), ``wall_ms``).
+    ``mode``, ``modality`` (as used: names are taken in any case, "CT" is "ct"), ``zoom_in``, ``indices``, ``adapter``, ``shape`` (the input's), ``wall_ms``).
     """
     from core.mesh import save_mesh
 
@@ -75,7 +74,7 @@ def reconstruct_file(
     if not pos:
         raise InputError(None, "give at least one positive point [row, col] on the organ")
     settings = _check_settings(Settings(mode, weights, modality, bool(zoom_in)), engine)
-    check_index_order(indices)
+    indices = _choice(indices, INDEX_ORDERS, "indices")
     name = _file_name(volume_path, volume_name)
     volume = _read_volume(volume_path, name)
     grid = SourceGrid.of_file(volume_path)

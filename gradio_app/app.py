@@ -422,9 +422,9 @@ def build_app(
 
             points / negative_points are [row, col] pixels of np.take(volume, slice_index, axis)
             in canonical RAS orientation (axis 2 = axial), or with indices="file" of the file's
-            own array (the voxel indices 3D Slicer and ITK-SNAP show). mode and modality are
-            taken in any case ("CT" is "ct"). zoom_in turns on the engine's optional zoom-in on
-            small compact organs (volume mode). Returns the mask (.nii.gz
+            own array (the voxel indices 3D Slicer and ITK-SNAP show). mode, modality and
+            indices are taken in any case ("CT" is "ct"). zoom_in turns on the engine's
+            optional zoom-in on small compact organs (volume mode). Returns the mask (.nii.gz
             on the input's grid and affine), the mesh (.glb, world mm; None if nothing was
             found) and a dict with the timings (ms) and details.
             """

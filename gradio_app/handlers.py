@@ -202,8 +202,8 @@ def _need_volume(session: Session | None) -> Session:
 
 
 def _check_axis(axis) -> int:
-    if isinstance(axis, str) and axis in AXIS_NAMES:
-        return AXIS_NAMES.index(axis)
+    if isinstance(axis, str) and axis.strip().lower() in AXIS_NAMES:
+        return AXIS_NAMES.index(axis.strip().lower())
     try:
         a = int(axis)
     except (TypeError, ValueError):

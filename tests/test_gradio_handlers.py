@@ -522,19 +522,21 @@ def test_reconstruct_file_bad_requests(tmp_path, engine, heart_files, kw, messag
     assert message in str(info.value)
 
 
-def test_reconstruct_file_takes_mode_and_modality_in_any_case(tmp_path, engine, heart_files):
-    """ "CT", "Ct" and " ct " are the CT of the page ("ct"; the API refused all but that)."""
-    args = {"axis": 2, "slice_index": 30, "points": [[30, 30]]}
-    plain = reconstruct_file(engine, heart_files[0], out_dir=tmp_path / "ct", **args)["info"]
-    assert plain["modality"] == "ct" and plain["voxels"] > 0
-    for i, (modality, mode) in enumerate([("CT", "Volume"), ("Ct", "VOLUME"), (" ct ", "volume")]):
-        out = reconstruct_file(
-            engine, heart_files[0], out_dir=tmp_path / str(i), modality=modality, mode=mode, **args
-        )
+def test_reconstruct_file_takes_names_in_any_case(tmp_path, engine, heart_files):
+    """The modality "CT", "Ct" or " ct " is the page's "ct" (the API refused all but that), and
+    so for the mode, the indices ("RAS") and an axis by name ("Axial")."""
+    args = {"slice_index": 30, "points": [[30, 30]]}
+    plain = reconstruct_file(engine, heart_files[0], axis=2, out_dir=tmp_path / "ct", **args)
+    assert plain["info"]["modality"] == "ct" and plain["info"]["voxels"] > 0
+    cases = [("CT", "Volume", "RAS", "Axial"), ("Ct", "VOLUME", "Ras", " axial ")]
+    for i, (modality, mode, indices, axis) in enumerate(cases):
+        kw = {"modality": modality, "mode": mode, "indices": indices, "axis": axis}
+        out = reconstruct_file(engine, heart_files[0], out_dir=tmp_path / str(i), **kw, **args)
         info = out["info"]
-        assert (info["modality"], info["mode"], info["voxels"]) == ("ct", "volume", plain["voxels"])
+        assert (info["modality"], info["mode"], info["indices"]) == ("ct", "volume", "ras")
+        assert info["voxels"] == plain["info"]["voxels"]
     with pytest.raises(ValueError) as bad:
-        reconstruct_file(engine, heart_files[0], out_dir=tmp_path, modality="PET", **args)
+        reconstruct_file(engine, heart_files[0], axis=2, out_dir=tmp_path, modality="PET", **args)
     assert str(bad.value) == "modality must be one of ct, mr, us, got 'PET'"
 
 
