@@ -10,17 +10,9 @@ drops the state. All model work goes through one queue group (``concurrency_id="
 a concurrency limit, and the upload size is limited at launch.
 """
 
-import functools
-import html
-import logging
-import shutil
 import signal
-import tempfile
 import threading
 import time
-import uuid
-import weakref
-from pathlib import Path
 
 import gradio as gr
 from gradio import FileData
@@ -28,17 +20,14 @@ from gradio import FileData
 from core.errors import InputError
 from gradio_app import handlers as H
 from gradio_app.api import reconstruct_file
+from gradio_app.events import AppFiles, close_session, guard
 from gradio_app.render import AXIS_NAMES
 from gradio_app.service import SharedEngine
-from gradio_app.session import Session, Settings
+from gradio_app.session import Settings
 
 __all__ = ["build_app", "launch", "close_app", "DEFAULT_MAX_FILE_SIZE"]
 
-log = logging.getLogger("gradio_app")
-
 DEFAULT_MAX_FILE_SIZE = "512mb"
-#: API outputs older than this are deleted (gradio keeps its own copy once it has answered).
-API_FILES_TTL_S = 600
 
 CSS = """
 #slice-image img { cursor: crosshair; image-rendering: pixelated; }
@@ -53,90 +42,6 @@ on three orthogonal slices, and the time taken. More clicks refine it (negative 
 with the *Click adds* choice); *New object* starts another structure. Downloads: the mask as
 `.nii.gz` on the input's grid, and the meshes as `.glb` (world mm).
 """
-
-
-class _Files:
-    """The app's temporary folder: session folders and API outputs; removed at close."""
-
-    def __init__(self):
-        self.root = Path(tempfile.mkdtemp(prefix="sam3d-gradio-"))
-        self.sessions: dict[str, Session] = {}
-        self.lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.root), True)
-
-    def register(self, session: Session, request: gr.Request | None) -> None:
-        h = getattr(request, "session_hash", None)
-        if h and session.session_hash is None:
-            session.session_hash = h
-            with self.lock:
-                self.sessions[h] = session
-
-    def end_session(self, session_hash: str | None) -> None:
-        with self.lock:
-            s = self.sessions.pop(session_hash, None) if session_hash else None
-        if s is not None:
-            s.close()
-
-    def api_dir(self) -> Path:
-        base = self.root / "api"
-        base.mkdir(exist_ok=True)
-        now = time.time()
-        for d in base.iterdir():
-            try:
-                if now - d.stat().st_mtime > API_FILES_TTL_S:
-                    shutil.rmtree(d, ignore_errors=True)
-            except FileNotFoundError:
-                pass
-        d = base / uuid.uuid4().hex
-        d.mkdir()
-        return d
-
-    def close(self) -> None:
-        with self.lock:
-            sessions, self.sessions = list(self.sessions.values()), {}
-        for s in sessions:
-            s.close()
-        self._finalizer()
-
-
-def _close_session(session) -> None:
-    """gr.State's delete_callback: the tab is gone (or the state expired)."""
-    if isinstance(session, Session):
-        session.close()
-
-
-def _guard(fn):
-    """Turn the handlers' one-line errors into gr.Error; never show a stack trace.
-
-    A tab closed while its request runs (gradio then ends the session: ``on_unload``) makes
-    the handler fail on the closed session; nobody is left to answer, so that is one line of
-    the log at info level, not an error with its traceback.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (InputError, ValueError) as exc:
-            raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None
-        except Exception as exc:
-            if args and isinstance(args[0], Session) and args[0].closed:
-                log.info(
-                    "%s: the tab closed while it ran; dropped (%s: %s)",
-                    fn.__name__,
-                    type(exc).__name__,
-                    " ".join(str(exc).split()),
-                )
-                raise gr.Error("This page was closed.", print_exception=False) from None
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(
-                "Internal error while handling this request (details are in the server log).",
-                print_exception=False,
-            ) from None
-
-    return wrapper
 
 
 def build_app(
@@ -164,7 +69,7 @@ def build_app(
 
     if not isinstance(engine, SharedEngine):
         engine = SharedEngine(engine)
-    files = _Files()
+    files = AppFiles()
     seed0 = DEMO_SEED if sample_seed is None else int(sample_seed)
 
     with gr.Blocks(
@@ -172,7 +77,7 @@ def build_app(
         analytics_enabled=False,
         delete_cache=(900, 3600),
     ) as demo:
-        state = gr.State(None, delete_callback=_close_session)
+        state = gr.State(None, delete_callback=close_session)
         gr.Markdown(INTRO)
         with gr.Row(equal_height=True):
             volume_file = gr.File(
@@ -304,13 +209,13 @@ def build_app(
         def settings_of(m, w, mod, z):
             return Settings(mode=m, weights=w, modality=mod, zoom_in=bool(z))
 
-        @_guard
+        @guard
         def on_sample(session, seed_value, request: gr.Request):
             session, view = H.load_sample(session, seed_value, root=files.root)
             files.register(session, request)
             return show(session, view)
 
-        @_guard
+        @guard
         def on_volume(session, volume_path, label_path, request: gr.Request):
             if volume_path is None:
                 return show(session, None)
@@ -318,26 +223,26 @@ def build_app(
             files.register(session, request)
             return show(session, view)
 
-        @_guard
+        @guard
         def on_labels(session, label_path):
             if session is None or session.volume is None:
                 if label_path is None:
                     return show(session, None)
             return show(*H.load_labels(session, label_path))
 
-        @_guard
+        @guard
         def on_axis(session, axis_value):
             session, view = H.set_axis(session, axis_value)
             return session, view.slice_image, _slice_slider(view.n_slices, view.slice_idx)
 
-        @_guard
+        @guard
         def on_slice(session, idx):
             if session is None or session.volume is None:
                 return session, gr.skip()
             session, view = H.show_slice(session, idx)
             return session, view.slice_image
 
-        @_guard
+        @guard
         def on_click(session, tool_value, m, w, mod, z, evt: gr.SelectData):
             x, y = evt.index[0], evt.index[1]
             session, view = H.click(
@@ -345,19 +250,19 @@ def build_app(
             )
             return show(session, view)
 
-        @_guard
+        @guard
         def on_settings(session, m, w, mod, z):
             return show(*H.change_settings(session, engine, settings_of(m, w, mod, z)))
 
-        @_guard
+        @guard
         def on_undo(session, m, w, mod, z):
             return show(*H.undo(session, engine, settings_of(m, w, mod, z)))
 
-        @_guard
+        @guard
         def on_new(session):
             return show(*H.new_object(session))
 
-        @_guard
+        @guard
         def on_clear(session):
             return show(*H.clear(session))
 
@@ -405,7 +310,7 @@ def build_app(
         clear_btn.click(on_clear, [state], full, **model)
         demo.unload(on_unload)
 
-        @_guard
+        @guard
         def reconstruct(
             volume: FileData,
             axis: int,

@@ -401,7 +401,7 @@ def _bad(tmp_path, kind):
     "kind", ["not nifti", "garbage", "2d", "4d", "label shape", "label affine", "label not integer"]
 )
 def test_bad_uploads_give_one_line_messages_naming_the_file(tmp_path, kind):
-    from gradio_app.app import _guard
+    from gradio_app.events import guard
 
     vol, lab, expected = _bad(tmp_path, kind)
     with pytest.raises(InputError) as info:
@@ -413,7 +413,7 @@ def test_bad_uploads_give_one_line_messages_naming_the_file(tmp_path, kind):
     import gradio as gr
 
     with pytest.raises(gr.Error) as info:
-        _guard(H.load_volume)(None, vol, lab, root=tmp_path)
+        guard(H.load_volume)(None, vol, lab, root=tmp_path)
     assert info.value.message.startswith(expected.split(":")[0])
     assert "Traceback" not in info.value.message
 
@@ -448,13 +448,13 @@ def test_clicks_outside_or_before_loading_are_refused(sample, engine):
 def test_unexpected_errors_are_not_shown_as_tracebacks():
     import gradio as gr
 
-    from gradio_app.app import _guard
+    from gradio_app.events import guard
 
     def broken():
         raise RuntimeError("secret internals")
 
     with pytest.raises(gr.Error) as info:
-        _guard(broken)()
+        guard(broken)()
     assert "Internal error" in info.value.message and "secret" not in info.value.message
 
 
@@ -545,15 +545,15 @@ def test_reconstruct_file_takes_names_in_any_case(tmp_path, engine, heart_files)
 
 
 def test_session_files_are_removed_when_the_session_ends(tmp_path, engine):
-    from gradio_app.app import _close_session
+    from gradio_app.events import close_session
 
     session, _ = H.load_sample(None, root=tmp_path)
     _, (x, y) = lv_pixel(session)
     session, view = H.click(session, engine, x, y)
     assert session.dir.is_dir() and all(__import__("os").path.exists(p) for p in view.downloads)
-    _close_session(session)  # what gr.State's delete_callback does
+    close_session(session)  # what gr.State's delete_callback does
     assert not session.dir.exists() and list(tmp_path.iterdir()) == []
-    _close_session(session)  # idempotent
+    close_session(session)  # idempotent
 
 
 def test_old_step_folders_are_pruned(tmp_path):

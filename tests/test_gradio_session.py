@@ -143,7 +143,7 @@ def test_a_tab_closed_mid_click_is_one_quiet_log_line(sample, engine, caplog):
 
     import gradio as gr
 
-    from gradio_app.app import _guard
+    from gradio_app.events import guard
 
     session, _ = sample
 
@@ -155,7 +155,7 @@ def test_a_tab_closed_mid_click_is_one_quiet_log_line(sample, engine, caplog):
 
     caplog.set_level(logging.INFO, logger="gradio_app")
     with pytest.raises(gr.Error):
-        _guard(H.click)(session, ClosedMidway(engine), *lv_pixel(session)[1])
+        guard(H.click)(session, ClosedMidway(engine), *lv_pixel(session)[1])
     (record,) = [r for r in caplog.records if r.name == "gradio_app"]
     assert record.levelno == logging.INFO and record.exc_info is None
     assert "the tab closed while it ran" in record.getMessage()
