@@ -20,7 +20,7 @@ from gradio import FileData
 from core.errors import InputError
 from gradio_app import handlers as H
 from gradio_app.api import reconstruct_file
-from gradio_app.events import AppFiles, close_session, guard
+from gradio_app.events import AppFiles, close_session, guard, one_at_a_time
 from gradio_app.render import AXIS_NAMES
 from gradio_app.service import SharedEngine
 from gradio_app.session import Settings
@@ -210,12 +210,14 @@ def build_app(
             return Settings(mode=m, weights=w, modality=mod, zoom_in=bool(z))
 
         @guard
+        @one_at_a_time
         def on_sample(session, seed_value, request: gr.Request):
             session, view = H.load_sample(session, seed_value, root=files.root)
             files.register(session, request)
             return show(session, view)
 
         @guard
+        @one_at_a_time
         def on_volume(session, volume_path, label_path, request: gr.Request):
             if volume_path is None:
                 return show(session, None)
@@ -224,6 +226,7 @@ def build_app(
             return show(session, view)
 
         @guard
+        @one_at_a_time
         def on_labels(session, label_path):
             if session is None or session.volume is None:
                 if label_path is None:
@@ -243,6 +246,7 @@ def build_app(
             return session, view.slice_image
 
         @guard
+        @one_at_a_time
         def on_click(session, tool_value, m, w, mod, z, evt: gr.SelectData):
             x, y = evt.index[0], evt.index[1]
             session, view = H.click(
@@ -251,18 +255,22 @@ def build_app(
             return show(session, view)
 
         @guard
+        @one_at_a_time
         def on_settings(session, m, w, mod, z):
             return show(*H.change_settings(session, engine, settings_of(m, w, mod, z)))
 
         @guard
+        @one_at_a_time
         def on_undo(session, m, w, mod, z):
             return show(*H.undo(session, engine, settings_of(m, w, mod, z)))
 
         @guard
+        @one_at_a_time
         def on_new(session):
             return show(*H.new_object(session))
 
         @guard
+        @one_at_a_time
         def on_clear(session):
             return show(*H.clear(session))
 

@@ -1,6 +1,7 @@
 """What every event of the web page goes through: its errors as one-line pop-ups (:func:`guard`),
-the end of a tab's session (:func:`close_session`), and the app's temporary files
-(:class:`AppFiles`: session folders and API outputs)."""
+a tab's events that change its session one at a time (:func:`one_at_a_time`), the end of a
+tab's session (:func:`close_session`), and the app's temporary files (:class:`AppFiles`:
+session folders and API outputs)."""
 
 import functools
 import html
@@ -18,7 +19,7 @@ import gradio as gr
 from core.errors import InputError
 from gradio_app.session import Session
 
-__all__ = ["AppFiles", "close_session", "guard"]
+__all__ = ["AppFiles", "close_session", "guard", "one_at_a_time"]
 
 log = logging.getLogger("gradio_app")
 
@@ -106,5 +107,21 @@ def guard(fn):
                 "Internal error while handling this request (details are in the server log).",
                 print_exception=False,
             ) from None
+
+    return wrapper
+
+
+def one_at_a_time(fn):
+    """Run ``fn(session, ...)`` holding the session's lock: gradio runs two events of one tab
+    at the same time (Undo pressed while a click still computes), and their changes to the
+    session would interleave (Undo found nothing to undo, then the click landed after it).
+    The slice and axis events do not wait: they only choose what is drawn."""
+
+    @functools.wraps(fn)
+    def wrapper(session, *args, **kwargs):
+        if not isinstance(session, Session):
+            return fn(session, *args, **kwargs)
+        with session.lock:
+            return fn(session, *args, **kwargs)
 
     return wrapper

@@ -13,6 +13,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,6 +107,8 @@ class Session:
         self._cleared: list[list[ObjectState]] = []  # the objects before each "clear"
         self._steps = itertools.count(1)
         self.closed = False
+        # held by each page event that changes the session (gradio_app.events.one_at_a_time)
+        self.lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------
 

@@ -160,3 +160,47 @@ def test_a_tab_closed_mid_click_is_one_quiet_log_line(sample, engine, caplog):
     assert record.levelno == logging.INFO and record.exc_info is None
     assert "the tab closed while it ran" in record.getMessage()
     assert "\n" not in record.getMessage() and not session.dir.exists()
+
+
+def test_undo_pressed_while_a_click_computes_undoes_that_click(sample, engine):
+    """gradio runs two events of one tab at once: Undo pressed while a click still computed
+    said "Nothing to undo" and the click landed after it. The page's own event functions
+    (built over an engine that holds the click) now take their turns."""
+    import threading
+
+    import gradio as gr
+
+    from gradio_app.app import build_app, close_app
+    from gradio_app.service import SharedEngine
+
+    running, release = threading.Event(), threading.Event()
+
+    class Held(SharedEngine):
+        def predict(self, *args, **kwargs):
+            running.set()
+            assert release.wait(30)
+            return super().predict(*args, **kwargs)
+
+    demo = build_app(Held(engine.reconstructor))
+    try:
+        fns = {f.name: f.fn for f in demo.fns.values()}
+        session, _ = sample
+        x, y = lv_pixel(session)[1]
+        evt = gr.SelectData(None, {"index": [x, y], "value": None})
+        settings = ("volume", "base", "ct", False)
+        click = threading.Thread(target=fns["on_click"], args=(session, "positive", *settings, evt))
+        click.start()
+        assert running.wait(30)
+        undone = []
+        undo = threading.Thread(target=lambda: undone.append(fns["on_undo"](session, *settings)))
+        undo.start()
+        undo.join(0.5)
+        assert undo.is_alive()  # waits for the click
+        release.set()
+        click.join(30)
+        undo.join(30)
+        assert "Last prompt undone" in undone[0][6]  # the status
+        assert session.current.prompts is None and session.current.result is None
+    finally:
+        release.set()
+        close_app(demo)
