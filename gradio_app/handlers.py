@@ -255,13 +255,14 @@ def _choice(value, choices: tuple[str, ...], what: str) -> str:
 
 
 def _check_settings(settings: Settings, engine: SharedEngine) -> Settings:
+    mode = _choice(settings.mode, MODES, "mode")
     # where zoom-in changes nothing (slice mode) it is off, so ticking it there redoes nothing
     return replace(
         settings,
-        mode=_choice(settings.mode, MODES, "mode"),
+        mode=mode,
         modality=_choice(settings.modality, MODALITIES, "modality"),
         weights=engine.check_weights(settings.weights),
-        zoom_in=bool(settings.zoom_in) and zoom_in_applies(settings.mode),
+        zoom_in=bool(settings.zoom_in) and zoom_in_applies(mode),
     )
 
 

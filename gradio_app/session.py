@@ -2,9 +2,10 @@
 
 A session holds the loaded volume (and its ground truth), the slice on screen, and the objects
 the user has reconstructed: each object is its prompts plus the latest result, with a short
-history so that "undo" restores the previous result exactly; "clear" is an undo step too. Files written for the session live
-in its own temporary folder, removed by :meth:`Session.close` when gradio deletes the state
-(the tab closed) or when the app shuts down.
+history so that "undo" restores the previous result exactly; "clear" is an undo step too.
+Files written for the session live in its own temporary folder, removed by
+:meth:`Session.close` when gradio deletes the state (the tab closed) or when the app shuts
+down.
 """
 
 from __future__ import annotations

@@ -535,6 +535,11 @@ def test_reconstruct_file_takes_names_in_any_case(tmp_path, engine, heart_files)
         info = out["info"]
         assert (info["modality"], info["mode"], info["indices"]) == ("ct", "volume", "ras")
         assert info["voxels"] == plain["info"]["voxels"]
+    # zoom-in applies to volume mode whatever its case
+    zoomed = reconstruct_file(
+        engine, heart_files[0], axis=2, out_dir=tmp_path / "z", mode="Volume", zoom_in=True, **args
+    )
+    assert zoomed["info"]["zoom_in"] is True
     with pytest.raises(ValueError) as bad:
         reconstruct_file(engine, heart_files[0], axis=2, out_dir=tmp_path, modality="PET", **args)
     assert str(bad.value) == "modality must be one of ct, mr, us, got 'PET'"
