@@ -106,7 +106,7 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
         if stem is None or name.startswith("."):
             continue
         p = folder / name
-        if stem not in out or name.endswith(".nii.gz"):
+        if stem not in out or name.lower().endswith(".nii.gz"):
             out[stem] = p
     return out
 
@@ -116,7 +116,9 @@ def _find_nifti(folder: Path, stem: str) -> Path | None:
         p = folder / f"{stem}{suf}"
         if p.is_file():
             return p
-    return None
+    # the suffix in another case (CT.NII.GZ): nibabel reads it, so do we
+    p = _nifti_files(folder).get(stem) if folder.is_dir() else None
+    return p if p is not None and p.is_file() else None
 
 
 def _is_totalseg_case(folder: Path) -> bool:

@@ -44,9 +44,10 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def strip_nifti_suffix(name: str) -> str | None:
-    """Return ``name`` without its ``.nii``/``.nii.gz`` suffix, or ``None`` if it has neither."""
+    """Return ``name`` without its ``.nii``/``.nii.gz`` suffix (in any case: ``.NII.GZ`` too,
+    as nibabel reads it), or ``None`` if it has neither."""
     for suf in NIFTI_SUFFIXES:
-        if name.endswith(suf) and len(name) > len(suf):
+        if name.lower().endswith(suf) and len(name) > len(suf):
             return name[: -len(suf)]
     return None
 
@@ -191,6 +192,22 @@ _DATA_ERRORS = (gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError)
 # Loading
 
 
+def _nib_load(p: Path):
+    """nibabel's image of ``p``. nibabel goes by the suffix and misreads some in capitals
+    (``.NII``, ``.Nii.Gz``), so such a file is read from its bytes (gzip by its magic)."""
+    if p.name.endswith(NIFTI_SUFFIXES):
+        return nib.load(str(p))
+    raw = p.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    for klass in (nib.Nifti1Image, nib.Nifti2Image):
+        try:
+            return klass.from_bytes(raw)
+        except Exception:  # noqa: BLE001 - the other NIfTI version, or not NIfTI at all
+            continue
+    raise nib.filebasedimages.ImageFileError(f"{p}: unrecognised header")
+
+
 def _read_nifti(path: str | os.PathLike, *, canonical: bool):
     """Read a NIfTI file fully; return (data float array or raw, affine) with clear errors."""
     p = Path(path)
@@ -203,7 +220,7 @@ def _read_nifti(path: str | os.PathLike, *, canonical: bool):
     if strip_nifti_suffix(p.name) is None:
         raise InputError(p, "not a NIfTI file (expected a .nii or .nii.gz name)")
     try:
-        img = nib.load(str(p))
+        img = _nib_load(p)
     except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
         raise InputError(p, f"corrupt or truncated gzip data ({exc})") from exc
     except nib.filebasedimages.ImageFileError as exc:
@@ -382,7 +399,7 @@ def _save(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, is_l
     img.set_sform(img.affine, code=1)
     if is_label:
         img.header.set_intent("label")
-    suffix = ".nii.gz" if p.name.endswith(".nii.gz") else ".nii"
+    suffix = ".nii.gz" if p.name.lower().endswith(".nii.gz") else ".nii"
     with atomic_path(p, suffix=suffix) as tmp:
         nib.save(img, str(tmp))
     return p

@@ -94,3 +94,40 @@ def test_real_totalseg_examples_flat():
     }
     # Per-case label names from label_names.json (ids differ between cases).
     assert idx.get("ts_ct_abdomen").label_names[1] == "spleen"
+
+
+@pytest.mark.parametrize("layout", ["totalseg", "nnunet", "flat"])
+def test_a_nifti_suffix_in_capitals_is_found_in_every_layout(tmp_path, layout):
+    """Files named CT.NII.GZ (nibabel reads them) were 'not a NIfTI file' and their cases
+    invisible to discovery; the suffix is now matched in any case, and the files load."""
+    import numpy as np
+
+    from core.io import load_pair, save_label, strip_nifti_suffix
+
+    names = {
+        "totalseg": ("c0/c0-image.NII.GZ", "c0/c0-label.Nii.Gz"),
+        "nnunet": ("imagesTr/c0_0000.NII.GZ", "labelsTr/c0.NII"),
+        "flat": ("volumes/c0.NII.GZ", "labels/c0.nii.GZ"),
+    }[layout]
+    write_case(tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")
+    for src, name in zip(("i.nii.gz", "l.nii.gz"), names, strict=True):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / src).rename(tmp_path / name)  # nib.save would rewrite some suffixes
+    idx = discover(tmp_path)
+    assert idx.layout == layout and [c.case_id for c in idx.cases] == ["c0"], idx.problems
+    case = idx.cases[0]
+    assert (case.image, case.label) == (tmp_path / names[0], tmp_path / names[1])
+    image, label = load_pair(case.image, case.label)
+    assert label.data.any() and image.shape == label.shape
+    assert strip_nifti_suffix("A.NII.GZ") == "A" and strip_nifti_suffix(".NII") is None
+    out = save_label(label, tmp_path / "OUT.NII.GZ")
+    assert out.read_bytes()[:2] == b"\x1f\x8b"  # gzipped, as the name says
+    assert np.array_equal(load_pair(case.image, out)[1].data, label.data)
+    from core.io import load_image
+
+    (tmp_path / "bad.NII").write_bytes(b"not a NIfTI file" * 40)
+    with pytest.raises(InputError, match=r"bad.NII: not a valid NIfTI file"):
+        load_image(tmp_path / "bad.NII")
+    (tmp_path / "cut.NII.GZ").write_bytes(out.read_bytes()[:60])
+    with pytest.raises(InputError, match=r"cut.NII.GZ: corrupt or truncated gzip data"):
+        load_image(tmp_path / "cut.NII.GZ")
