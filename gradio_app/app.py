@@ -40,7 +40,7 @@ Load a NIfTI volume (optionally with its ground-truth labels) or the synthetic h
 pick a slice, and **click the organ**. Each click reconstructs it: its surface in 3D, the mask
 on three orthogonal slices, and the time taken. More clicks refine it (negative points or a box
 with the *Click adds* choice); *New object* starts another structure. Downloads: the mask as
-`.nii.gz` on the input's grid, and the meshes as `.glb` (world mm).
+`.nii.gz` on the input's grid, and the meshes as `.glb` and `.ply` (world mm, RAS).
 """
 
 
@@ -165,7 +165,7 @@ def build_app(
                 pred3d = _scene("3D: prediction", "pred-3d", height=420)
                 gt3d = _scene("3D: ground truth", "gt-3d", height=420)
         downloads = gr.File(
-            label="Downloads: mask (.nii.gz on the input's grid) and meshes (.glb, world mm)",
+            label="Downloads: mask (.nii.gz on the input's grid), meshes (.glb, .ply: world mm)",
             file_count="multiple",
             interactive=False,
             elem_id="downloads",

@@ -57,7 +57,7 @@ class View:
     gt_scene : .glb of the ground-truth structures the objects stand for
     camera_mm : camera distance (mm) for showing the prediction and ground-truth scenes at
         the same scale (each 3D view otherwise frames its own model)
-    downloads : the mask (.nii.gz on the input's grid) and one .glb per object
+    downloads : the mask (.nii.gz on the input's grid) and one .glb and .ply per object
     has_gt : ground truth is loaded
     timings : the last reconstruction's engine timings (ms) and the handler's ``wall``
     """
@@ -246,8 +246,9 @@ def _write_downloads(s: Session, done, out: Path) -> tuple[list[str], str]:
     stem = _safe_stem(s.name)
     paths = [save_mask(labels, s.volume.affine, out / f"{stem}_mask.nii.gz", s.grid)]
     for i, o in done:
-        if o.result.mesh is not None:
-            paths.append(save_mesh(o.result.mesh, out / f"{stem}_object{i + 1}.glb"))
+        if o.result.mesh is not None:  # .glb for viewers, .ply for 3D Slicer (SPACE=RAS)
+            for ext in (".glb", ".ply"):
+                paths.append(save_mesh(o.result.mesh, out / f"{stem}_object{i + 1}{ext}"))
     note = f"Objects overlap; in the label map {'; '.join(kept)}." if kept else ""
     return [str(p) for p in paths], note
 

@@ -46,13 +46,17 @@ class SharedEngine:
         self.calls = 0  # reconstructions served, for the page's footer and tests
 
     def check_weights(self, name: str | None) -> str:
-        """The weights' menu name, or InputError listing the choices."""
-        name = BASE if name in (None, "", "none", BASE) else str(name)
-        if name not in self.choices:
+        """The weights' menu name, whatever its case ("Base", "HeadNeck-CT"), or InputError
+        listing the choices."""
+        key = "" if name is None else str(name).strip().lower()
+        by_key = {c.lower(): c for c in self.choices}
+        if key in ("", "none"):
+            return BASE
+        if key not in by_key:
             raise InputError(
                 None, f"unknown weights {name!r}; choose one of {', '.join(self.choices)}"
             )
-        return name
+        return by_key[key]
 
     def preload(self) -> None:
         """Load every offered adapter now, so that the first switch is instant, and warm the

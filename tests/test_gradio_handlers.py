@@ -7,6 +7,8 @@ Dice of 0.54 (volume mode) when these tests were written.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -155,13 +157,17 @@ def test_click_on_the_lv_gives_surface_overlays_metrics_and_downloads(sample, en
     assert load_mesh(view.gt_scene).n_faces > 100
     assert view.camera_mm > 0  # both 3D views at one scale
 
-    # downloads: the mask on the input's grid, and the object's mesh
-    mask_path, mesh_path = view.downloads
+    # downloads: the mask on the input's grid, and the object's mesh as .glb and as .ply
+    # (3D Slicer reads the .ply's SPACE=RAS; it has no .glb reader)
+    mask_path, mesh_path, ply_path = view.downloads
     lab = load_label(mask_path)
     np.testing.assert_array_equal(lab.data.astype(bool), res.mask)
     np.testing.assert_allclose(lab.affine, session.volume.affine)
-    assert mesh_path.endswith(".glb")
-    assert load_mesh(mesh_path).n_vertices == res.mesh.n_vertices
+    assert mesh_path.endswith(".glb") and ply_path.endswith(".ply")
+    glb, ply = load_mesh(mesh_path), load_mesh(ply_path)
+    assert glb.n_vertices == res.mesh.n_vertices
+    np.testing.assert_array_equal(ply.vertices, glb.vertices)
+    assert b"SPACE=RAS" in Path(ply_path).read_bytes()[:400]
 
     # the time taken is reported
     assert view.timings["total"] > 0 and view.timings["wall"] >= view.timings["total"]
@@ -237,7 +243,7 @@ def test_undo_new_object_and_clear(sample, engine):
     assert [row[1] for row in view.metrics] == ["LV", "RV"]
     labels = load_label(view.downloads[0]).data
     assert set(np.unique(labels)) == {0, 1, 2}
-    assert len(view.downloads) == 3  # the mask and one mesh per object
+    assert len(view.downloads) == 5  # the mask and one .glb and .ply per object
     session, view = H.clear(session)
     assert view.downloads == [] and view.scene is None and session.current.result is None
 
@@ -276,7 +282,7 @@ def test_overlapping_objects_never_overwrite_in_the_label_map(sample, engine):
     assert np.array_equal(labels == 1, first)
     assert np.array_equal(labels == 2, second & ~first)
     assert f"{shared} voxels of object 2 stay with object 1" in view.status
-    assert len(view.downloads) == 3
+    assert len(view.downloads) == 5  # the mask, each object's .glb and .ply
     # the steps after it rewrite the label map and still say so
     session, view = H.new_object(session)
     assert "Object 3: click the next structure." in view.status
@@ -543,6 +549,12 @@ def test_reconstruct_file_takes_names_in_any_case(tmp_path, engine, heart_files)
     with pytest.raises(ValueError) as bad:
         reconstruct_file(engine, heart_files[0], axis=2, out_dir=tmp_path, modality="PET", **args)
     assert str(bad.value) == "modality must be one of ct, mr, us, got 'PET'"
+    # and the weights: "Base" and "HEADNECK-CT" are the menu's names
+    assert engine.check_weights("Base") == "base"
+    names = [c for c in engine.choices if c != "base"]
+    assert [engine.check_weights(f" {n.upper()} ") for n in names] == names
+    with pytest.raises(InputError, match=r"unknown weights 'liver'; choose one of base"):
+        engine.check_weights("liver")
 
 
 # --------------------------------------------------------------------------------------------

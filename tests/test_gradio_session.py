@@ -35,7 +35,7 @@ def test_undo_after_clear_brings_every_object_back(sample, engine):
     session, view = H.undo(session, spy, Settings())
     assert "Clear undone: 2 objects back" in view.status and spy.calls == []
     assert [o.result for o in session.objects] == results
-    assert [row[1] for row in view.metrics] == ["LV", "RV"] and len(view.downloads) == 3
+    assert [row[1] for row in view.metrics] == ["LV", "RV"] and len(view.downloads) == 5
     # Undo goes on through the restored objects' own steps
     session, _ = H.undo(session)
     session, _ = H.undo(session)
