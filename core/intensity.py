@@ -20,6 +20,7 @@ __all__ = [
     "display_window",
     "PERCENTILES",
     "PERCENTILE_TOP",
+    "WindowedCT",
     "intensity_rule",
     "intensity_warning",
     "normalize_intensity",
@@ -70,9 +71,7 @@ def normalize_intensity(
     x = np.asarray(data, dtype=np.float32)
     if modality == "ct":
         lo, hi = float(ct_window[0]), float(ct_window[1])
-        if not hi > lo:
-            raise ValueError(f"CT window must have high > low, got {ct_window}")
-        return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        return _ct_map(x, *_ct_bounds(ct_window))
     if modality in ("mr", "us"):
         lo, hi = (float(v) for v in np.percentile(x, PERCENTILES))
         scale = PERCENTILE_TOP / max(hi - lo, 1e-6)
@@ -80,8 +79,76 @@ def normalize_intensity(
     raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
 
 
+def _ct_bounds(ct_window) -> tuple[float, float]:
+    lo, hi = float(ct_window[0]), float(ct_window[1])
+    if not hi > lo:
+        raise ValueError(f"CT window must have high > low, got {ct_window}")
+    return lo, hi
+
+
+def _ct_map(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The CT rule on float32 values: each voxel on its own."""
+    return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+class WindowedCT:
+    """``normalize_intensity(data, "ct", ct_window=...)``, computed only where it is read.
+
+    The CT rule maps every voxel on its own, so a block of the normalised volume is the rule
+    applied to that block of ``data``, value for value. The engine reads the cube's block and
+    one slice of a volume; on a 512 x 512 x 600 CT, normalising all of it cost the first click
+    1.4-1.6 s and a 630 MB float32 copy (BENCHMARKS.md, "Large volumes").
+
+    It offers what :func:`core.samples.build_inputs` reads: ``shape``, ``ndim``, ``dtype``,
+    basic indexing, ``take`` (so ``np.take``), ``min()``; ``np.asarray`` gives the whole
+    normalised volume for any other reader.
+
+    Parameters
+    ----------
+    data : (I, J, K) raw values (HU), any real dtype; not copied, so not to be changed in
+        place while this is in use
+    ct_window : (low, high) HU
+    minimum : ``data.min()`` when the caller has it (saves a pass over the volume)
+    """
+
+    def __init__(self, data: np.ndarray, ct_window=DEFAULT_CT_WINDOW, *, minimum=None):
+        self.data = data
+        self.lo, self.hi = _ct_bounds(ct_window)
+        self.shape = tuple(data.shape)
+        self.ndim = data.ndim
+        self.dtype = np.dtype(np.float32)
+        self._minimum = minimum
+
+    def _map(self, raw) -> np.ndarray:
+        return _ct_map(np.asarray(raw, dtype=np.float32), self.lo, self.hi)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self._map(self.data[key])
+
+    def take(self, indices, axis=None, out=None, mode="raise") -> np.ndarray:
+        if out is not None:
+            raise TypeError("WindowedCT.take does not fill an out array")
+        return self._map(np.take(self.data, indices, axis=axis, mode=mode))
+
+    def min(self) -> np.float32:
+        """The normalised minimum: the rule of the raw minimum, as the rule never lowers a
+        larger value below a smaller one (clipping, then a subtraction and a division by a
+        positive number, each correctly rounded, keep the order)."""
+        if self._minimum is None:
+            self._minimum = self.data.min()
+        return self._map(np.reshape(self._minimum, (1,)))[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        full = self._map(self.data)
+        return full if dtype is None else full.astype(dtype, copy=False)
+
+
 def intensity_warning(
-    data: np.ndarray, modality: str, *, ct_window: tuple[float, float] = DEFAULT_CT_WINDOW
+    data: np.ndarray,
+    modality: str,
+    *,
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
+    value_range: tuple[float, float] | None = None,
 ) -> str | None:
     """A one-line warning when the values do not look like ``modality`` (None when they do).
 
@@ -91,11 +158,14 @@ def intensity_warning(
     where its HU gave 0.86-0.94) or saturate it. Choosing MR or US, which scale by
     percentiles, fixes both in every front end; from Python a ``ct_window`` that fits the
     values does too.
+
+    ``value_range``: ``(data.min(), data.max())`` when the caller has them (each is a pass
+    over the whole volume).
     """
     if modality != "ct":
         return None
     x = np.asarray(data)
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = (float(v) for v in (value_range or (x.min(), x.max())))
     bottom, top = (float(v) for v in ct_window)
     # a window that starts at or above the lowest value was fitted to values without air
     # (e.g. (0, 255) for an 8-bit export): nothing to warn of
@@ -105,7 +175,8 @@ def intensity_warning(
             f"below {_CT_LOWEST_HU:g}): choose the MR or US modality, which scale by "
             "percentiles"
         )
-    above = float(np.count_nonzero(x > top)) / x.size
+    # nothing above the top: no pass over the volume to count it
+    above = float(np.count_nonzero(x > top)) / x.size if not hi <= top else 0.0
     if above > 0.25:
         return (
             f"{above:.0%} of the values lie above the CT window's top ({top:g} HU): choose the "
