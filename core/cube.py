@@ -98,13 +98,30 @@ def _cube_to_volume_matrix(cube: Cube, volume_affine: np.ndarray):
     return m[:3, :3], m[:3, 3]
 
 
-def _resample_axis(x: np.ndarray, axis: int, coords: np.ndarray, order: int, cval) -> np.ndarray:
-    """Resample ``x`` along one axis at fractional indices ``coords`` (constant padding)."""
-    n = x.shape[axis]
+def _read_indices(coords: np.ndarray, n: int, order: int) -> np.ndarray:
+    """The indices (sorted, clipped to ``0..n-1``) :func:`_resample_axis` reads at ``coords``."""
+    if order == 0:
+        return np.unique(np.clip(np.floor(coords + 0.5).astype(np.int64), 0, n - 1))
+    i0 = np.floor(coords).astype(np.int64)
+    return np.unique(np.clip(np.concatenate([i0, i0 + 1]), 0, n - 1))
+
+
+def _resample_axis(
+    x: np.ndarray, axis: int, coords: np.ndarray, order: int, cval, n=None, rows=None
+) -> np.ndarray:
+    """Resample ``x`` along one axis at fractional indices ``coords`` (constant padding).
+
+    ``rows``: ``x`` holds only these indices (sorted, :func:`_read_indices`) of an axis of
+    ``n``; ``coords`` are indices of the whole axis."""
+    n = x.shape[axis] if n is None else n
+    if rows is None:
+        rows = np.arange(n)
+    pos = np.zeros(n, np.int64)
+    pos[rows] = np.arange(len(rows))  # axis index -> its place in x
     if order == 0:
         idx = np.floor(coords + 0.5).astype(np.int64)
         ok = (idx >= 0) & (idx < n)
-        out = np.take(x, np.clip(idx, 0, n - 1), axis=axis)
+        out = np.take(x, pos[np.clip(idx, 0, n - 1)], axis=axis)
         if not ok.all():
             shape = [1] * x.ndim
             shape[axis] = len(coords)
@@ -117,7 +134,7 @@ def _resample_axis(x: np.ndarray, axis: int, coords: np.ndarray, order: int, cva
     cval = np.float32(cval)
 
     def taken(i):
-        v = np.take(x, np.clip(i, 0, n - 1), axis=axis).astype(np.float32, copy=False)
+        v = np.take(x, pos[np.clip(i, 0, n - 1)], axis=axis).astype(np.float32, copy=False)
         ok = (i >= 0) & (i < n)
         return v if ok.all() else np.where(ok.reshape(shape), v, cval)
 
@@ -132,12 +149,13 @@ def _axis_aligned(mat: np.ndarray) -> bool:
     return bool(np.allclose(mat, np.diag(np.diag(mat)), atol=1e-9))
 
 
-def _resample(data, mat, off, out_shape, order, cval):
+def _resample(data, mat, off, out_shape, order, cval, *, gather: bool = True):
     """``out[p] = data[mat @ p + off]`` (order 0 nearest or 1 linear, constant padding).
 
     Axis-aligned maps (the cube shares the volume's directions, the usual case) run as three
     separable 1D passes, several times faster than ``ndimage.affine_transform`` and equal to it;
-    other maps use ``affine_transform``.
+    other maps use ``affine_transform``. ``gather=False`` reads the whole block the cube spans
+    instead of the voxels next to its coordinates (the same result; for tests).
     """
     if _axis_aligned(mat) and order in (0, 1):
         # Read only the block of ``data`` the coordinates reach (with the next voxel for the
@@ -155,9 +173,18 @@ def _resample(data, mat, off, out_shape, order, cval):
                 return np.full(tuple(out_shape), cval, dtype=dtype)
             coords.append(c - lo)
             block.append(slice(lo, hi))
-        x = np.asarray(data[tuple(block)])
+        # Of the block, only the rows, columns and slices next to the coordinates are read
+        # (a 3 mm cube in a 0.8 x 0.8 x 0.5 mm CT: 2 M of its 22 M voxels); each pass reads
+        # the same values as from the whole block, so the result is the same.
+        n = [b.stop - b.start for b in block]
+        rows = [_read_indices(c, m, order) for c, m in zip(coords, n, strict=True)]
+        if not gather or all(len(r) == m for r, m in zip(rows, n, strict=True)):
+            rows = [np.arange(m) for m in n]
+            x = np.asarray(data[tuple(block)])
+        else:
+            x = np.asarray(data[np.ix_(*(r + b.start for r, b in zip(rows, block, strict=True)))])
         for ax in range(3):
-            x = _resample_axis(x, ax, coords[ax], order, cval)
+            x = _resample_axis(x, ax, coords[ax], order, cval, n[ax], rows[ax])
         return x
     return ndimage.affine_transform(
         data,

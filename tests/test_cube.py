@@ -153,6 +153,34 @@ def test_resampling_reads_only_the_block_the_cube_covers():
     np.testing.assert_array_equal(got, _resample(x, mat, off, (32, 32, 32), 1, 0.0))
 
 
+@pytest.mark.parametrize("order", [0, 1])
+def test_reading_only_the_voxels_next_to_the_cube_gives_the_whole_block_result(order):
+    from core.cube import _resample
+
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.int16) if order else (np.float32, np.uint8, bool):
+        x = (rng.random((90, 70, 120)) * 300).astype(dtype)
+        for _ in range(25):  # coarser and finer than the data, flipped, partly outside
+            scale = rng.uniform(0.3, 4.5, 3) * rng.choice([-1, 1], 3)
+            mat, off = np.diag(scale), rng.uniform(-40, 130, 3)
+            shape = tuple(rng.integers(8, 40, 3))
+            cval = -1.0 if order or dtype is np.float32 else 0  # unsigned: no -1
+            got = _resample(x, mat, off, shape, order, cval)
+            want = _resample(x, mat, off, shape, order, cval, gather=False)
+            assert got.dtype == want.dtype and np.array_equal(got, want), (scale, off)
+
+
+def test_a_coarse_cube_reads_only_the_voxels_next_to_its_coordinates():
+    from core.cube import _resample
+
+    x = np.random.default_rng(0).random((200, 200, 300)).astype(np.float32)
+    vol = _CountingVolume(x)  # a 3 mm cube on 0.8 x 0.8 x 0.5 mm voxels
+    mat, off = np.diag([3.75, 3.75, 6.0]), np.array([-20.3, 10.6, 30.2])
+    got = _resample(vol, mat, off, (64, 64, 64), 1, 0.0)
+    assert max(vol.reads) <= 128**3  # two neighbours per coordinate; the block is 8x that
+    np.testing.assert_array_equal(got, _resample(x, mat, off, (64, 64, 64), 1, 0.0, gather=False))
+
+
 @pytest.mark.parametrize("oblique", [False, True])
 def test_level_box_holds_every_voxel_above_the_level_and_the_block_is_the_paste(oblique):
     from core.cube import level_box, paste_block
