@@ -135,3 +135,32 @@ def test_intensity_jitter_given_to_build_inputs_equals_jittering_the_volume(hear
     assert (got["cube"][0] < image.min() * scale + shift + 1e-5).any()  # padding is in there
     with pytest.raises(ValueError, match="scale must be > 0"):
         build_inputs(image, aff, prompts, cube, cfg, intensity=(0.0, 0.0))
+
+
+def test_both_views_resample_one_pointmap_of_the_slice_made_once(heart, monkeypatch):
+    """The slice's pointmap (NaN off the body) is made once per call and both views are that
+    pointmap resampled through their own matrix."""
+    import core.samples
+    from core.geometry import slice_pointmap, take_slice
+    from core.transforms import resize_pointmap, warp
+
+    image, label, aff = heart
+    click = first_click(label == 4)
+    cube = cube_for_click(aff, click.voxel(), spacing=2.2)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return slice_pointmap(*args, **kwargs)
+
+    monkeypatch.setattr(core.samples, "slice_pointmap", counted)
+    inp = build_inputs(image, aff, PromptSet((click,)), cube, ModelConfig(), mode="volume")
+    assert len(calls) == 1
+    sl = take_slice(image, click.axis, click.slice_idx)
+    pm = slice_pointmap(aff, image.shape, click.axis, click.slice_idx, valid=body_mask_2d(sl))
+    for view in ("crop", "full"):
+        m, s = inp[f"{view}_matrix"], inp[f"{view}_view"].shape[1:]
+        want = np.moveaxis(resize_pointmap(pm, s, matrix=m), -1, 0)
+        np.testing.assert_array_equal(inp[f"{view}_pointmap"], want)
+        img = warp(sl, m, s, order=1, cval=float(sl.min())).astype(np.float32)
+        np.testing.assert_array_equal(inp[f"{view}_view"][0], img)
