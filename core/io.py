@@ -275,12 +275,29 @@ def load_image(path: str | os.PathLike, *, canonical: bool = True) -> Volume:
     InputError
         Missing, unreadable, corrupt or non-NIfTI file; not 3D; NaN or Inf voxels.
     """
-    data, affine = _read_nifti(path, canonical=canonical)
-    data = data.astype(np.float32, copy=False)
-    bad = ~np.isfinite(data)
-    if bad.any():
-        raise InputError(path, f"contains {int(bad.sum())} NaN/Inf voxels")
-    return Volume(np.ascontiguousarray(data), affine, os.fspath(path))
+    raw, affine = _read_nifti(path, canonical=canonical)
+    data = _c_order_float32(raw)
+    # integers stay finite as float32; min and max propagate NaN and hold any Inf (a float64
+    # beyond float32's range became one), without a volume-sized mask
+    finite = raw.dtype.kind in "biu" or (np.isfinite(data.min()) and np.isfinite(data.max()))
+    if not finite:
+        raise InputError(path, f"contains {int(np.sum(~np.isfinite(data)))} NaN/Inf voxels")
+    return Volume(data, affine, os.fspath(path))
+
+
+def _c_order_float32(data: np.ndarray) -> np.ndarray:
+    """``np.ascontiguousarray(data.astype(np.float32))``, without a copy when it is that already.
+
+    NIfTI stores the first axis fastest, so nibabel gives Fortran-ordered arrays; numpy's
+    reordering copy of a 512 x 512 x 300 one took 1.3-1.9 s here. Copying a few slices of the
+    last axis at a time (each a block that fits in the cache) gives the same values in
+    0.3-0.4 s."""
+    if data.flags.c_contiguous or data.ndim != 3:
+        return np.ascontiguousarray(data.astype(np.float32, copy=False))
+    out = np.empty(data.shape, np.float32)
+    for k in range(0, data.shape[2], 8):
+        out[:, :, k : k + 8] = data[:, :, k : k + 8]
+    return out
 
 
 def load_label(

@@ -282,3 +282,34 @@ def test_to_file_orientation_undoes_the_canonical_reorientation(tmp_path):
     # already in the file's orientation: unchanged
     same, aff2 = to_file_orientation(canon.data, canon.affine, canon.affine)
     assert np.array_equal(same, canon.data) and np.array_equal(aff2, canon.affine)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("flip", [False, True])
+def test_loaded_voxels_are_the_files_as_c_ordered_float32(tmp_path, dtype, flip):
+    """load_image reorders nibabel's Fortran-ordered voxels a few slices at a time: the
+    values must be those of numpy's own reordering copy, for every stored type, a scaled
+    file, a file reoriented on loading and a last axis that is not a multiple of the chunk."""
+    rng = np.random.default_rng(1)
+    data = (rng.random((33, 20, 21)) * 250).astype(dtype)
+    affine = np.diag([-0.7, -0.7, 1.5, 1.0]) if flip else np.diag([0.7, 0.7, 1.5, 1.0])
+    img = nib.Nifti1Image(data, affine)
+    if dtype is np.int16:
+        img.header.set_slope_inter(0.37, -1024.0)  # a scanner's rescale: nibabel's float64
+    p = tmp_path / "ct.nii.gz"
+    nib.save(img, str(p))
+    want = np.asanyarray(nib.as_closest_canonical(nib.load(str(p))).dataobj)
+    want = np.ascontiguousarray(want.astype(np.float32, copy=False))
+    got = load_image(p).data
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, want) and np.array_equal(load_image(p).data, got)
+
+
+def test_values_beyond_float32_are_a_one_line_error(tmp_path):
+    img, _ = two_organs()
+    data = img.astype(np.float64)
+    data[2, 3, 4] = 1e300  # inf once float32
+    p = save_nifti(data, np.eye(4), tmp_path / "x.nii.gz")
+    with pytest.raises(InputError) as exc:
+        load_image(p)
+    assert "1 NaN/Inf" in _one_line(exc, p)
