@@ -17,12 +17,13 @@ Per volume and mode, each repeat is:
   the first result (``previous=``), on the same array.
 
 It reports the median wall time of each (``predict`` end to end), the medians of the engine's
-own ``timings`` (normalize, inputs, forward, paste, mesh), and the peak resident memory the
-clicks add on top of what the process held before them (``VmHWM`` reset through
-``/proc/self/clear_refs``; the volume, its label map and the model are already counted in the
-baseline). Copies are made before the timer starts. Then, unless ``--no_load``, the median
-time of ``core.io.load_image`` on the first volume saved as .nii.gz, stored as int16 (the
-usual CT file) and as float32.
+own ``timings`` (normalize, inputs, forward, paste, mesh), and the process's resident memory
+right before a first click (the model, the volume, its label map and the fresh copy) and its
+peak during the two clicks (``VmHWM``, reset through ``/proc/self/clear_refs``; the largest
+over the repeats). Copies are made before the timer starts. Then, unless ``--no_load``, the
+median time of ``core.io.load_image`` on the first volume saved as .nii.gz, stored as int16
+(the usual CT file), as int16 with a rescale slope and intercept (as scanners write it) and as
+float32.
 """
 
 from __future__ import annotations
@@ -104,13 +105,13 @@ def clicks(rec, image, label, mode: str, repeats: int) -> dict:
     from core.clicks import PromptSet, first_click, next_click
     from core.io import Volume
 
-    first, second, extra = [], [], []
+    first, second, before, peak = [], [], [], []
     for r in range(repeats):
         k = 1 + r % 5
         gt = label == k
         click = first_click(gt)
         volume = Volume(image.data.copy(), image.affine, image.path)  # a newly opened file
-        base = reset_peak()
+        before.append(reset_peak())
         t = time.perf_counter()
         res = rec.predict(volume, PromptSet((click,)), mode=mode)
         wall = (time.perf_counter() - t) * 1000.0
@@ -121,10 +122,10 @@ def clicks(rec, image, label, mode: str, repeats: int) -> dict:
             res2 = rec.predict(volume, PromptSet((click, fix)), mode=mode, previous=res)
             wall = (time.perf_counter() - t) * 1000.0
             second.append({**res2.timings, "wall": wall})
-        extra.append(peak_mb() - base)
+        peak.append(peak_mb())
         del volume, res, res2
         gc.collect()  # the next baseline holds none of this click's arrays
-    return {"first": first, "second": second, "extra_rss_mb": extra}
+    return {"first": first, "second": second, "rss_before_mb": before, "rss_peak_mb": peak}
 
 
 def _median(rows, key) -> float:
@@ -133,17 +134,24 @@ def _median(rows, key) -> float:
 
 
 def time_loading(image, repeats: int) -> list[dict]:
-    """Median ``load_image`` time of ``image`` saved as int16 and as float32 .nii.gz."""
+    """Median ``load_image`` time of ``image`` saved as .nii.gz: int16, int16 with a rescale
+    slope and intercept (nibabel then scales in float64), float32."""
     import nibabel as nib
 
     from core.io import load_image
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype in (np.int16, np.float32):
-            path = Path(tmp) / f"ct_{np.dtype(dtype).name}.nii.gz"
-            data = np.round(image.data) if dtype is np.int16 else image.data
-            nib.save(nib.Nifti1Image(data.astype(dtype), image.affine), str(path))
+        for stored in ("int16", "int16 rescaled", "float32"):
+            path = Path(tmp) / f"ct_{stored.replace(' ', '_')}.nii.gz"
+            if stored == "float32":
+                img = nib.Nifti1Image(image.data, image.affine)
+            elif stored == "int16":
+                img = nib.Nifti1Image(np.round(image.data).astype(np.int16), image.affine)
+            else:  # as scanners write: unsigned-looking values, slope 1, intercept -1024
+                img = nib.Nifti1Image(np.round(image.data + 1024).astype(np.int16), image.affine)
+                img.header.set_slope_inter(1.0, -1024.0)
+            nib.save(img, str(path))
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()
@@ -152,7 +160,7 @@ def time_loading(image, repeats: int) -> list[dict]:
                 del vol
             out.append(
                 {
-                    "stored": np.dtype(dtype).name,
+                    "stored": stored,
                     "file_mb": path.stat().st_size / 2**20,
                     "median_s": float(np.median(times)),
                     "times_s": times,
@@ -195,7 +203,8 @@ def main(argv=None):
                 "n": len(got["first"]),
                 "n_second": len(got["second"]),
                 **got,
-                "peak_extra_rss_mb": float(max(got["extra_rss_mb"])),
+                "rss_before_mb": float(np.median(got["rss_before_mb"])),
+                "rss_peak_mb": float(max(got["rss_peak_mb"])),
             }
             for which in ("first", "second"):
                 for key in ("wall", "total", *STAGES):
@@ -210,12 +219,12 @@ def main(argv=None):
         f"precision {rec.precision}, {a.repeats} repeats, process peak RSS {peak:.0f} MB\n"
     )
     head = " | ".join(STAGES)
-    print(f"| volume | mode | click | wall ms | {head} | clicks' extra peak RSS MB |")
+    print(f"| volume | mode | click | wall ms | {head} | RSS before / peak during, MB |")
     print("| --- | --- | --- | --- |" + " --- |" * len(STAGES) + " --- |")
     for r in rows:
         for which in ("first", "second"):
             stages = " | ".join(f"{r[f'{which}_{k}_ms']:.0f}" for k in STAGES)
-            rss = f"{r['peak_extra_rss_mb']:.0f}" if which == "first" else ""
+            rss = f"{r['rss_before_mb']:.0f} / {r['rss_peak_mb']:.0f}" if which == "first" else ""
             print(
                 f"| {r['volume']} | {r['mode']} | {which} | {r[f'{which}_wall_ms']:.0f} | "
                 f"{stages} | {rss} |"
