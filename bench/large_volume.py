@@ -20,7 +20,9 @@ It reports the median wall time of each (``predict`` end to end), the medians of
 own ``timings`` (normalize, inputs, forward, paste, mesh), and the process's resident memory
 right before a first click (the model, the volume, its label map and the fresh copy) and its
 peak during the two clicks (``VmHWM``, reset through ``/proc/self/clear_refs``; the largest
-over the repeats). Copies are made before the timer starts. Then, unless ``--no_load``, the
+over the repeats). Copies are made before the timer starts. ``--json`` also records digests
+of every result (mask, slice mask, cube probabilities, mesh): two checkouts' files compare
+their results exactly. Then, unless ``--no_load``, the
 median time of ``core.io.load_image`` on the first volume saved as .nii.gz, stored as int16
 (the usual CT file), as int16 with a rescale slope and intercept (as scanners write it) and as
 float32.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import platform
 import resource
@@ -99,13 +102,24 @@ def peak_mb() -> float:
     return v if v == v else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def digest(res) -> dict:
+    """sha256 prefixes of a result's arrays, to compare two checkouts' results exactly."""
+
+    def h(a):
+        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+    mesh = None if res.mesh is None else h(res.mesh.vertices) + h(res.mesh.faces)
+    out = {"mask": h(res.mask), "slice_mask": h(res.slice_mask), "mesh": mesh}
+    return {**out, "probability": h(res.cube_probability), "voxels": int(res.mask.sum())}
+
+
 def clicks(rec, image, label, mode: str, repeats: int) -> dict:
     """Time ``repeats`` first clicks (each on a fresh copy of the array) and their second
     clicks; see the module docstring."""
     from core.clicks import PromptSet, first_click, next_click
     from core.io import Volume
 
-    first, second, before, peak = [], [], [], []
+    first, second, before, peak, digests = [], [], [], [], []
     for r in range(repeats):
         k = 1 + r % 5
         gt = label == k
@@ -123,9 +137,16 @@ def clicks(rec, image, label, mode: str, repeats: int) -> dict:
             wall = (time.perf_counter() - t) * 1000.0
             second.append({**res2.timings, "wall": wall})
         peak.append(peak_mb())
+        digests += [digest(r) for r in (res, res2) if r is not None]
         del volume, res, res2
         gc.collect()  # the next baseline holds none of this click's arrays
-    return {"first": first, "second": second, "rss_before_mb": before, "rss_peak_mb": peak}
+    return {
+        "first": first,
+        "second": second,
+        "rss_before_mb": before,
+        "rss_peak_mb": peak,
+        "digests": digests,
+    }
 
 
 def _median(rows, key) -> float:

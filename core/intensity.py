@@ -70,7 +70,6 @@ def normalize_intensity(
     """
     x = np.asarray(data, dtype=np.float32)
     if modality == "ct":
-        lo, hi = float(ct_window[0]), float(ct_window[1])
         return _ct_map(x, *_ct_bounds(ct_window))
     if modality in ("mr", "us"):
         lo, hi = (float(v) for v in np.percentile(x, PERCENTILES))
@@ -96,8 +95,8 @@ class WindowedCT:
 
     The CT rule maps every voxel on its own, so a block of the normalised volume is the rule
     applied to that block of ``data``, value for value. The engine reads the cube's block and
-    one slice of a volume; on a 512 x 512 x 600 CT, normalising all of it cost the first click
-    1.4-1.6 s and a 630 MB float32 copy (BENCHMARKS.md, "Large volumes").
+    one slice of a volume; normalising all of a 512 x 512 x 300 / 600 CT cost the first click
+    1.2-1.5 / 1.3-1.9 s and a 300 / 600 MB float32 copy (BENCHMARKS.md, "Clinical-size CT").
 
     It offers what :func:`core.samples.build_inputs` reads: ``shape``, ``ndim``, ``dtype``,
     basic indexing, ``take`` (so ``np.take``), ``min()``; ``np.asarray`` gives the whole
