@@ -295,8 +295,9 @@ def _c_order_float32(data: np.ndarray) -> np.ndarray:
     if data.flags.c_contiguous or data.ndim != 3:
         return np.ascontiguousarray(data.astype(np.float32, copy=False))
     out = np.empty(data.shape, np.float32)
-    for k in range(0, data.shape[2], 8):
-        out[:, :, k : k + 8] = data[:, :, k : k + 8]
+    with np.errstate(over="ignore"):  # beyond float32 becomes Inf: load_image names it
+        for k in range(0, data.shape[2], 8):
+            out[:, :, k : k + 8] = data[:, :, k : k + 8]
     return out
 
 
