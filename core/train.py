@@ -321,10 +321,17 @@ def train(
             "training.output_dir"
         )
     d = _setup_device(cfg.training.device)
+    done = False
     try:
-        return _train(cfg, d, out, progress, should_stop or (lambda: False), resume)
+        result = _train(cfg, d, out, progress, should_stop or (lambda: False), resume)
+        done = True
+        return result
     finally:
         if d.owns_group and dist.is_initialized():
+            # No process tears the group down while another still uses it (gloo once aborted
+            # a finished rank in CI); a failed rank skips the barrier, so nothing hangs.
+            if done:
+                dist.barrier()
             dist.destroy_process_group()
 
 
