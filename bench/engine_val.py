@@ -134,6 +134,29 @@ def prepare(a: argparse.Namespace, out: Path) -> Path | None:
     return headneck_cases(val, data, out)
 
 
+def structures(a: argparse.Namespace, out: Path):
+    """The engine for ``a``'s weights and an iterator over the validation cases' labelled
+    structures: ``(case_id, image, label value, ground truth mask, its first click)``; None
+    when there is nothing to validate on (see :func:`prepare`)."""
+    from core.clicks import first_click
+    from core.datasets import discover
+    from core.engine import Reconstructor
+    from core.io import load_pair
+
+    root = prepare(a, out)
+    if root is None:
+        return None
+
+    def each():
+        for case in discover(str(root)).cases:
+            image, label = load_pair(case.image, case.label)
+            for k in label.present_labels():
+                gt = label.data == k
+                yield case.case_id, image, k, gt, first_click(gt)
+
+    return Reconstructor.from_pretrained(a.checkpoint, a.adapter), each()
+
+
 def print_class_table(per_class: dict, columns, note: str) -> None:
     """A Markdown table of Dice per class (``per_class``: class -> rows of one value per
     column, one row per structure) and the mean of the class means, as ``sam3d eval``

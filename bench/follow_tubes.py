@@ -91,37 +91,30 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "follow_val")
     a = ap.parse_args(argv)
 
-    from core.clicks import PromptSet, first_click
-    from core.datasets import discover
-    from core.engine import Reconstructor
-    from core.io import load_pair
+    from core.clicks import PromptSet
     from core.metrics import dice
 
-    root = engine_val.prepare(a, a.out)
-    if root is None:
+    found = engine_val.structures(a, a.out)
+    if found is None:
         return 0
-    rec = Reconstructor.from_pretrained(a.checkpoint, a.adapter)
+    rec, structures = found
     per_class: dict[int, list] = {}
     clicks: list[int] = []
-    for case in discover(str(root)).cases:
-        image, label = load_pair(case.image, case.label)
+    for case_id, image, k, gt, click in structures:
 
         def predict(click, image=image):
             return rec.predict(image, PromptSet((click,)), mode=a.mode, mesh=False).mask
 
-        for k in label.present_labels():
-            gt = label.data == k
-            click = first_click(gt)
-            plain = predict(click)
-            followed, used = plain, 0
-            if elongated(plain, click.axis, image.spacing, a.ratio):
-                followed, used = follow(
-                    predict, plain, click.axis, back=a.back, steps=a.steps, min_gain=a.min_gain
-                )
-            clicks.append(used)
-            row = [dice(plain, gt), dice(followed, gt)]
-            per_class.setdefault(k, []).append(row)
-            print(case.case_id, k, used, " ".join(f"{x:.3f}" for x in row), flush=True)
+        plain = predict(click)
+        followed, used = plain, 0
+        if elongated(plain, click.axis, image.spacing, a.ratio):
+            followed, used = follow(
+                predict, plain, click.axis, back=a.back, steps=a.steps, min_gain=a.min_gain
+            )
+        clicks.append(used)
+        row = [dice(plain, gt), dice(followed, gt)]
+        per_class.setdefault(k, []).append(row)
+        print(case_id, k, used, " ".join(f"{x:.3f}" for x in row), flush=True)
     engine_val.print_class_table(
         per_class, ("plain Dice@1", "followed"), f"{a.which}, {a.mode}, ratio {a.ratio:g}"
     )

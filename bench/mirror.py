@@ -48,47 +48,45 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "mirror_val")
     a = ap.parse_args(argv)
 
-    from core.clicks import PromptSet, first_click
+    from core.clicks import PromptSet
     from core.cube import paste_block
-    from core.datasets import discover
-    from core.engine import Reconstructor
-    from core.io import Volume, load_pair
+    from core.io import Volume
     from core.metrics import dice
     from core.paste import keep_prompted_components
 
-    root = engine_val.prepare(a, a.out)
-    if root is None:
+    found = engine_val.structures(a, a.out)
+    if found is None:
         return 0
-    rec = Reconstructor.from_pretrained(a.checkpoint, a.adapter)
+    rec, structures = found
 
     def on_volume(res, shape):
         return paste_block(res.cube_probability, res.cube, res.affine, (0, 0, 0), shape)
 
     per_class: dict[int, list] = {}
-    for case in discover(str(root)).cases:
-        image, label = load_pair(case.image, case.label)
+    mirrored = None  # (image, its mirror): made once per case, for all its structures
+    for case_id, image, k, gt, click in structures:
         ax = lr_axis(image.affine)
-        flipped = Volume(np.ascontiguousarray(np.flip(image.data, ax)), image.affine, image.path)
-        for k in label.present_labels():
-            gt = label.data == k
-            click = first_click(gt)
-            prompts = PromptSet((click,))
-            plain = rec.predict(image, prompts, mode=a.mode, mesh=False)
-            mirror = rec.predict(
-                flipped,
-                PromptSet((mirrored_click(click, ax, image.shape[ax]),)),
-                mode=a.mode,
-                mesh=False,
-            )
-            p_mirror = np.flip(on_volume(mirror, image.shape), ax)
-            p_mean = (on_volume(plain, image.shape) + p_mirror) / 2
-            row = [
-                dice(plain.mask, gt),
-                dice(keep_prompted_components(p_mirror > 0.5, prompts), gt),
-                dice(keep_prompted_components(p_mean > 0.5, prompts), gt),
-            ]
-            per_class.setdefault(k, []).append(row)
-            print(case.case_id, k, " ".join(f"{x:.3f}" for x in row), flush=True)
+        if mirrored is None or mirrored[0] is not image:
+            data = np.ascontiguousarray(np.flip(image.data, ax))
+            mirrored = image, Volume(data, image.affine, image.path)
+        flipped = mirrored[1]
+        prompts = PromptSet((click,))
+        plain = rec.predict(image, prompts, mode=a.mode, mesh=False)
+        mirror = rec.predict(
+            flipped,
+            PromptSet((mirrored_click(click, ax, image.shape[ax]),)),
+            mode=a.mode,
+            mesh=False,
+        )
+        p_mirror = np.flip(on_volume(mirror, image.shape), ax)
+        p_mean = (on_volume(plain, image.shape) + p_mirror) / 2
+        row = [
+            dice(plain.mask, gt),
+            dice(keep_prompted_components(p_mirror > 0.5, prompts), gt),
+            dice(keep_prompted_components(p_mean > 0.5, prompts), gt),
+        ]
+        per_class.setdefault(k, []).append(row)
+        print(case_id, k, " ".join(f"{x:.3f}" for x in row), flush=True)
     columns = ("plain Dice@1", "mirrored", "average")
     engine_val.print_class_table(per_class, columns, f"{a.which}, {a.mode}")
     return 0
