@@ -125,7 +125,7 @@ def _resample_axis(
         if not ok.all():
             shape = [1] * x.ndim
             shape[axis] = len(coords)
-            out = np.where(ok.reshape(shape), out, np.asarray(cval, dtype=x.dtype))
+            out = np.where(ok.reshape(shape), out, cval)
         return out
     i0 = np.floor(coords).astype(np.int64)
     w = (coords - i0).astype(np.float32)
@@ -149,6 +149,23 @@ def _axis_aligned(mat: np.ndarray) -> bool:
     return bool(np.allclose(mat, np.diag(np.diag(mat)), atol=1e-9))
 
 
+def _nearest_fill(dtype, cval):
+    """``cval`` as a value of ``dtype``: nearest-neighbour resampling keeps the data's dtype,
+    so a fill it cannot hold exactly (-1 in uint8 data, 0.5 in integers) is a one-line
+    ValueError rather than a wrapped (255) or truncated value."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fc":
+        return dtype.type(cval)
+    with np.errstate(all="ignore"):
+        fill = np.asarray(cval).astype(dtype)
+    if fill.item() != cval:
+        raise ValueError(
+            f"fill value {cval:g} does not fit {dtype} data (nearest-neighbour resampling "
+            "keeps the data's dtype): use a fill the dtype holds, or convert the data first"
+        )
+    return fill[()]
+
+
 def _resample(data, mat, off, out_shape, order, cval, *, gather: bool = True):
     """``out[p] = data[mat @ p + off]`` (order 0 nearest or 1 linear, constant padding).
 
@@ -156,7 +173,12 @@ def _resample(data, mat, off, out_shape, order, cval, *, gather: bool = True):
     separable 1D passes, several times faster than ``ndimage.affine_transform`` and equal to it;
     other maps use ``affine_transform``. ``gather=False`` reads the whole block the cube spans
     instead of the voxels next to its coordinates (the same result; for tests).
+
+    Order 0 keeps the data's dtype, order 1 gives float32; a fill that order 0's dtype cannot
+    hold is a ValueError.
     """
+    if order == 0:
+        cval = _nearest_fill(np.asarray(data[:0, :0, :0]).dtype, cval)
     if _axis_aligned(mat) and order in (0, 1):
         # Read only the block of ``data`` the coordinates reach (with the next voxel for the
         # linear weights): a memory-mapped cache volume is never loaded whole, and the first
@@ -169,8 +191,7 @@ def _resample(data, mat, off, out_shape, order, cval, *, gather: bool = True):
             lo = int(np.clip(np.floor(c.min()), 0, n))
             hi = int(np.clip(np.floor(c.max()) + 2, 0, n))
             if hi <= lo:  # the cube misses the data entirely
-                dtype = np.asarray(data[:0, :0, :0]).dtype if order == 0 else np.float32
-                return np.full(tuple(out_shape), cval, dtype=dtype)
+                return np.full(tuple(out_shape), cval, dtype=np.float32 if order else cval.dtype)
             coords.append(c - lo)
             block.append(slice(lo, hi))
         # Of the block, only the rows, columns and slices next to the coordinates are read
@@ -203,7 +224,8 @@ def sample_into_cube(
 ) -> np.ndarray:
     """Resample a volume (or a label map with ``order=0``) onto the cube grid.
 
-    Voxels of the cube outside the volume get ``cval``.
+    Voxels of the cube outside the volume get ``cval`` (with ``order=0`` a value the data's
+    dtype holds: -1 for uint8 data is a ValueError).
 
     Returns
     -------

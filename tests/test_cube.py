@@ -204,3 +204,33 @@ def test_level_box_holds_every_voxel_above_the_level_and_the_block_is_the_paste(
         assert outside.sum() > 0.5 * outside.size  # the block is small, not the whole grid
         np.testing.assert_allclose(paste_block(prob, cube, aff, lo, hi), full[block], atol=1e-6)
     assert level_box(np.full((32,) * 3, 0.4, np.float32), cube, aff, shape, 0.5) is None
+
+
+@pytest.mark.parametrize(
+    "mat, off",
+    [
+        (np.eye(3), np.array([-2.0, 0.0, 0.0])),  # axis-aligned, partly outside
+        (np.eye(3), np.array([100.0, 0.0, 0.0])),  # misses the data entirely
+        (np.array([[1.0, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), np.array([-2.0, 0, 0])),
+    ],
+    ids=["partly-outside", "outside", "oblique"],
+)
+def test_nearest_resampling_refuses_a_fill_its_dtype_cannot_hold(mat, off):
+    """Order 0 keeps the data's dtype, so a fill of -1 on uint8 data wrapped to 255 (a cube
+    that missed the data), raised numpy's OverflowError (one partly outside) or became 0
+    (an oblique map); now each path says in one line what does not fit."""
+    from core.cube import _resample
+
+    x = (np.arange(8**3).reshape(8, 8, 8) % 5).astype(np.uint8)
+    for dtype, cval in [(np.uint8, -1), (np.uint8, -1.0), (np.uint16, 70000), (np.int16, 0.5)]:
+        with pytest.raises(
+            ValueError, match=f"fill value {cval:g} does not fit .*{np.dtype(dtype)}"
+        ):
+            _resample(x.astype(dtype), mat, off, (8, 8, 8), 0, cval)
+    with pytest.raises(ValueError, match="fill value -1 does not fit bool"):
+        _resample(x > 2, mat, off, (8, 8, 8), 0, -1)
+    # a fill the dtype holds is used as it is, and the dtype is kept
+    for dtype, cval in [(np.uint8, 7), (np.int16, -1), (np.float32, np.nan), (bool, 0)]:
+        got = _resample(x.astype(dtype), mat, off, (8, 8, 8), 0, cval)
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got[0, 0, 0], np.asarray(cval).astype(dtype))
