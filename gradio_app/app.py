@@ -145,9 +145,7 @@ def build_app(
                 slice_img = _picture(
                     "Slice: click the organ", "slice-image", buttons=["fullscreen"]
                 )
-                status = gr.Markdown(
-                    "Load a volume or the synthetic heart to start.", elem_id="status"
-                )
+                status = gr.Markdown(H.START_STATUS, elem_id="status")
             with gr.Column(scale=2, min_width=360):
                 view3d = _scene("3D surface (prediction)", "view-3d", height=360)
                 views = _picture("Mask on three orthogonal slices", "ortho-views")
@@ -227,6 +225,11 @@ def build_app(
 
         @guard
         @one_at_a_time
+        def on_volume_clear(session):
+            return show(*H.unload_volume(session))
+
+        @guard
+        @one_at_a_time
         def on_labels(session, label_path):
             if session is None or session.volume is None:
                 if label_path is None:
@@ -297,6 +300,8 @@ def build_app(
         volume_file.upload(on_volume, [state, volume_file, label_file], full, **model).failure(
             **boxes
         )
+        # the X on the volume box unloads it (and empties the label box: its labels went too)
+        volume_file.clear(on_volume_clear, [state], full, **model).success(**boxes)
         label_file.upload(on_labels, [state, label_file], full, **model).failure(**boxes)
         label_file.clear(on_labels, [state, label_file], full, **model)
         axis.input(

@@ -43,6 +43,7 @@ __all__ = [
     "load_volume",
     "load_labels",
     "load_sample",
+    "unload_volume",
     "upload_boxes",
     "show_slice",
     "set_axis",
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 TOOLS = ("positive", "negative", "box")
+#: What the page says with no volume loaded.
+START_STATUS = "Load a volume or the synthetic heart to start."
 
 # --------------------------------------------------------------------------------------------
 # inputs
@@ -148,6 +151,14 @@ def load_labels(
     gt = _read_labels(label_path, label_name, session.volume)
     session.set_gt(gt, _label_names(gt), file=label_path)
     return session, render(session, status=_loaded_status(session))
+
+
+def unload_volume(session: Session | None) -> tuple[Session | None, View]:
+    """The volume's upload box cleared: the volume, its ground truth and objects go, and the
+    page is back at its start (a click then asks for a volume)."""
+    if session is not None and not session.closed:
+        session.unload()
+    return session, View(status=START_STATUS)
 
 
 def upload_boxes(session: Session | None) -> tuple[str | None, str | None]:

@@ -124,6 +124,14 @@ class Session:
         self.slice_idx = volume.shape[2] // 2
         self.reset_objects()
 
+    def unload(self) -> None:
+        """No volume, ground truth or objects, as a new session (the upload box cleared)."""
+        self.volume, self.name, self.grid, self.volume_file = None, "", None, None
+        self.set_gt(None)
+        self.window = (0.0, 1.0)
+        self.axis, self.slice_idx = 2, 0
+        self.reset_objects()
+
     def set_gt(self, gt, class_names=None, file=None) -> None:
         self.gt, self.class_names, self.gt_meshes = gt, dict(class_names or {}), {}
         self.label_file = None if file is None else os.fspath(file)
@@ -212,7 +220,5 @@ class Session:
     def close(self) -> None:
         """Remove the session's files (idempotent)."""
         self.closed = True
-        self.volume = None
-        self.set_gt(None)
-        self.reset_objects()
+        self.unload()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -112,19 +112,21 @@ def check_uploads(page, session, tmp_path, image, label) -> None:
     page.wait_for_selector("#status :text('heartseg 2')", timeout=30_000)
     bad = tmp_path / "scan.png"
     bad.write_bytes(b"\x89PNG not a volume")
-    page.click("#volume-file button[aria-label='Clear']")  # to pick another file
+    # the X on the volume box unloads the volume and its labels: the page is back at its start
+    page.click("#volume-file button[aria-label='Clear']")
+    page.wait_for_selector("#status :text('Load a volume or the synthetic heart')", timeout=30_000)
+    wait_box(page, "label-file", "heartseg.nii.gz", "detached")
+    assert session.volume is None and session.gt is None and session.current.result is None
     upload(page, "volume-file", bad)
     page.wait_for_selector("text=scan.png: not a NIfTI file", timeout=30_000)
-    wait_box(page, "volume-file", "scan.png", "detached")
-    wait_box(page, "volume-file", "my_ct.nii.gz")  # what is loaded, shown again
-    wait_box(page, "label-file", "heartseg.nii.gz")
+    wait_box(page, "volume-file", "scan.png", "detached")  # nothing is loaded
+    assert session.volume is None
 
     page.click("#load-sample")
     page.wait_for_selector("#status :text('synthetic heart')", timeout=60_000)
-    wait_box(page, "volume-file", "my_ct.nii.gz", "detached")
-    wait_box(page, "label-file", "heartseg.nii.gz", "detached")
-    time.sleep(1.0)  # emptying the label box must not count as the user clearing it
-    assert session.class_name(LV) == "LV" and page.locator("text=Ground truth removed").count() == 0
+    time.sleep(1.0)  # emptying the boxes must not count as the user clearing them
+    assert session.volume is not None and session.class_name(LV) == "LV"
+    assert page.locator("text=Ground truth removed").count() == 0
 
 
 def test_click_the_sample_in_a_browser(tmp_path, caplog):

@@ -204,3 +204,41 @@ def test_undo_pressed_while_a_click_computes_undoes_that_click(sample, engine):
     finally:
         release.set()
         close_app(demo)
+
+
+def test_clearing_the_volume_box_unloads_the_volume(tmp_path, engine):
+    """The X on the volume upload box left the volume (and its objects) loaded: the page no
+    longer showed it, yet a click still reconstructed on it. Now clearing the box unloads the
+    volume, its ground truth and objects; the page is back to its start; a click says to load
+    a volume first. The page wires the box's clear event to it."""
+    from core.errors import InputError
+    from core.io import save_image, save_label
+    from core.synthetic import make_heart_phantom
+    from gradio_app.app import build_app, close_app
+
+    image, label = make_heart_phantom(5)
+    vol = str(save_image(image, tmp_path / "ct.nii.gz"))
+    lab = str(save_label(label, tmp_path / "ct-seg.nii.gz"))
+    session, _ = H.load_volume(None, vol, lab, root=tmp_path)
+    demo = build_app(engine)
+    try:
+        x, y = lv_pixel(session)[1]
+        session, _ = H.click(session, engine, x, y)
+        assert session.current.result is not None
+        (volume_box,) = [b for b in demo.blocks.values() if b.elem_id == "volume-file"]
+        (on_clear,) = [
+            f.fn for f in demo.fns.values() if (volume_box._id, "clear") in list(f.targets)
+        ]
+        out = on_clear(session)
+        assert out[0] is session and session.volume is None and session.gt is None
+        assert session.current.result is None and H.upload_boxes(session) == (None, None)
+        slice_img, status, gt_panel, downloads = out[1], out[6], out[7], out[12]
+        assert slice_img is None and downloads is None and not gt_panel.visible
+        assert "Load a volume or the synthetic heart" in status
+        with pytest.raises(InputError, match="load a NIfTI volume or the synthetic sample"):
+            H.click(session, engine, x, y)
+        with pytest.raises(InputError, match="load a NIfTI volume or the synthetic sample"):
+            H.undo(session)
+    finally:
+        session.close()
+        close_app(demo)
