@@ -106,12 +106,13 @@ def load_volume(
     session = session if session is not None and not session.closed else Session(root)
     session.set_volume(volume, name, grid, file=volume_path)
     if gt is not None:
-        session.set_gt(gt, _label_names(gt), file=label_path)
+        session.set_gt(*gt, file=label_path)
     return session, render(session, status=_loaded_status(session))
 
 
 def _read_labels(label_path, label_name: str | None, volume):
-    """The label map, checked against ``volume`` (same grid, some foreground)."""
+    """The label map, checked against ``volume`` (same grid, some foreground), with its
+    classes' names and its classes (one pass over its values for both)."""
     from core.io import LabelVolume, check_same_grid, load_label
 
     name = _file_name(label_path, label_name)
@@ -121,19 +122,19 @@ def _read_labels(label_path, label_name: str | None, volume):
         raise _named(exc, name) from None
     lab = LabelVolume(lab.data, lab.affine, name)
     check_same_grid(volume, lab)  # names both files on a shape or affine mismatch
-    if not lab.data.any():
+    values = [int(v) for v in np.unique(lab.data) if v]
+    if not values:
         raise InputError(name, "label map is empty (no foreground voxels)")
-    return lab
+    return lab, _label_names(name, values), values
 
 
-def _label_names(labels) -> dict[int, str]:
-    """Names for the classes of an uploaded label map, after its file as the user named it
-    (``labels.path``, without .nii/.nii.gz): "liver" for the one class of liver.nii.gz, and
+def _label_names(name: str, values: list[int]) -> dict[int, str]:
+    """Names for the classes ``values`` of an uploaded label map, after its file as the user
+    named it (``name``, without .nii/.nii.gz): "liver" for the one class of liver.nii.gz, and
     "seg 1", "seg 2" for the classes 1 and 2 of seg.nii.gz (the values tell them apart)."""
     from core.io import strip_nifti_suffix
 
-    stem = strip_nifti_suffix(labels.path) or labels.path
-    values = [int(v) for v in np.unique(labels.data) if v]
+    stem = strip_nifti_suffix(name) or name
     if len(values) == 1:
         return {values[0]: stem}
     return {v: f"{stem} {v}" for v in values}
@@ -148,8 +149,7 @@ def load_labels(
     if label_path is None:
         session.set_gt(None)
         return session, render(session, status="Ground truth removed.")
-    gt = _read_labels(label_path, label_name, session.volume)
-    session.set_gt(gt, _label_names(gt), file=label_path)
+    session.set_gt(*_read_labels(label_path, label_name, session.volume), file=label_path)
     return session, render(session, status=_loaded_status(session))
 
 
@@ -196,8 +196,7 @@ def _loaded_status(s: Session) -> str:
     sp = " x ".join(f"{x:.3g}" for x in v.spacing)
     text = f"Loaded **{md_escape(s.name)}**: {v.shape[0]} x {v.shape[1]} x {v.shape[2]} voxels of {sp} mm."
     if s.gt is not None:
-        labels = np.unique(s.gt.data)
-        names = ", ".join(md_escape(s.class_name(int(k))) for k in labels if k)
+        names = ", ".join(md_escape(s.class_name(k)) for k in s.gt_classes)
         text += f" Ground truth: {names}."
     return text
 

@@ -98,6 +98,7 @@ class Session:
         self.volume_file: str | None = None
         self.label_file: str | None = None
         self.gt: LabelVolume | None = None
+        self.gt_classes: list[int] = []  # its non-zero values, sorted
         self.class_names: dict[int, str] = {}
         self.gt_meshes: dict = {}  # ground-truth class -> core.mesh.Mesh, made once
         self.window = (0.0, 1.0)
@@ -132,8 +133,13 @@ class Session:
         self.axis, self.slice_idx = 2, 0
         self.reset_objects()
 
-    def set_gt(self, gt, class_names=None, file=None) -> None:
+    def set_gt(self, gt, class_names=None, classes=None, file=None) -> None:
+        """The ground truth, its classes' names, and its classes (the non-zero values, when
+        the caller has them: each scan is a pass over the whole map)."""
         self.gt, self.class_names, self.gt_meshes = gt, dict(class_names or {}), {}
+        if gt is not None and classes is None:
+            classes = [int(v) for v in np.unique(gt.data) if v]
+        self.gt_classes = list(classes or [])
         self.label_file = None if file is None else os.fspath(file)
 
     def reset_objects(self) -> None:

@@ -242,3 +242,33 @@ def test_clearing_the_volume_box_unloads_the_volume(tmp_path, engine):
     finally:
         session.close()
         close_app(demo)
+
+
+def test_an_uploaded_label_map_is_scanned_for_its_classes_once(tmp_path):
+    """Loading labels ran np.unique over the whole map twice (the class names, then the
+    status); now once, with the same classes, names and status."""
+    from unittest import mock
+
+    from core.io import LabelVolume, save_image, save_label
+    from core.synthetic import make_heart_phantom
+
+    image, label = make_heart_phantom(5)
+    data = label.data.copy()
+    data[data == 3] = 0  # a gap in the values: classes 1, 2, 4, 5
+    vol = save_image(image, tmp_path / "ct.nii.gz")
+    lab = save_label(LabelVolume(data, label.affine), tmp_path / "heart-seg.nii.gz")
+    names = {k: f"heart-seg {k}" for k in (1, 2, 4, 5)}
+    status = "Ground truth: " + ", ".join(names.values()) + "."
+    unique = np.unique
+    with mock.patch("numpy.unique", wraps=unique) as spy:
+        session, view = H.load_volume(None, vol, lab, root=tmp_path)
+        on_load = [c for c in spy.call_args_list if np.shape(c.args[0]) == data.shape]
+        spy.reset_mock()
+        session, again = H.load_labels(session, lab)
+        on_labels = [c for c in spy.call_args_list if np.shape(c.args[0]) == data.shape]
+    try:
+        assert len(on_load) == 1 and len(on_labels) == 1
+        assert session.class_names == names
+        assert view.status.endswith(status) and again.status.endswith(status)
+    finally:
+        session.close()
