@@ -579,3 +579,30 @@ def test_old_step_folders_are_pruned(tmp_path):
         s.step_dir()
     assert len(list(s.dir.iterdir())) == 3
     s.close()
+
+
+def test_download_names_are_clean_and_one_per_object(sample, engine):
+    """Download names took the volume's name with every other character as "_", so the
+    sample's came out "synthetic_heart__seed_N_mask.nii.gz" and "my  scan.nii.gz" gave
+    "my__scan_mask.nii.gz" (a name cut at 60 characters could end in "_" too). Now the parts
+    are joined by single underscores, with none at either end, and each object has its own."""
+    session, view = sample
+    x, y = lv_pixel(session)[1]
+    session, _ = H.click(session, engine, x, y)
+    session, _ = H.new_object(session)
+    session, view = H.click(session, engine, *organ_pixel(session, RV)[1])
+    seed_name = Path(view.downloads[0]).name
+    assert seed_name.startswith("synthetic_heart_seed_") and seed_name.endswith("_mask.nii.gz")
+    for name, stem in [
+        ("my  scan_.nii.gz", "my_scan"),
+        ("__x (1)__.nii", "x_1"),
+        ("", "volume"),
+        ("___.nii.gz", "volume"),
+        ("a" * 59 + " b.nii.gz", "a" * 59),
+    ]:
+        session.name = name
+        files = [Path(p).name for p in H.render(session).downloads]
+        assert files == [
+            f"{stem}_mask.nii.gz",
+            *(f"{stem}_object{k}{ext}" for k in (1, 2) for ext in (".glb", ".ply")),
+        ], name
