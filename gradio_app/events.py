@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.errors import InputError
-from gradio_app.session import Session
+from gradio_app.session import Session, SessionClosed
 
 __all__ = ["AppFiles", "close_session", "guard", "one_at_a_time"]
 
@@ -81,8 +81,10 @@ def guard(fn):
     """Turn the handlers' one-line errors into gr.Error; never show a stack trace.
 
     A tab closed while its request runs (gradio then ends the session: ``on_unload``) makes
-    the handler fail on the closed session; nobody is left to answer, so that is one line of
-    the log at info level, not an error with its traceback.
+    the handler stop on the closed session (:class:`~gradio_app.session.SessionClosed`);
+    nobody is left to answer, so that is one line of the log at info level. Any other error
+    is logged with its traceback, also when the tab has closed meanwhile (the model failing
+    is a real error whether or not anyone still waits for it).
     """
 
     @functools.wraps(fn)
@@ -91,18 +93,16 @@ def guard(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except SessionClosed as exc:
+            log.info("%s: the tab closed while it ran; dropped (%s)", fn.__name__, exc)
+            raise gr.Error("This page was closed.", print_exception=False) from None
         except (InputError, ValueError) as exc:
             raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None
-        except Exception as exc:
-            if args and isinstance(args[0], Session) and args[0].closed:
-                log.info(
-                    "%s: the tab closed while it ran; dropped (%s: %s)",
-                    fn.__name__,
-                    type(exc).__name__,
-                    " ".join(str(exc).split()),
-                )
-                raise gr.Error("This page was closed.", print_exception=False) from None
-            log.exception("unexpected error in %s", fn.__name__)
+        except Exception:
+            closed = args and isinstance(args[0], Session) and args[0].closed
+            log.exception(
+                "unexpected error in %s%s", fn.__name__, " (its tab had closed)" if closed else ""
+            )
             raise gr.Error(
                 "Internal error while handling this request (details are in the server log).",
                 print_exception=False,

@@ -7,6 +7,7 @@ ground truth vs prediction pictures.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from gradio_app.render import (
     render_slice,
     save_scene_glb,
 )
-from gradio_app.session import Session
+from gradio_app.session import Session, SessionClosed
 
 __all__ = ["METRIC_COLUMNS", "View", "render", "slice_view", "slice_picture", "md_escape"]
 
@@ -132,8 +133,24 @@ def render(
 ) -> View:
     """Everything the page shows for the session's current state.
 
-    ``files`` False skips the 3D scenes and downloads (slice changes only).
+    ``files`` False skips the 3D scenes and downloads (slice changes only). A session that
+    closes meanwhile (its tab closed; its state and folder go) raises :class:`SessionClosed`,
+    and what was written after its folder went is removed again.
     """
+    try:
+        view = _draw(s, status, started, redone, files)
+        if not s.closed:
+            return view
+        cause = None
+    except Exception as exc:
+        if not s.closed:
+            raise
+        cause = exc
+    shutil.rmtree(s.dir, ignore_errors=True)  # the writes made the removed folder again
+    raise SessionClosed("the session closed while the page was drawn") from cause
+
+
+def _draw(s: Session, status, started, redone: int, files: bool) -> View:
     v = s.volume
     view = View(
         slice_image=slice_picture(s),

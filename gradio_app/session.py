@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from core.io import LabelVolume, Volume
     from core.source_grid import SourceGrid
 
-__all__ = ["Settings", "ObjectState", "Session"]
+__all__ = ["Settings", "ObjectState", "Session", "SessionClosed"]
 
 #: Undo steps kept per object (each holds a full-size mask).
 HISTORY = 20
@@ -35,6 +35,11 @@ HISTORY = 20
 CLEARS = 5
 #: Output folders kept per session (older ones are deleted: gradio has its own copies).
 KEEP_STEPS = 3
+
+
+class SessionClosed(RuntimeError):
+    """The session's tab closed while a request worked on it (its volume and files are gone):
+    nobody is left to answer, so the web page logs this as one quiet line."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class Session:
     def __init__(self, root: str | Path | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="session-", dir=root))
         self.session_hash: str | None = None
-        self.volume: Volume | None = None
+        self._volume: Volume | None = None
         self.name = ""
         self.grid: SourceGrid | None = None  # the uploaded file's own grid (None for the sample)
         # the server paths of the uploads loaded (None for the sample), for the upload boxes
@@ -113,6 +118,18 @@ class Session:
         self.lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------
+
+    @property
+    def volume(self) -> Volume | None:
+        """The loaded volume (None before one is); :class:`SessionClosed` once the session
+        closed, so a request still running on it stops there, as the closed-tab case."""
+        if self.closed:
+            raise SessionClosed("the session is closed (its tab closed)")
+        return self._volume
+
+    @volume.setter
+    def volume(self, value: Volume | None) -> None:
+        self._volume = value
 
     def set_volume(self, volume: Volume, name: str, grid=None, file=None) -> None:
         from gradio_app.render import intensity_window
@@ -215,7 +232,7 @@ class Session:
     def step_dir(self) -> Path:
         """A fresh folder for this update's files; old ones are pruned."""
         if self.closed:
-            raise RuntimeError("session is closed")
+            raise SessionClosed("the session is closed (its tab closed)")
         d = self.dir / f"step-{next(self._steps):05d}"
         d.mkdir(parents=True)
         steps = sorted(p for p in self.dir.iterdir() if p.name.startswith("step-"))

@@ -272,3 +272,58 @@ def test_an_uploaded_label_map_is_scanned_for_its_classes_once(tmp_path):
         assert view.status.endswith(status) and again.status.endswith(status)
     finally:
         session.close()
+
+
+def test_a_real_error_after_the_tab_closed_is_logged_with_its_traceback(sample, engine, caplog):
+    """Every error of a request whose tab had closed was one info line, a real one (the model
+    failing) too: its traceback was lost. Now only the failures the closing causes are quiet;
+    any other error is logged as an error with its traceback."""
+    import logging
+
+    import gradio as gr
+
+    from gradio_app.events import guard
+
+    session, _ = sample
+
+    class FailsAfterClosing(Spy):
+        def predict(self, volume, prompts, **kw):
+            session.close()  # the tab closes while the model runs, and the model fails
+            raise RuntimeError("the model failed")
+
+    caplog.set_level(logging.INFO, logger="gradio_app")
+    with pytest.raises(gr.Error):
+        guard(H.click)(session, FailsAfterClosing(engine), *lv_pixel(session)[1])
+    (record,) = [r for r in caplog.records if r.name == "gradio_app"]
+    assert record.levelno >= logging.WARNING and record.exc_info is not None
+    assert "the model failed" in str(record.exc_info[1]) and "click" in record.getMessage()
+
+
+def test_a_tab_closed_while_the_page_is_drawn_is_quiet_and_leaves_no_files(
+    sample, engine, caplog, monkeypatch
+):
+    """A tab closed after the model ran, while the page's files were written: the writes
+    made the removed session folder again and left the files behind, and the request
+    "succeeded". Now it is the closed-tab case: one info line, no files."""
+    import logging
+
+    import gradio as gr
+
+    from gradio_app import page
+    from gradio_app.events import guard
+
+    session, _ = sample
+    draw = page.save_scene_glb
+
+    def closing(*args, **kwargs):
+        session.close()
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(page, "save_scene_glb", closing)
+    caplog.set_level(logging.INFO, logger="gradio_app")
+    with pytest.raises(gr.Error, match="closed"):
+        guard(H.click)(session, engine, *lv_pixel(session)[1])
+    (record,) = [r for r in caplog.records if r.name == "gradio_app"]
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert "the tab closed while it ran" in record.getMessage()
+    assert not session.dir.exists()
