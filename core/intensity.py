@@ -30,8 +30,14 @@ MODALITIES = ("ct", "mr", "us")
 DEFAULT_CT_WINDOW = (-1000.0, 2000.0)
 PERCENTILES = (0.5, 99.5)
 PERCENTILE_TOP = 0.5  # where the upper percentile lands (CT tissue's range in the default window)
-# A CT in Hounsfield units holds air (-1000) or at least fat (about -100) somewhere.
+# A CT in Hounsfield units holds air (-1000) or at least fat (about -100) somewhere...
 _CT_LOWEST_HU = -100.0
+# ...unless it is a crop inside the body: soft tissue (about 30-80 HU) and the scanner's
+# noise, which reaches below water's 0 HU, with nothing as bright as bone. Values from at most
+# -20 up to somewhere in 30..400 count as such a crop; magnitude MR, 8-bit images and raw
+# scanner values are never below zero, a z-score or 0..1 scale spans a few units, and an MR
+# resampled below zero at its edges runs far above 400 (the abdominal MR example: -47..833).
+_SOFT_TISSUE_HU = (-20.0, 30.0, 400.0)
 
 
 def intensity_rule(modality: str, ct_window=DEFAULT_CT_WINDOW) -> str:
@@ -152,7 +158,8 @@ def intensity_warning(
     """A one-line warning when the values do not look like ``modality`` (None when they do).
 
     Only CT has units to check: a CT in Hounsfield units holds air or fat (below -100 HU)
-    somewhere, and most of it inside the window. An 8-bit export (0..255) or raw scanner
+    somewhere, or is a crop inside the body (soft tissue and noise: from -20 HU or below up
+    to 30..400 HU), and most of it lies inside the window. An 8-bit export (0..255) or raw scanner
     values opened as CT squeeze into a sliver of the window (an 8-bit heart: Dice 0.51-0.79
     where its HU gave 0.86-0.94) or saturate it. Choosing MR or US, which scale by
     percentiles, fixes both in every front end; from Python a ``ct_window`` that fits the
@@ -168,7 +175,9 @@ def intensity_warning(
     bottom, top = (float(v) for v in ct_window)
     # a window that starts at or above the lowest value was fitted to values without air
     # (e.g. (0, 255) for an 8-bit export): nothing to warn of
-    if lo >= _CT_LOWEST_HU and lo > bottom:
+    below, tissue, bone = _SOFT_TISSUE_HU
+    soft_tissue = lo <= below and tissue <= hi <= bone
+    if lo >= _CT_LOWEST_HU and lo > bottom and not soft_tissue:
         return (
             f"values {lo:g}..{hi:g} do not look like CT in Hounsfield units (no air or fat "
             f"below {_CT_LOWEST_HU:g}): choose the MR or US modality, which scale by "

@@ -96,6 +96,75 @@ def test_eight_bit_or_raw_values_opened_as_ct_are_flagged():
     assert intensity_warning(np.clip(hu, -120, None), "ct") is None
 
 
+def _soft_tissue_crop(seed: int = 0) -> np.ndarray:
+    """A crop inside a CT's body in HU, with no air, fat or bone: muscle (50 HU) holding an
+    organ (60), a cyst (10) and a contrast-filled vessel (180), with the scanner's noise."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    i, j, k = np.mgrid[:40, :44, :36]
+    hu = np.full((40, 44, 36), 50.0)
+    hu[(i - 20) ** 2 + (j - 24) ** 2 + (k - 18) ** 2 < 12**2] = 60.0
+    hu[(i - 8) ** 2 + (j - 10) ** 2 + (k - 9) ** 2 < 5**2] = 10.0
+    hu[(i - 30) ** 2 + (j - 34) ** 2 < 3**2] = 180.0
+    hu = ndimage.gaussian_filter(hu, 0.7) + rng.normal(0, 15, hu.shape)
+    return hu.astype(np.float32)
+
+
+def test_a_soft_tissue_crop_in_hu_is_not_flagged_but_other_units_are():
+    """A CT cropped inside the body (no air, fat or bone) was flagged as "not Hounsfield
+    units" for having nothing below -100 HU. Its values (noise under water's 0 HU, tissue
+    above 30, nothing near bone) now count as HU; an MR in any scale, an 8-bit image or a
+    z-score is still flagged."""
+    hu = _soft_tissue_crop()
+    lo, hi = float(hu.min()), float(hu.max())
+    assert -100 < lo <= -20 and 30 <= hi <= 400  # what such a crop holds
+    assert intensity_warning(hu, "ct") is None
+    assert intensity_warning(np.round(hu).astype(np.int16), "ct") is None
+    unit = (hu - lo) / (hi - lo)
+    for what, data in [
+        ("MR 0..1000", unit * 1000),
+        ("MR 0..1", unit),
+        ("8-bit", (unit * 255).astype(np.uint8)),
+        ("MR -47..833 (resampled: below zero at its edges)", unit * 880 - 47),
+        ("8-bit resampled with overshoot", unit * 270 - 8),
+        ("z-score", (hu - hu.mean()) / hu.std()),
+        ("raw scanner values", hu + 1024),
+    ]:
+        assert intensity_warning(data, "ct") is not None, what
+
+
+@pytest.mark.realdata
+def test_real_soft_tissue_crops_are_not_flagged_and_the_real_mr_is():
+    """Crops inside organs and muscles of the abdominal CT example (no fat or bone in them),
+    against the abdominal MR example, whole and cropped the same way."""
+    from scipy import ndimage
+
+    from core.io import load_pair
+
+    root = shared_dataset("totalseg_examples")
+    names = json.loads((root / "label_names.json").read_text())
+
+    def crops(case, wanted):
+        img, lab = load_pair(root / f"volumes/{case}.nii.gz", root / f"labels/{case}.nii.gz")
+        ids = {v: int(k) for k, v in names[case].items()}
+        for name in wanted:
+            organ = lab.data == ids[name]
+            depth = ndimage.distance_transform_edt(organ)
+            c, r = np.unravel_index(depth.argmax(), organ.shape), int(depth.max() * 0.6)
+            yield name, img.data[tuple(slice(max(x - r, 0), x + r + 1) for x in c)]
+        yield "whole", img.data
+
+    ct = ["urinary_bladder", "gluteus_maximus_right", "iliopsoas_left", "autochthon_left"]
+    for name, crop in crops("ts_ct_abdomen", ct):
+        if name != "whole":
+            assert crop.min() > -100 and crop.max() < 400, name  # inside soft tissue
+        assert intensity_warning(crop, "ct") is None, name
+    mr = ["liver", "spleen", "kidney_left", "kidney_right", "stomach"]
+    for name, crop in crops("ts_mr_abdomen", mr):
+        assert intensity_warning(crop, "ct") is not None, name
+
+
 def test_the_engine_reports_the_warning_and_mr_scaling_recovers_an_eight_bit_ct(base):
     """Before percentiles into the CT range, MR on an 8-bit heart gave Dice 0.25-0.45 (a
     z-score the base never saw) and CT gave 0.51-0.75 with no word of why."""
