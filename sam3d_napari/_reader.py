@@ -37,9 +37,14 @@ _LABEL_FOLDERS = frozenset(
     "masks mask gt ground_truth groundtruth".split()
 )
 #: A label map is made of regions: most of its foreground voxels hold the value of their
-#: neighbour (about 0.85 on TotalSegmentator's maps). An 8-bit image has as few distinct
-#: values, but its grey values vary from voxel to voxel (under 0.2 on 8-bit MR and CT).
+#: neighbour (about 0.85 on TotalSegmentator's maps), and many do along a second axis too
+#: (0.45 and more on OpenKBP's thin organs; a map drawn on every few slices is regions
+#: within each slice only, 0 across them). An 8-bit image has as few distinct values, but its
+#: grey values vary from voxel to voxel (under 0.2 on 8-bit MR and CT, up to 0.5 where a
+#: narrow window saturates bone), along every axis but one at most (slices repeated to fill
+#: a coarse axis: about 0.7 along it).
 MIN_SAME_AS_NEXT = 0.5
+MIN_SAME_AS_NEXT_SECOND = 0.35
 
 
 def napari_get_reader(path):
@@ -136,21 +141,38 @@ def _looks_like_labels(data: np.ndarray, path: Path, disk_dtype) -> bool:
     coarse = data[::4, ::4, ::4]  # cheap rejection of CT images stored as int16
     if coarse.min() < 0 or np.unique(coarse).size > limit:
         return False
-    if not hinted and _same_as_next(data) < MIN_SAME_AS_NEXT:
+    if not hinted and not _made_of_regions(data):
         return False
     if data.min() < 0 or data.max() >= 2**31 or not np.array_equal(data, np.rint(data)):
         return False
     return int(np.count_nonzero(np.bincount(data.astype(np.int64).ravel()))) <= limit
 
 
-def _same_as_next(data: np.ndarray) -> float:
-    """The share of foreground voxels (of every fourth row) equal to the next voxel along the
-    last axis."""
-    rows = data[::4, ::4, :]
-    a, b = rows[..., :-1], rows[..., 1:]
-    fg = (a != 0) | (b != 0)
-    n = np.count_nonzero(fg)
-    return 1.0 if n == 0 else np.count_nonzero((a == b) & fg) / n
+def _made_of_regions(data: np.ndarray) -> bool:
+    """Whether the foreground is made of regions of one value: along one axis at least
+    :data:`MIN_SAME_AS_NEXT` of its voxels equal their next, and along another at least
+    :data:`MIN_SAME_AS_NEXT_SECOND`. Not the last axis alone: a map drawn on every few axial
+    slices (one voxel thick along it) opened as an image, and an 8-bit image with its slices
+    repeated along it, or of one slice, as labels."""
+    shares = sorted(_same_as_next(data), reverse=True)
+    if not shares:  # no foreground pairs to judge by
+        return True
+    second = shares[1] if len(shares) > 1 else shares[0]
+    return shares[0] >= MIN_SAME_AS_NEXT and second >= MIN_SAME_AS_NEXT_SECOND
+
+
+def _same_as_next(data: np.ndarray) -> list[float]:
+    """Per axis with foreground pairs, the share of foreground voxels (of every fourth row
+    along it) equal to the next voxel along it."""
+    shares = []
+    for axis in range(3):
+        rows = np.moveaxis(data, axis, -1)[::4, ::4, :]
+        a, b = rows[..., :-1], rows[..., 1:]
+        fg = (a != 0) | (b != 0)
+        n = np.count_nonzero(fg)
+        if n:
+            shares.append(np.count_nonzero((a == b) & fg) / n)
+    return shares
 
 
 def _metadata(vol, kind: str, source_affine, extra: dict) -> dict:

@@ -161,6 +161,57 @@ def test_an_eight_bit_image_opens_as_an_image_and_an_unnamed_label_map_as_labels
     np.testing.assert_array_equal(np.asarray(image.data), u8)
 
 
+def _eight_bit_ultrasound(shape=(96, 80, 24), seed=0) -> np.ndarray:
+    """An 8-bit ultrasound volume: speckle in a fan-shaped sector, zero outside it."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    speckle = rng.rayleigh(1.0, shape) * (1 + 0.5 * ndimage.gaussian_filter(rng.random(shape), 6))
+    us = ndimage.gaussian_filter(speckle, (1.2, 0.8, 0.6))
+    i, j, _ = np.indices(shape)
+    sector = np.abs(j - shape[1] // 2) < 0.45 * i + 2
+    return (np.clip(us / np.percentile(us, 99.5), 0, 1) * 255).astype(np.uint8) * sector
+
+
+def test_a_label_map_drawn_on_some_slices_opens_as_labels_and_8_bit_ultrasound_as_an_image(
+    make_napari_viewer, tmp_path
+):
+    """The reader told a plain-named uint8 label map from an 8-bit image by its values
+    repeating along the last axis only: a map drawn on every sixth axial slice (one voxel
+    thick along it) opened as an image, and an 8-bit ultrasound whose slices were repeated
+    along it (a coarse axis filled in), or a one-slice 8-bit picture, as labels. Now the
+    regions count along two axes; an 8-bit ultrasound volume opens as an image either way."""
+    from core.synthetic import make_heart_phantom
+
+    _, heart = make_heart_phantom(4)
+    drawn = np.zeros_like(heart.data)
+    drawn[:, :, 20:50:6] = heart.data[:, :, 20:50:6]
+    us = _eight_bit_ultrasound()
+    a = np.diag([0.5, 0.5, 1.0, 1.0])
+    files = {
+        "drawn": save_nifti(drawn, heart.affine, tmp_path / "data" / "case01_lv.nii.gz"),
+        "one slice drawn": save_nifti(
+            heart.data[:, :, 32:33], heart.affine, tmp_path / "data" / "case02_lv.nii.gz"
+        ),
+        "ultrasound": save_nifti(us, a, tmp_path / "data" / "us01.nii.gz"),
+        "repeated slices": save_nifti(
+            np.repeat(us, 3, axis=2),
+            a @ np.diag([1, 1, 1 / 3, 1]),
+            tmp_path / "data" / "us02.nii.gz",
+        ),
+        "one slice": save_nifti(us[:, :, 12:13], a, tmp_path / "data" / "us03.nii.gz"),
+    }
+    viewer = make_napari_viewer()
+    kinds = {k: type(viewer.open(p, plugin=PLUGIN)[0]).__name__ for k, p in files.items()}
+    assert kinds == {
+        "drawn": "Labels",
+        "one slice drawn": "Labels",
+        "ultrasound": "Image",
+        "repeated slices": "Image",
+        "one slice": "Image",
+    }
+
+
 def test_labels_round_trip_keeps_data_and_affine_exactly(
     make_napari_viewer, oblique_pair, tmp_path
 ):
