@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +33,11 @@ __all__ = [
 
 
 def safe_name(text: str) -> str:
-    """``text`` as a file name part: every character other than a letter, a digit, ``-`` or
-    ``_`` becomes ``_`` (no path separators, no spaces)."""
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(text))
+    """``text`` as a file name part: its letters, digits and ``-``, every other run of
+    characters as one ``_`` and none at either end (no path separators, no spaces):
+    "left kidney (2)" gives "left_kidney_2", "a__b" "a_b", "  " "" (callers fall back)."""
+    kept = "".join(ch if ch.isalnum() or ch == "-" else "_" for ch in str(text))
+    return re.sub("_+", "_", kept).strip("_")
 
 
 def make_output_dir(path: str | os.PathLike) -> Path:

@@ -274,13 +274,10 @@ def _safe_stem(name: str) -> str:
     """The volume's name as the downloads' stem: its letters, digits and ``-``, the rest as
     single underscores, none at either end ("my scan (2).nii.gz": "my_scan_2"); at most 60
     characters; "volume" when nothing is left."""
-    import re
-
     from core.atomic import safe_name
     from core.io import strip_nifti_suffix
 
-    keep = re.sub("_+", "_", safe_name(strip_nifti_suffix(name) or name)).strip("_")
-    return keep[:60].rstrip("_") or "volume"
+    return safe_name(strip_nifti_suffix(name) or name)[:60].rstrip("_") or "volume"
 
 
 def _ground_truth_outputs(s: Session, done, out: Path):

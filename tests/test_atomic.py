@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from core.atomic import json_text, make_output_dir, write_json
+from core.atomic import json_text, make_output_dir, safe_name, write_json
 from core.errors import InputError
 
 
@@ -52,3 +52,21 @@ def test_make_output_dir_creates_folders_and_names_a_file_in_the_way(tmp_path):
     with pytest.raises(InputError, match=f"^{re.escape(blocked)}$"):
         make_output_dir(taken / "sub")
     assert taken.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("left kidney (2)", "left_kidney_2"),
+        ("spleen ", "spleen"),
+        ("a__b", "a_b"),
+        ("../etc/passwd", "etc_passwd"),
+        ("Parotid_L", "Parotid_L"),
+        ("C-spine", "C-spine"),
+        ("  ", ""),
+    ],
+)
+def test_safe_name_gives_clean_file_name_parts(text, expected):
+    """Organ and case names become file name parts without separators, spaces, doubled or
+    edge underscores (napari's mesh files were 'organs_2_spleen_.ply' for 'spleen ')."""
+    assert safe_name(text) == expected

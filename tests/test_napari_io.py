@@ -346,6 +346,13 @@ def test_labels_as_meshes_take_any_names_and_no_wide_copy(tmp_path):
         str(tmp_path / "o.glb"), lab, {"metadata": {"label_names": names}}
     )
     assert sorted(trimesh.load(path, force="scene").geometry) == ["2_spleen", "class_1"]
+    # names with spaces at the end or inside give clean file names, as the web's downloads
+    paths = write_labels_meshes(
+        str(tmp_path / "o.ply"),
+        lab,
+        {"metadata": {"label_names": {1: "left  kidney", 2: "spleen "}}},
+    )
+    assert sorted(os.path.basename(p) for p in paths) == ["o_1_left_kidney.ply", "o_2_spleen.ply"]
     (path,) = write_labels_meshes(str(tmp_path / "b.glb"), lab == 1, {})
     assert sorted(trimesh.load(path, force="scene").geometry) == ["class_1"]
 
