@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CommitReport", "commit_mask", "next_free_class"]
+__all__ = ["CommitReport", "commit_block", "commit_mask", "fits", "next_free_class"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,65 @@ class CommitReport:
         return msg
 
 
+def fits(data: np.ndarray, class_id: int) -> bool:
+    """``data`` can hold ``class_id`` as it is (not a bool map, nor an integer one too narrow)."""
+    if data.dtype == np.bool_:
+        return False
+    return not (np.issubdtype(data.dtype, np.integer) and class_id > np.iinfo(data.dtype).max)
+
+
+def _count(data: np.ndarray, value: int) -> int:
+    """Voxels equal to ``value``, a few MB at a time: a map-sized temporary costs more in
+    fresh memory (page faults) than the comparison itself."""
+    if data.ndim == 0 or data.size == 0:
+        return int(np.count_nonzero(data == value))
+    step = max(1, (4 << 20) // max(1, data[0].size))
+    return sum(
+        int(np.count_nonzero(data[i : i + step] == value)) for i in range(0, len(data), step)
+    )
+
+
+def commit_block(labels, mask, class_id: int, *, overwrite: bool):
+    """:func:`commit_mask` without writing: the object's bounding box, the box's new values
+    and the report. ``labels`` must hold ``class_id`` (an integer map wide enough) and is not
+    modified; outside the box nothing changes, so a caller writes ``labels[box] = values``
+    (the box is None for an empty object).
+
+    Only the box is read and written, besides one count of ``class_id`` over the map.
+    """
+    from core.geometry import mask_block
+
+    if class_id < 1:
+        raise ValueError(f"class id must be at least 1, got {class_id}")
+    data = np.asarray(labels)
+    mask = np.asarray(mask, dtype=bool)
+    if data.shape != mask.shape:
+        raise ValueError(f"the object {mask.shape} is not on the label map's grid {data.shape}")
+    if not fits(data, class_id):
+        raise ValueError(f"class {class_id} does not fit a {data.dtype} label map: widen it first")
+    had = _count(data, class_id)
+    box = mask_block(mask)
+    if box is None:
+        report = CommitReport(int(class_id), 0, 0, (), bool(overwrite), had)
+        return None, None, report
+    values, inside = data[box].copy(), mask[box]
+    under = values[inside]
+    clash = (under != 0) & (under != class_id)
+    report = CommitReport(
+        class_id=int(class_id),
+        voxels=int(np.count_nonzero(inside)),
+        clashes=int(np.count_nonzero(clash)),
+        clash_classes=tuple(sorted({int(v) for v in np.unique(under[clash])})),
+        overwritten=bool(overwrite),
+        already_had=had,
+    )
+    if overwrite:
+        values[inside] = class_id
+    else:
+        values[inside & (values == 0)] = class_id
+    return box, values, report
+
+
 def commit_mask(labels, mask, class_id: int, *, overwrite: bool):
     """A new label map with ``mask`` written as ``class_id``, and the report.
 
@@ -59,38 +118,26 @@ def commit_mask(labels, mask, class_id: int, *, overwrite: bool):
     if class_id < 1:
         raise ValueError(f"class id must be at least 1, got {class_id}")
     data = np.asarray(labels)
-    mask = np.asarray(mask, dtype=bool)
-    if data.shape != mask.shape:
-        raise ValueError(f"the object {mask.shape} is not on the label map's grid {data.shape}")
-    if data.dtype == np.bool_ or (
-        np.issubdtype(data.dtype, np.integer) and class_id > np.iinfo(data.dtype).max
-    ):  # a bool map holds no class above 1 (class 3 was written as True)
+    if not fits(data, class_id):  # a bool map holds no class above 1 (class 3 was True)
         small = data.dtype == np.bool_ and class_id < 256
         data = data.astype(np.uint8 if small else np.uint16 if class_id < 65536 else np.uint32)
     else:
         data = data.copy()  # a new array: napari redraws a Labels layer on assignment
-    had = int(np.count_nonzero(data == class_id))
-    under = data[mask]
-    clash = (under != 0) & (under != class_id)
-    report = CommitReport(
-        class_id=int(class_id),
-        voxels=int(mask.sum()),
-        clashes=int(np.count_nonzero(clash)),
-        clash_classes=tuple(sorted({int(v) for v in np.unique(under[clash])})),
-        overwritten=bool(overwrite),
-        already_had=had,
-    )
-    if overwrite:
-        data[mask] = class_id
-    else:
-        data[mask & (data == 0)] = class_id
+    box, values, report = commit_block(data, mask, class_id, overwrite=overwrite)
+    if box is not None:
+        data[box] = values
     return data, report
 
 
 def next_free_class(labels, after: int, *, maximum: int = 65535) -> int:
-    """The first class id above ``after`` that the map does not use yet."""
-    used = {int(v) for v in np.unique(labels)}
+    """The first class id above ``after`` that the map does not use yet (``maximum`` at the
+    most). The next id is looked for first (one comparison over the map, the usual answer);
+    only when it is taken are all the map's values listed."""
+    data = np.asarray(labels)
     nxt = after + 1
+    if nxt >= maximum or not _count(data, nxt):
+        return nxt
+    used = {int(v) for v in np.unique(data)}
     while nxt in used and nxt < maximum:
         nxt += 1
     return nxt

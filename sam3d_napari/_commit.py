@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.labelmap import commit_mask
+from core.labelmap import commit_block, commit_mask, fits
 from sam3d_napari._layers import label_names_of
 from sam3d_napari._qt_common import placed_like
 
@@ -25,28 +25,35 @@ def commit_object(viewer, image, target, mask, class_id: int, *, overwrite: bool
         target = viewer.add_labels(
             np.zeros(image.data.shape, dtype), name=f"{image.name} labels", **placed_like(image)
         )
-    data, report = commit_mask(target.data, mask, class_id, overwrite=overwrite)
-    undoable = write_undoably(target, data)
+    old = target.data
+    if isinstance(old, np.ndarray) and fits(old, class_id):
+        # the usual case: only the object's bounding box is read and written
+        box, values, report = commit_block(old, mask, class_id, overwrite=overwrite)
+        undoable = write_undoably(target, box, values)
+    else:  # the map widens for the class id (or is not a numpy array): replaced
+        data, report = commit_mask(old, mask, class_id, overwrite=overwrite)
+        target.data = data
+        undoable = False
     msg = report.message(target.name, label_names_of(target.metadata).get(class_id, ""))
     if undoable:
         msg += " (Ctrl+Z on the label map undoes it)"
-    return target, data, msg, report
+    return target, target.data, msg, report
 
 
-def write_undoably(layer, data) -> bool:
-    """Put ``data`` into the Labels ``layer`` as one step of its undo history (napari's
-    Ctrl+Z / ``layer.undo()`` takes the commit back); True if so. A map that had to widen its
-    type for the class id, or data that is not a numpy array, is replaced (not undoable); a
-    commit that changes no voxel (all kept) is no step (Ctrl+Z would undo the one before)."""
-    old = layer.data
-    if not (isinstance(old, np.ndarray) and old.dtype == data.dtype and old.shape == data.shape):
-        layer.data = data
+def write_undoably(layer, box, values) -> bool:
+    """Write ``values`` into the box ``box`` (slices; None: nothing) of the Labels ``layer``'s
+    numpy data as one step of its undo history (napari's Ctrl+Z / ``layer.undo()`` takes the
+    commit back); True if so. A commit that changes no voxel (all kept) is no step (Ctrl+Z
+    would undo the one before)."""
+    if box is None:
         return False
+    old = layer.data
     # the history keeps the indices of the changed voxels: the smallest integer type that
     # holds them (2 bytes per axis for volumes under 65536 voxels a side, not 8)
-    index_type = np.uint16 if max(data.shape) <= 65536 else np.int64
-    changed = tuple(ix.astype(index_type) for ix in np.nonzero(old != data))
+    index_type = np.uint16 if max(old.shape) <= 65536 else np.int64
+    local = np.nonzero(old[box] != values)
+    changed = tuple((ix + s.start).astype(index_type) for ix, s in zip(local, box, strict=True))
     if changed[0].size:
         with layer.block_history():  # one undo step for the whole object
-            layer.data_setitem(changed, data[changed])
+            layer.data_setitem(changed, values[local])
     return bool(changed[0].size)
