@@ -359,6 +359,10 @@ def to_file_orientation(
         new_affine = affine @ inv_ornt_aff(t, a.shape)
     if np.allclose(new_affine, file_affine, atol=1e-4, rtol=0):
         new_affine = file_affine
+    # contiguous in the input's own memory order: a Fortran-ordered map (NIfTI's order, which
+    # the writer then copies as it is) is not reordered, which costs more than the write
+    if a.flags.f_contiguous and not a.flags.c_contiguous:
+        return np.asfortranarray(out), new_affine
     return np.ascontiguousarray(out), new_affine
 
 

@@ -59,7 +59,7 @@ def to_source_grid(data: np.ndarray, affine: np.ndarray, grid: SourceGrid) -> np
     out, new_affine = to_file_orientation(data, affine, grid.affine)
     if out.shape != tuple(grid.shape) or not np.allclose(new_affine, grid.affine, atol=1e-3):
         raise ValueError("the mask's grid does not map back onto the input file's grid")
-    return np.ascontiguousarray(out)
+    return out  # contiguous (to_file_orientation), in the input's memory order
 
 
 def save_mask(
@@ -74,7 +74,8 @@ def save_mask(
     grid : the input file's grid; the written file then has exactly its affine and shape
     """
     data = np.asarray(mask)
-    data = data.astype(np.uint8) if data.dtype == np.bool_ or data.max(initial=0) < 256 else data
+    if data.dtype == np.bool_ or data.max(initial=0) < 256:
+        data = data.astype(np.uint8, copy=False)  # keeps the memory order
     if grid is not None:
         data, affine = to_source_grid(data, affine, grid), grid.affine
     return save_label(LabelVolume(data, np.asarray(affine, dtype=np.float64)), path)

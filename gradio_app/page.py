@@ -250,13 +250,17 @@ def _write_downloads(s: Session, done, out: Path) -> tuple[list[str], str]:
     two objects both claim ("" when none). Objects go in in click order and, as napari's
     default, never overwrite: a voxel stays with the earlier object. Each mesh is its
     object's whole result."""
-    from core.labelmap import commit_mask
+    from core.labelmap import commit_block
     from core.mesh import save_mesh
 
-    labels = np.zeros(s.volume.shape, dtype=np.uint8 if len(s.objects) < 256 else np.uint16)
+    # Fortran order, as NIfTI stores voxels: the file is written without reordering them
+    dtype = np.uint8 if len(s.objects) < 256 else np.uint16
+    labels = np.zeros(s.volume.shape, dtype=dtype, order="F")
     kept = []
-    for i, o in done:
-        labels, report = commit_mask(labels, o.result.mask, i + 1, overwrite=False)
+    for i, o in done:  # each object writes only its bounding box
+        box, values, report = commit_block(labels, o.result.mask, i + 1, overwrite=False)
+        if box is not None:
+            labels[box] = values
         if report.clashes:
             earlier = ", ".join(str(c) for c in report.clash_classes)
             kept.append(f"{report.clashes} voxels of object {i + 1} stay with object {earlier}")

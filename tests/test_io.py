@@ -313,3 +313,40 @@ def test_values_beyond_float32_are_a_one_line_error(tmp_path):
     with pytest.raises(InputError) as exc:
         load_image(p)
     assert "1 NaN/Inf" in _one_line(exc, p)
+
+
+@pytest.mark.parametrize(
+    "file_affine",
+    [
+        np.diag([2.0, 1.5, 3.0, 1.0]),  # RAS: nothing to undo
+        np.diag([-2.0, -1.5, 3.0, 1.0]),  # LPS
+        np.array([[0, 0, 3.0, 0], [-2.0, 0, 0, 0], [0, 1.5, 0, 0], [0, 0, 0, 1]]),  # permuted
+    ],
+)
+def test_a_fortran_ordered_map_goes_back_to_the_files_grid_in_fortran_order(tmp_path, file_affine):
+    """NIfTI stores voxels in Fortran order: a label map made in that order (the web demo's
+    download) stays in it on the way back to the file's grid, so the writer copies it as it
+    is instead of reordering 80 M voxels (a C-ordered copy cost more than the whole write).
+    Values, affine and the written file are those of the C-ordered map."""
+    from core.io import load_label, to_file_orientation
+    from core.source_grid import SourceGrid, save_mask
+
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 4, (5, 6, 7)).astype(np.uint8)
+    path = tmp_path / "file.nii.gz"
+    nib.save(nib.Nifti1Image(data, file_affine), str(path))
+    canon = load_label(path)
+    c_map = np.ascontiguousarray(canon.data)
+    f_map = np.asfortranarray(canon.data)
+    back_c, aff_c = to_file_orientation(c_map, canon.affine, file_affine)
+    back_f, aff_f = to_file_orientation(f_map, canon.affine, file_affine)
+    assert back_c.flags.c_contiguous and back_f.flags.f_contiguous
+    assert np.array_equal(back_f, data) and np.array_equal(back_c, data)
+    assert np.array_equal(aff_f, aff_c)
+    grid = SourceGrid.of_file(path)
+    for name, m in (("c", c_map), ("f", f_map), ("bool", f_map.astype(bool))):
+        out = save_mask(m, canon.affine, tmp_path / f"{name}.nii.gz", grid)
+        img = nib.load(str(out))
+        want = data if name != "bool" else (data > 0).astype(np.uint8)
+        assert np.array_equal(np.asarray(img.dataobj), want)
+        assert np.allclose(img.affine, file_affine)
