@@ -102,7 +102,8 @@ class Result:
 
     @property
     def volume_ml(self) -> float:
-        return float(self.mask.sum() * voxel_volume_mm3(self.affine) / 1000.0)
+        # count_nonzero: the same count as sum(), without a pass of additions
+        return float(np.count_nonzero(self.mask) * voxel_volume_mm3(self.affine) / 1000.0)
 
 
 class Reconstructor:
