@@ -305,6 +305,24 @@ def test_loaded_voxels_are_the_files_as_c_ordered_float32(tmp_path, dtype, flip)
     assert np.array_equal(got, want) and np.array_equal(load_image(p).data, got)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.float32])
+@pytest.mark.parametrize("flip", [False, True])
+def test_loaded_label_maps_are_the_files_as_c_ordered_integers(tmp_path, dtype, flip):
+    """load_label reorders the Fortran-ordered label map a few slices at a time as well (a
+    512 x 512 x 300 map took 0.9-1.2 s in numpy's reordering copy): the same values, C order,
+    the smallest unsigned type, for integer and float files and a flipped one."""
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 300 if dtype is np.uint16 else 7, (31, 18, 21)).astype(dtype)
+    affine = np.diag([-0.7, 0.7, -1.5, 1.0]) if flip else np.diag([0.7, 0.7, 1.5, 1.0])
+    p = tmp_path / "lab.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(p))
+    want = np.asanyarray(nib.as_closest_canonical(nib.load(str(p))).dataobj)
+    got = load_label(p).data
+    assert got.flags.c_contiguous
+    assert got.dtype == (np.uint16 if dtype is np.uint16 else np.uint8)
+    assert np.array_equal(got, want)
+
+
 def test_values_beyond_float32_are_a_one_line_error(tmp_path):
     img, _ = two_organs()
     data = img.astype(np.float64)
