@@ -118,6 +118,7 @@ def mask_to_mesh(
     level: float = 0.5,
     smooth_iterations: int = 0,
     step_size: int = 1,
+    origin=(0, 0, 0),
 ) -> Mesh:
     """Closed surface of a mask in world mm by marching cubes.
 
@@ -132,6 +133,10 @@ def mask_to_mesh(
         Laplacian smoothing).
     step_size : int, marching-cubes step in voxels (>1 gives a coarser, faster mesh, still
         closed; its surface lies up to half a step from the step-1 one)
+    origin : (3,) ints, the voxel index of ``mask[0, 0, 0]`` on the grid of ``affine`` when
+        ``mask`` is a block cut out of a bigger binary mask that is empty around the block
+        (e.g. an organ's bounding box in a CT-sized label map): the mesh is then exactly
+        the whole mask's, without passes over the whole of it
 
     Returns
     -------
@@ -156,6 +161,9 @@ def mask_to_mesh(
         raise ValueError(
             f"smooth_iterations must be a non-negative integer, got {smooth_iterations}"
         )
+    o = np.asarray(origin, dtype=np.float64)
+    if o.shape != (3,) or not np.all(o == np.round(o)):
+        raise ValueError(f"origin must be 3 integer voxel indices, got {origin}")
     inside = data > level
     if not inside.any():
         raise ValueError(f"mask is empty (no voxel above level {level}): nothing to mesh")
@@ -178,7 +186,7 @@ def mask_to_mesh(
         padded = np.pad(padded, end, mode="constant", constant_values=background)
     padded = _away_from_level(padded, float(level))
     verts, faces, _, _ = marching_cubes(padded, level=float(level), step_size=int(step_size))
-    offset = np.asarray(start, dtype=np.float64) - [before for before, _ in pad]
+    offset = np.asarray(start, dtype=np.float64) - [before for before, _ in pad] + o
     ijk = verts.astype(np.float64) + offset  # back to indices of the whole array
     xyz = voxel_to_world(a, ijk)
 

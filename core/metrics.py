@@ -195,12 +195,12 @@ def _empty_distance_metrics(p_any: bool, g_any: bool, shape, spacing) -> dict[st
     return {"hd95": worst, "assd": worst, "surface_dice": 0.0, "chamfer": worst}
 
 
-def _distances_for(pred, gt, spacing, tolerance_mm) -> dict[str, float]:
+def _distances_for(pred, gt, spacing, tolerance_mm, shape=None) -> dict[str, float]:
     p, g = _check_pair(pred, gt)
     sp = _check_spacing(spacing, p.ndim)
     tol = _check_tolerance(tolerance_mm)
     p, g = p.astype(bool, copy=False), g.astype(bool, copy=False)
-    empty = _empty_distance_metrics(bool(p.any()), bool(g.any()), p.shape, sp)
+    empty = _empty_distance_metrics(bool(p.any()), bool(g.any()), shape or p.shape, sp)
     if empty is not None:
         return empty
     return _distance_metrics(*_surface_distances(p, g, sp), tol)
@@ -272,7 +272,12 @@ def chamfer(pred, gt, *, spacing: Sequence[float] | None = None) -> float:
 
 
 def binary_metrics(
-    pred, gt, *, spacing: Sequence[float] | None = None, tolerance_mm: float = 1.0
+    pred,
+    gt,
+    *,
+    spacing: Sequence[float] | None = None,
+    tolerance_mm: float = 1.0,
+    volume_shape: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """All metrics of two masks, with the surface distances computed once.
 
@@ -281,6 +286,10 @@ def binary_metrics(
     pred, gt : (I, J[, K]) arrays of the same shape, non-zero = foreground
     spacing : (ndim,) floats, mm per voxel; ``None`` means 1 mm along every axis
     tolerance_mm : float, tolerance of the surface Dice
+    volume_shape : (ndim,) ints, when ``pred`` and ``gt`` are the same box cut out of masks
+        of this shape that are empty outside it (e.g. the union of their bounding boxes):
+        the metrics are then those of the whole masks (an empty mask's distances are the
+        whole volume's diagonal), without passes over them
 
     Returns
     -------
@@ -289,8 +298,14 @@ def binary_metrics(
     """
     p, g = _check_pair(pred, gt)
     p, g = p.astype(bool, copy=False), g.astype(bool, copy=False)
+    if volume_shape is not None:
+        volume_shape = tuple(int(n) for n in volume_shape)
+        if len(volume_shape) != p.ndim or any(
+            a > n for a, n in zip(p.shape, volume_shape, strict=True)
+        ):
+            raise ValueError(f"a box of shape {p.shape} does not fit a volume of {volume_shape}")
     d, j = _overlap(p, g)
-    dist = _distances_for(p, g, spacing, tolerance_mm)
+    dist = _distances_for(p, g, spacing, tolerance_mm, volume_shape)
     out = {"dice": d, "iou": j, **dist}
     return {k: out[k] for k in METRIC_NAMES}
 

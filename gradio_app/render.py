@@ -305,21 +305,31 @@ def comparison_panels(
     colour,
     *,
     size: int = 200,
+    gt_value: int | None = None,
+    centre=None,
 ) -> np.ndarray:
     """Ground truth vs prediction on three axes through the ground truth's centre.
 
     Rows: sagittal, coronal, axial. Columns: ground truth, prediction, errors (green: both,
-    red: predicted only, blue: missed).
+    red: predicted only, blue: missed). With ``gt_value``, ``gt`` is a label map and the
+    ground truth its voxels of that value; ``centre`` (a voxel index, the mean of the ground
+    truth's voxels) spares finding it. Either way only the three slices are read.
     """
-    g, q = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
-    ref = g if g.any() else q
-    p = np.argwhere(ref).mean(0) if ref.any() else np.array(image.shape) / 2
-    p = [int(np.clip(round(v), 0, n - 1)) for v, n in zip(p, image.shape, strict=True)]
+    if centre is None:
+        g, q = np.asarray(gt if gt_value is None else gt == gt_value, bool), np.asarray(pred, bool)
+        ref = g if g.any() else q
+        centre = np.argwhere(ref).mean(0) if ref.any() else np.array(image.shape) / 2
+    p = [int(np.clip(round(v), 0, n - 1)) for v, n in zip(centre, image.shape, strict=True)]
+
+    def cut(a, axis, is_gt):
+        s = np.asarray(take_slice(a, axis, p[axis]))
+        return s == gt_value if is_gt and gt_value is not None else s.astype(bool, copy=False)
+
     rows = []
     for axis in range(3):
         view = SliceView.for_volume(image.shape, spacing, axis, size)
         img = take_slice(image, axis, p[axis])
-        gs, qs = take_slice(g, axis, p[axis]), take_slice(q, axis, p[axis])
+        gs, qs = cut(gt, axis, True), cut(pred, axis, False)
         both = render_slice(view, img, window)
         for mask, col in (((gs & qs), (40, 200, 40)), ((~gs & qs), (230, 40, 40))):
             _blend(both, view.render(mask), col, alpha=0.6)

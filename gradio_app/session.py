@@ -52,6 +52,16 @@ class Settings:
     zoom_in: bool = False  # the engine's optional zoom-in (volume mode; core.engine.CubePolicy)
 
 
+@dataclass(frozen=True)
+class GtStats:
+    """A ground-truth class: its bounding box (slices), voxel count and centre (voxel index,
+    the mean of its voxels')."""
+
+    box: tuple[slice, ...]
+    count: int
+    centre: np.ndarray
+
+
 @dataclass
 class ObjectState:
     """One structure: its prompts, its latest result and the settings that made it."""
@@ -106,6 +116,11 @@ class Session:
         self.gt_classes: list[int] = []  # its non-zero values, sorted
         self.class_names: dict[int, str] = {}
         self.gt_meshes: dict = {}  # ground-truth class -> core.mesh.Mesh, made once
+        self._gt_boxes: list | None = None  # scipy.ndimage.find_objects of the ground truth
+        self._gt_stats: dict[int, GtStats] = {}
+        # object index -> (its result, its class, its metrics row): a step recomputes only
+        # the objects whose result changed
+        self.metric_rows: dict[int, tuple] = {}
         self.window = (0.0, 1.0)
         self.axis = 2
         self.slice_idx = 0
@@ -154,6 +169,7 @@ class Session:
         """The ground truth, its classes' names, and its classes (the non-zero values, when
         the caller has them: each scan is a pass over the whole map)."""
         self.gt, self.class_names, self.gt_meshes = gt, dict(class_names or {}), {}
+        self._gt_boxes, self._gt_stats, self.metric_rows = None, {}, {}
         if gt is not None and classes is None:
             classes = [int(v) for v in np.unique(gt.data) if v]
         self.gt_classes = list(classes or [])
@@ -196,6 +212,27 @@ class Session:
             for i, o in enumerate(self.objects)
             if o.result is not None and o.result.mask.any()
         ]
+
+    def gt_stats(self, cls: int) -> GtStats | None:
+        """The bounding box, voxel count and centre of a ground-truth class (None when it has
+        no voxels). The boxes of every class come from one pass over the map, the first time;
+        the rest reads the class's box alone."""
+        if self.gt is None:
+            return None
+        if cls not in self._gt_stats:
+            if self._gt_boxes is None:
+                from scipy.ndimage import find_objects
+
+                self._gt_boxes = find_objects(self.gt.data, max_label=max(self.gt_classes or [0]))
+            box = self._gt_boxes[cls - 1] if 0 < cls <= len(self._gt_boxes) else None
+            if box is None:
+                return None
+            inside = np.argwhere(self.gt.data[box] == cls)
+            # the centre as np.argwhere(gt == cls).mean(0) gives it: the same voxels in the same
+            # order, offset by the box's corner
+            centre = (inside + np.array([b.start for b in box])).mean(0)
+            self._gt_stats[cls] = GtStats(box, len(inside), centre)
+        return self._gt_stats[cls]
 
     def gt_class_at(self, obj: ObjectState) -> int | None:
         """The ground-truth class an object stands for: the label under its first positive

@@ -248,6 +248,52 @@ def test_undo_new_object_and_clear(sample, engine):
     assert view.downloads == [] and view.scene is None and session.current.result is None
 
 
+def test_metrics_and_comparison_are_the_whole_volumes_and_kept_per_object(
+    sample, engine, monkeypatch
+):
+    """The metrics table and the comparison picture read only the boxes of the objects and
+    of their ground truth: their numbers and pixels are the whole volume's. A step computes
+    the rows of the objects whose result changed, not of the others."""
+    import core.metrics
+    from core.io import voxel_volume_mm3
+    from core.mesh import mask_to_mesh
+    from gradio_app.render import comparison_panels
+
+    session, _ = sample
+    H.click(session, engine, *lv_pixel(session)[1])
+    H.new_object(session)
+    session, view = H.click(session, engine, *organ_pixel(session, RV)[1])
+    ml = voxel_volume_mm3(session.volume.affine) / 1000.0
+    for row, (_, obj), cls in zip(view.metrics, session.done, (LV, RV), strict=True):
+        gt = session.gt.data == cls
+        m = core.metrics.binary_metrics(
+            obj.result.mask, gt, spacing=session.volume.spacing, tolerance_mm=1.0
+        )
+        want = [m["dice"], m["hd95"], m["assd"], m["surface_dice"], m["chamfer"]]
+        assert row[2:7] == [round(float(v), 3 if k in (0, 3) else 2) for k, v in enumerate(want)]
+        assert row[8] == round(float(gt.sum()) * ml, 2)
+    for cls in (LV, RV):  # the ground truth's surfaces, from its boxes
+        whole = mask_to_mesh(session.gt.data == cls, session.volume.affine, smooth_iterations=10)
+        assert np.array_equal(session.gt_meshes[cls].vertices, whole.vertices)
+    rv = session.current.result
+    np.testing.assert_array_equal(
+        view.compare,
+        comparison_panels(
+            session.volume.data, session.volume.spacing, session.window,
+            session.gt.data == RV, rv.mask, colour_of(1),
+        ),
+    )  # fmt: skip
+
+    calls = []
+    real = core.metrics.binary_metrics
+    monkeypatch.setattr(
+        core.metrics, "binary_metrics", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    session, again = H.click(session, engine, *organ_pixel(session, RV)[1])  # refines the RV
+    assert len(calls) == 1  # the RV's row; the LV's is kept
+    assert again.metrics[0] == view.metrics[0]
+
+
 def test_undo_after_changing_the_mode_undoes_the_last_click_in_the_new_mode(sample, engine):
     """Two clicks, then slice mode (every object redone), then Undo: the last click goes, and
     the object stays in the mode the page shows (undo once restored the volume-mode result

@@ -128,6 +128,28 @@ def test_crop_keeps_vertices_of_a_small_object_in_a_large_volume():
     assert np.allclose(np.sort(mesh.vertices, axis=0), np.sort(verts - 1, axis=0), atol=1e-5)
 
 
+@pytest.mark.parametrize("where", ["inside", "at-the-border"])
+def test_a_block_with_its_origin_gives_the_whole_masks_mesh_exactly(where):
+    """An organ's box cut out of a CT-sized map (the web page's ground-truth surfaces) with
+    ``origin=`` gives the very vertices and faces of the whole map's mesh, smoothed too,
+    for an oblique affine and an organ touching the volume's border."""
+    lab = np.zeros((60, 50, 40), np.uint8)
+    e = ellipsoid(9, 7, 6)
+    if where == "at-the-border":
+        e = e[4:]  # cut through: the organ has voxels on the volume's first slice
+        assert e[0].any()
+    lo = (0, 10, 5) if where == "at-the-border" else (20, 15, 12)
+    lab[tuple(slice(a, a + n) for a, n in zip(lo, e.shape, strict=True))] = e * 3
+    a = affine_from(rotation([1, 2, 3], 0.4) @ np.diag([0.7, 0.8, 2.5]), [-40.0, 12.0, 7.5])
+    whole = mask_to_mesh(lab == 3, a, smooth_iterations=10)
+    box = tuple(slice(x, x + n) for x, n in zip(lo, e.shape, strict=True))
+    block = mask_to_mesh(lab[box] == 3, a, smooth_iterations=10, origin=[b.start for b in box])
+    assert np.array_equal(block.faces, whole.faces)
+    assert np.array_equal(block.vertices, whole.vertices)
+    with pytest.raises(ValueError, match="origin"):
+        mask_to_mesh(lab == 3, a, origin=(0.5, 0, 0))
+
+
 @pytest.mark.parametrize("nudge", [0, 1], ids=["at-level", "one-float32-step-above"])
 def test_probability_exactly_at_the_level_still_gives_a_watertight_mesh(tmp_path, nudge):
     """The model's probabilities are exactly 0.5 at some voxels (6 of 40 synthetic-heart
