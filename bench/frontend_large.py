@@ -1,6 +1,7 @@
 """Benchmark: a click on a clinical-size CT as the user sees it, in napari and in the web demo.
 
     xvfb-run -a .venv/bin/python bench/frontend_large.py napari [--size 512x512x300@0.7x0.7x1.0]
+        [--compare]
     .venv/bin/python bench/frontend_large.py web [--size ...] [--gt]
         [--repeats 2] [--threads 2] [--json F] [--profile DIR]
 
@@ -21,6 +22,12 @@ The second object follows "Commit object" (the first object written to the label
 Per step: ``wall`` (click to screen), ``engine`` (the engine's ``timings["total"]``),
 ``predict`` (``Session.predict`` in the worker), ``show`` (``ObjectLayers.show`` on the GUI
 thread: the layers' updates), and the Qt event loop's longest stall (a 5 ms timer).
+With ``--compare`` the phantom's labels are opened as the ground truth (a Labels layer on the
+image's grid), each object is committed as its ground-truth class, and after the second
+commit the Compare widget compares the label map with the ground truth: Compute metrics (to
+the table filled), TP/FP/FN overlay, Side by side (to the grid shown), 2D / 3D, and back to
+the normal view, each timed as a click (digests: the table's cells, the overlay, the
+surfaces).
 
 ``web``: the page's handlers (``gradio_app.handlers``), no browser: the volume is written as an
 int16 .nii.gz (as scanners do) and uploaded through ``load_volume`` (with ``--gt`` its label
@@ -165,12 +172,26 @@ def run_napari(a, image, label) -> dict:
     opened["first_draw_ms"] = (time.perf_counter() - t) * 1000.0
     opened = {k: round(v, 1) for k, v in opened.items()}
 
+    gt_layer = None
+    if a.compare:  # the ground truth opened as the reader opens a label map: on the image's grid
+        from sam3d_napari._qt_common import placed_like
+
+        t = time.perf_counter()
+        gt_layer = viewer.add_labels(label, name="ground truth", **placed_like(layer))
+        drain()
+        opened["add_ground_truth_ms"] = round((time.perf_counter() - t) * 1000.0, 1)
+
     widget = viewer.window.add_plugin_dock_widget("sam3d-napari", "Reconstruct (click to 3D)")[1]
     wait_until(lambda: not widget.loading, timeout=600)
+    if a.compare:
+        compare_widget = viewer.window.add_plugin_dock_widget(
+            "sam3d-napari", "Compare with ground truth"
+        )[1]
     drain()
     timers.take()
 
-    def timed(step, action, *, waits_for_result: bool) -> dict:
+    def timed(step, action, *, waits_for_result: bool, until=None) -> dict:
+        """Time ``action`` to screen: until its result is in (or ``until()``), events drained."""
         before = widget.result
         stall = StallMonitor().start()
         wait_until(lambda: stall.ticks >= 1, 60, 0.001)  # ticking before the action starts
@@ -179,6 +200,8 @@ def run_napari(a, image, label) -> dict:
             action()
             if waits_for_result:
                 wait_until(lambda: widget.result is not before and not widget.busy, 600, 0.001)
+            if until is not None:
+                wait_until(until, 600, 0.001)
             drain()
             wall = (time.perf_counter() - t) * 1000.0
         longest = stall.stop()
@@ -219,15 +242,22 @@ def run_napari(a, image, label) -> dict:
             digests.append(on_screen())
             steps["undo"] = timed("undo", widget.undo, waits_for_result=False)
             digests.append(on_screen())
+        if a.compare:  # each object gets its ground-truth class, as a user comparing would
+            widget.class_id.value = k1
         steps["commit"] = timed("commit", widget.commit, waits_for_result=False)
         c2 = first_click(label == k2)
         steps["other_organ"] = timed(
             "other_organ", lambda c=c2: click_voxel(viewer, layer, c.voxel()), waits_for_result=True
         )
         digests.append(on_screen())
+        if a.compare:
+            widget.class_id.value = k2
         steps["commit_2"] = timed("commit_2", widget.commit, waits_for_result=False)
         target = widget.target.value
         digests.append({"label_map": h(target.data)})
+        if a.compare:
+            assert target is not gt_layer
+            steps.update(compare_steps(compare_widget, timed, gt_layer, target, digests))
         # the next object session starts on a fresh label map, as the first did
         viewer.layers.remove(target)
         steps["clear"] = timed("clear", widget.clear, waits_for_result=False)
@@ -236,6 +266,37 @@ def run_napari(a, image, label) -> dict:
     viewer.close()
     profiles.dump()
     return {"open": opened, "repeats": rows, "digests": digests}
+
+
+def compare_steps(cw, timed, gt_layer, pred_layer, digests) -> dict:
+    """The Compare widget ``cw`` on the objects' label map: Compute metrics, the TP/FP/FN
+    overlay, Side by side (2D), 2D / 3D, back to the normal view. Digests of the table, the
+    overlay and the side-by-side surfaces go to ``digests``."""
+    cw.gt.value, cw.pred.value = gt_layer, pred_layer
+    steps = {}
+    steps["compute"] = timed(
+        "compute", cw.compute, waits_for_result=False, until=lambda: not cw.busy
+    )
+    t = cw.table
+    cells = [[t.item(i, j).text() for j in range(t.columnCount())] for i in range(t.rowCount())]
+    digests.append({"table": cells, "status": cw.status.value})
+    steps["overlay"] = timed("overlay", cw.show_overlay, waits_for_result=False)
+    digests.append({"overlay": h(cw._overlay_layer.data)})
+    steps["side_by_side"] = timed(
+        "side_by_side",
+        cw.toggle_side_by_side,
+        waits_for_result=False,
+        until=lambda: cw.side_by_side,
+    )
+    surfaces = [lyr for lyr in cw._side_layers if type(lyr).__name__ == "Surface"]
+    steps["to_3d"] = timed(
+        "to_3d", lambda: cw.dim_button.changed.emit(True), waits_for_result=False
+    )
+    digests.append(
+        {f"surface {s.name}": h(s.data[0]) + h(s.data[1]) + h(s.vertex_colors) for s in surfaces}
+    )
+    steps["back"] = timed("back", cw.toggle_side_by_side, waits_for_result=False)
+    return steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,6 +416,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gt", action="store_true", help="web: upload the label map too")
+    ap.add_argument(
+        "--compare",
+        action="store_true",
+        help="napari: open the ground truth too and run Compare on each repeat's label map",
+    )
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--json", type=Path, default=None, help="report (default runs/...)")
     ap.add_argument("--profile", type=Path, default=None, help="cProfile each step into DIR")
@@ -381,6 +447,7 @@ def main(argv=None) -> dict:
         "volume": "x".join(map(str, shape)) + " @ " + "x".join(f"{s:g}" for s in spacing),
         "front": a.front,
         "gt": a.gt,
+        "compare": a.compare,
         "summary": summary,
         **got,
     }
