@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CommitReport", "commit_block", "commit_mask", "fits", "next_free_class"]
+__all__ = [
+    "CommitReport",
+    "class_boxes",
+    "commit_block",
+    "commit_mask",
+    "fits",
+    "next_free_class",
+    "union_box",
+]
 
 
 @dataclass(frozen=True)
@@ -141,3 +149,37 @@ def next_free_class(labels, after: int, *, maximum: int = 65535) -> int:
     while nxt in used and nxt < maximum:
         nxt += 1
     return nxt
+
+
+def class_boxes(labels) -> dict[int, tuple[slice, ...]] | None:
+    """``{class: bounding box (slices)}`` of every non-zero class of an integer label map, from
+    one ``scipy.ndimage.find_objects`` pass (no ``np.unique``, no ``labels == class`` over the
+    whole map); classes in increasing order. ``None`` when the map is not a map of
+    non-negative integers (floats, negative values): callers then take the whole-map path."""
+    from scipy.ndimage import find_objects
+
+    a = np.asarray(labels)
+    if a.dtype == np.bool_:
+        a = a.view(np.uint8)
+    if not np.issubdtype(a.dtype, np.integer) or a.size == 0:
+        return None
+    if np.issubdtype(a.dtype, np.signedinteger) and a.min() < 0:
+        return None
+    top = int(a.max())
+    if top == 0:
+        return {}
+    if a.dtype.itemsize > 4 and top > np.iinfo(np.int32).max:
+        return None
+    boxes = find_objects(a, max_label=top)
+    return {c: b for c, b in enumerate(boxes, start=1) if b is not None}
+
+
+def union_box(*boxes) -> tuple[slice, ...] | None:
+    """The smallest box holding every given box (``None`` entries skipped; ``None`` if none)."""
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    return tuple(
+        slice(min(s.start for s in axis), max(s.stop for s in axis))
+        for axis in zip(*boxes, strict=True)
+    )

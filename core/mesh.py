@@ -315,6 +315,24 @@ def label_meshes(labels: np.ndarray, affine: np.ndarray, *, smooth_iterations: i
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"expected a 3D label map, got shape {labels.shape}")
+    from core.labelmap import class_boxes
+
+    boxes = class_boxes(labels)
+    if boxes is not None:
+        # each class meshed from its bounding box (one find_objects pass): the same vertices as
+        # from the whole map, without np.unique and ``labels == c`` over a CT-sized map
+        return [
+            (
+                c,
+                mask_to_mesh(
+                    labels[box] == c,
+                    affine,
+                    smooth_iterations=smooth_iterations,
+                    origin=[b.start for b in box],
+                ),
+            )
+            for c, box in boxes.items()
+        ]
     classes = (int(c) for c in np.unique(labels) if c != 0)
     return [
         (c, mask_to_mesh(labels == c, affine, smooth_iterations=smooth_iterations)) for c in classes

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.labelmap import class_boxes, union_box
+
 __all__ = [
     "METRIC_COLUMNS",
     "CLASS_SCOPES",
@@ -63,6 +65,8 @@ class Comparison:
     spacing : (3,) mm, the ground truth's voxel size
     tolerance_mm : surface Dice tolerance
     notes : how the prediction was brought onto the ground truth's grid, if it had to be
+    boxes : class -> the box (slices) holding that class in both maps, ``None`` -> the box
+        holding every class of both (empty when unknown: the overlay reads the whole maps)
     """
 
     per_class: dict
@@ -72,6 +76,7 @@ class Comparison:
     spacing: tuple = (1.0, 1.0, 1.0)
     tolerance_mm: float = 1.0
     notes: list = field(default_factory=list)
+    boxes: dict = field(default_factory=dict, repr=False, compare=False)
 
     def rows(self) -> list[list[str]]:
         """Table rows: class, name, then the metrics (formatted), and a mean row."""
@@ -150,11 +155,21 @@ def compare(
     gt, pred_labels = np.asarray(gt), np.asarray(pred_labels)
     if gt.shape != pred_labels.shape:
         raise ValueError(f"shapes differ: ground truth {gt.shape}, prediction {pred_labels.shape}")
-    gt_classes = {int(v) for v in np.unique(gt)} - {0}
+    # every class's bounding box in one pass over each map (a CT-sized map's np.unique and
+    # per-class ``== c`` took most of the time); None for maps find_objects cannot take
+    gt_boxes, pred_boxes = class_boxes(gt), class_boxes(pred_labels)
+    boxed = gt_boxes is not None and pred_boxes is not None
+    if boxed:
+        gt_classes, predicted_all = set(gt_boxes), sorted(pred_boxes)
+    else:
+        gt_classes = {int(v) for v in np.unique(gt)} - {0}
+        predicted_all = None
     chosen_by_scope = classes is None  # else given (a surface's class): no Classes choice
     over = f"class(es) {', '.join(str(c) for c in classes)}" if classes is not None else ""
     if classes is None:
-        predicted = sorted({int(v) for v in np.unique(pred_labels)} - {0})
+        if predicted_all is None:
+            predicted_all = sorted({int(v) for v in np.unique(pred_labels)} - {0})
+        predicted = predicted_all
         if predicted and (
             scope == "predicted" or (scope == "auto" and len(predicted) < len(gt_classes))
         ):
@@ -164,9 +179,14 @@ def compare(
             over = f"all {len(classes)} class(es) of the ground truth and the prediction"
     if not classes:
         raise ValueError("nothing to compare: both label maps are empty")
-    per_class = evaluate_labels(
-        pred_labels, gt, spacing=spacing, classes=classes, tolerance_mm=tolerance_mm
-    )
+    if boxed:
+        per_class = _metrics_in_boxes(
+            pred_labels, gt, pred_boxes, gt_boxes, spacing, classes, tolerance_mm
+        )
+    else:
+        per_class = evaluate_labels(
+            pred_labels, gt, spacing=spacing, classes=classes, tolerance_mm=tolerance_mm
+        )
     comp = Comparison(
         per_class=per_class,
         mean=mean_metrics(per_class),
@@ -175,6 +195,9 @@ def compare(
         spacing=tuple(float(s) for s in spacing),
         tolerance_mm=float(tolerance_mm),
     )
+    if boxed:  # where either map has any class: the overlay reads only this box
+        comp.boxes = {c: union_box(gt_boxes.get(c), pred_boxes.get(c)) for c in per_class}
+        comp.boxes[None] = union_box(*gt_boxes.values(), *pred_boxes.values())
     left_out = len(gt_classes - set(classes))
     if left_out:
         hint = " (Classes: all)" if chosen_by_scope else ""
@@ -182,13 +205,41 @@ def compare(
     return comp
 
 
-def error_overlay(gt, pred_labels, classes=None) -> np.ndarray:
+def _metrics_in_boxes(pred, gt, pred_boxes, gt_boxes, spacing, classes, tolerance_mm) -> dict:
+    """``core.metrics.evaluate_labels``'s numbers, each class's read from the union of its
+    boxes in both maps (``binary_metrics(volume_shape=)``: the whole volume's values)."""
+    from core.metrics import binary_metrics
+
+    out = {}
+    for c in sorted({int(c) for c in classes}):
+        box = union_box(gt_boxes.get(c), pred_boxes.get(c))
+        if box is None:  # in neither map: the empty-mask policy, on the whole volume's shape
+            box = tuple(slice(0, 1) for _ in gt.shape)
+        # one voxel more on each side (clamped), as core.metrics crops the whole maps: the
+        # surface points then have the same coordinates, so the distances are bitwise equal
+        box = tuple(
+            slice(max(b.start - 1, 0), min(b.stop + 1, n))
+            for b, n in zip(box, gt.shape, strict=True)
+        )
+        out[c] = binary_metrics(
+            pred[box] == c, gt[box] == c, spacing=spacing, tolerance_mm=tolerance_mm,
+            volume_shape=gt.shape,
+        )  # fmt: skip
+    return out
+
+
+def error_overlay(gt, pred_labels, classes=None, *, box=None) -> np.ndarray:
     """(I, J, K) uint8: 1 true positive, 2 false positive, 3 false negative, 0 elsewhere.
 
     With ``classes``, only those classes count; a voxel given the wrong class is a false
-    positive (of the predicted class) and shows as such.
+    positive (of the predicted class) and shows as such. ``box`` (slices): a box outside
+    which both maps hold none of the counted classes; only the box is read then.
     """
     g, p = np.asarray(gt), np.asarray(pred_labels)
+    if box is not None:
+        out = np.zeros(g.shape, dtype=np.uint8)
+        out[box] = error_overlay(g[box], p[box], classes)
+        return out
     if classes is not None:
         keep = np.asarray(sorted(classes))
         g = np.where(np.isin(g, keep), g, 0)

@@ -60,6 +60,7 @@ class CompareWidget(Container):
         self.viewer = viewer
         self._comparison = None
         self._pred_labels = None
+        self._gt_labels = None  # the ground-truth array the comparison was computed on
         self._worker = None
         self._overlay_layer = None
         self._side_layers: list = []
@@ -188,8 +189,8 @@ class CompareWidget(Container):
         start_worker(self._worker)
 
     def _on_computed(self, out):
-        comp, pred_labels = out
-        self._comparison, self._pred_labels = comp, pred_labels
+        comp, pred_labels, gt = out
+        self._comparison, self._pred_labels, self._gt_labels = comp, pred_labels, gt
         rows = comp.rows()
         self.table.setRowCount(len(rows))
         for i, cells in enumerate(rows):
@@ -264,7 +265,12 @@ class CompareWidget(Container):
         gt, _ = labels_of(gt_layer)
         choice = self.overlay_class.value
         classes = None if choice == ALL_CLASSES else [int(choice)]
-        over = error_overlay(gt, self._pred_labels, classes)
+        # the comparison's boxes hold every class of both maps: only they are read (the same
+        # overlay), unless the ground truth is another array than the one compared
+        box = None
+        if gt is self._gt_labels:
+            box = self._comparison.boxes.get(None if classes is None else classes[0])
+        over = error_overlay(gt, self._pred_labels, classes, box=box)
         colors = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
         colors.update({k: rgba for k, (_, rgba) in OVERLAY_COLORS.items()})
         name = "TP/FP/FN"
@@ -280,7 +286,8 @@ class CompareWidget(Container):
         else:
             lyr.data = over
             lyr.visible = True
-        counts = {n: int(np.count_nonzero(over == k)) for k, (n, _) in OVERLAY_COLORS.items()}
+        part = over if box is None else over[box]  # nothing is marked outside the box
+        counts = {n: int(np.count_nonzero(part == k)) for k, (n, _) in OVERLAY_COLORS.items()}
         self.status.show_message(
             "Overlay: " + ", ".join(f"{n} {c}" for n, c in counts.items())
             + " voxels (green TP, red FP, blue FN)"
@@ -493,4 +500,4 @@ def _compute(gt, gt_affine, pred, surface_class, tolerance, names, scope="auto")
     )  # fmt: skip
     if note:
         comp.notes.insert(0, note)  # how the prediction got here, before what was left out
-    return comp, pred_labels
+    return comp, pred_labels, gt

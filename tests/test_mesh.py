@@ -251,3 +251,40 @@ def test_bad_masks_and_meshes_raise():
         Mesh(np.zeros((3, 3)), [[0, 1, 3]])
     square = Mesh(np.array([[0, 0, 0], [2, 0, 0], [2, 3, 0], [0, 3, 0]]), [[0, 1, 2], [0, 2, 3]])
     assert square.area() == pytest.approx(6.0) and square.n_faces == 2
+
+
+def test_label_meshes_from_class_boxes_equal_the_whole_maps(monkeypatch):
+    """label_meshes meshes each class from its find_objects box (mask_to_mesh(origin=)): the
+    same vertices and faces as meshing ``labels == c`` of the whole map, with no np.unique
+    (nor a per-class comparison) over the map; classes touching the border included."""
+    from core.labelmap import class_boxes
+    from core.mesh import label_meshes, mask_to_mesh
+
+    rng = np.random.default_rng(3)
+    a = np.diag([0.7, 0.8, 1.5, 1.0])
+    a[:3, 3] = (-10.0, 4.0, 2.0)
+    for dtype in (np.uint8, np.uint16, np.int32):
+        labels = np.zeros((40, 36, 30), dtype)
+        for c in (1, 2, 4, 9):
+            lo = rng.integers(0, 24, size=3)
+            hi = lo + rng.integers(3, 14, size=3)
+            labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = c
+        labels[0:3, 5:9, 27:30] = 4  # a second part of class 4, on the border
+        expected = [
+            (c, mask_to_mesh(labels == c, a, smooth_iterations=5))
+            for c in sorted(set(np.unique(labels).tolist()) - {0})
+        ]
+        assert sorted(class_boxes(labels)) == [c for c, _ in expected]
+
+        def no_unique(*_a, **_k):
+            raise AssertionError("np.unique over the map")
+
+        with monkeypatch.context() as m:
+            m.setattr(np, "unique", no_unique)
+            got = label_meshes(labels, a, smooth_iterations=5)
+        assert [c for c, _ in got] == [c for c, _ in expected]
+        for (_, g), (_, e) in zip(got, expected, strict=True):
+            assert np.array_equal(g.vertices, e.vertices) and np.array_equal(g.faces, e.faces)
+    # a float map (not find_objects' kind) still meshes, through the whole-map path
+    got = label_meshes(labels.astype(np.float32), a, smooth_iterations=0)
+    assert [c for c, _ in got] == [1, 2, 4, 9]

@@ -202,3 +202,59 @@ def test_a_surface_class_compared_alone_names_what_was_left_without_a_setting_to
     assert comp.notes == ["1 ground-truth class(es) not compared"]
     comp = compare(gt, pred, spacing=(1, 1, 1), scope="auto")
     assert comp.notes == ["1 ground-truth class(es) not compared (Classes: all)"]
+
+
+def _random_maps(rng, shape=(30, 34, 26)):
+    """A ground truth and a prediction with shared, missed, extra and border classes."""
+    gt = np.zeros(shape, np.uint8)
+    pred = np.zeros(shape, np.uint8)
+    for c in (1, 2, 3, 5):
+        lo = rng.integers(0, 18, size=3)
+        hi = lo + rng.integers(2, 10, size=3)
+        gt[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = c
+        if c != 5:  # 5 is missed; the others shifted a little
+            s = rng.integers(-2, 3, size=3)
+            lo, hi = np.clip(lo + s, 0, None), hi + s
+            pred[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = c
+    pred[-3:, :4, -2:] = 7  # only in the prediction, on the border
+    return gt, pred
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_box_metrics_and_overlay_equal_the_whole_maps(seed, monkeypatch):
+    """compare() reads each class's union box of both maps (one find_objects pass each, no
+    np.unique, ``binary_metrics(volume_shape=)``) and the overlay only the comparison's box:
+    exactly evaluate_labels' numbers and the whole maps' overlay, for every class scope, an
+    explicit class in neither map, and one class's overlay."""
+    from core.metrics import evaluate_labels
+    from sam3d_napari._compare import compare, error_overlay
+
+    rng = np.random.default_rng(seed)
+    gt, pred = _random_maps(rng)
+    sp = (0.7, 0.9, 1.5)
+    whole_overlay = {None: error_overlay(gt, pred)}
+    whole_overlay.update({c: error_overlay(gt, pred, [c]) for c in (1, 2, 3, 5, 7, 8)})
+    cases = [({"scope": s}, None) for s in ("auto", "predicted", "all")]
+    cases.append(({"classes": [2, 8]}, [2, 8]))  # 8 is in neither map
+
+    real_unique = np.unique
+
+    def no_unique(a, *args, **kw):  # percentiles call it on small arrays
+        if np.size(a) >= gt.size:
+            raise AssertionError("np.unique over the map")
+        return real_unique(a, *args, **kw)
+
+    for kw, classes in cases:
+        with monkeypatch.context() as m:
+            m.setattr(np, "unique", no_unique)
+            comp = compare(gt, pred, spacing=sp, tolerance_mm=1.5, **kw)
+        if classes is None:
+            classes = list(comp.per_class)
+        assert comp.per_class == evaluate_labels(
+            pred, gt, spacing=sp, classes=classes, tolerance_mm=1.5
+        )
+        for c in [None, *comp.per_class]:
+            box = comp.boxes[c]
+            sel = None if c is None else [c]
+            got = error_overlay(gt, pred, sel, box=box)
+            assert np.array_equal(got, whole_overlay[c]), (kw, c)
