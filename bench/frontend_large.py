@@ -279,7 +279,9 @@ def compare_steps(cw, timed, gt_layer, pred_layer, digests) -> dict:
     )
     t = cw.table
     cells = [[t.item(i, j).text() for j in range(t.columnCount())] for i in range(t.rowCount())]
-    digests.append({"table": cells, "status": cw.status.value})
+    # the table shows 4 digits: the comparison's full-precision numbers too
+    exact = {str(c): m for c, m in cw.comparison.per_class.items()}
+    digests.append({"table": cells, "status": cw.status.value, "metrics": json.dumps(exact)})
     steps["overlay"] = timed("overlay", cw.show_overlay, waits_for_result=False)
     digests.append({"overlay": h(cw._overlay_layer.data)})
     steps["side_by_side"] = timed(
