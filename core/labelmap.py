@@ -183,3 +183,15 @@ def union_box(*boxes) -> tuple[slice, ...] | None:
         slice(min(s.start for s in axis), max(s.stop for s in axis))
         for axis in zip(*boxes, strict=True)
     )
+
+
+def grow_box(box, shape, margin: int = 1) -> tuple[slice, ...]:
+    """``box`` grown by ``margin`` voxels on each side, clamped to an array of ``shape``.
+
+    Metrics computed on the union of two masks' boxes grown by one voxel are bitwise those of
+    the whole masks (``core.metrics`` crops the whole masks the same way, so the surface
+    points get the same coordinates)."""
+    return tuple(
+        slice(max(b.start - margin, 0), min(b.stop + margin, n))
+        for b, n in zip(box, shape, strict=True)
+    )

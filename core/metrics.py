@@ -287,9 +287,11 @@ def binary_metrics(
     spacing : (ndim,) floats, mm per voxel; ``None`` means 1 mm along every axis
     tolerance_mm : float, tolerance of the surface Dice
     volume_shape : (ndim,) ints, when ``pred`` and ``gt`` are the same box cut out of masks
-        of this shape that are empty outside it (e.g. the union of their bounding boxes):
-        the metrics are then those of the whole masks (an empty mask's distances are the
-        whole volume's diagonal), without passes over them
+        of this shape that are empty outside it: the metrics are then those of the whole
+        masks (an empty mask's distances are the whole volume's diagonal), without passes
+        over them. Cut the union of their bounding boxes grown by one voxel, clamped
+        (``core.labelmap.grow_box``): the distances are then bitwise the whole masks' (the
+        surface points get the same coordinates); a tighter box can change their last bits
 
     Returns
     -------

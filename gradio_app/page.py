@@ -335,17 +335,13 @@ def _ground_truth_outputs(s: Session, done, out: Path):
 
 def _metrics_row(s: Session, i: int, result, cls: int, pred_box, ml: float) -> list:
     """An object's row of the metrics table against ground-truth class ``cls``, computed on
-    the union of the two bounding boxes (both masks are empty outside it): the same numbers
-    as on the whole volume, without passes over it."""
+    the union of the two bounding boxes grown by a voxel (both masks are empty outside it):
+    bitwise the whole volume's numbers, without passes over it."""
+    from core.labelmap import grow_box, union_box
     from core.metrics import binary_metrics
 
     gt = s.gt_stats(cls)
-    box = gt.box
-    if pred_box is not None:
-        box = tuple(
-            slice(min(a.start, b.start), max(a.stop, b.stop))
-            for a, b in zip(gt.box, pred_box, strict=True)
-        )
+    box = grow_box(union_box(gt.box, pred_box), s.gt.data.shape)
     m = binary_metrics(
         result.mask[box],
         s.gt.data[box] == cls,

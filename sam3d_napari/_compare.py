@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.labelmap import class_boxes, union_box
+from core.labelmap import class_boxes, grow_box, union_box
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -215,12 +215,7 @@ def _metrics_in_boxes(pred, gt, pred_boxes, gt_boxes, spacing, classes, toleranc
         box = union_box(gt_boxes.get(c), pred_boxes.get(c))
         if box is None:  # in neither map: the empty-mask policy, on the whole volume's shape
             box = tuple(slice(0, 1) for _ in gt.shape)
-        # one voxel more on each side (clamped), as core.metrics crops the whole maps: the
-        # surface points then have the same coordinates, so the distances are bitwise equal
-        box = tuple(
-            slice(max(b.start - 1, 0), min(b.stop + 1, n))
-            for b, n in zip(box, gt.shape, strict=True)
-        )
+        box = grow_box(box, gt.shape)  # bitwise the whole maps' distances
         out[c] = binary_metrics(
             pred[box] == c, gt[box] == c, spacing=spacing, tolerance_mm=tolerance_mm,
             volume_shape=gt.shape,
