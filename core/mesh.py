@@ -16,6 +16,7 @@ import numpy as np
 
 from core.atomic import atomic_path
 from core.errors import InputError
+from core.geometry import mask_bbox
 from core.io import voxel_to_world
 
 __all__ = [
@@ -172,7 +173,8 @@ def mask_to_mesh(
     # where that margin falls outside the array, pad with background so that objects touching
     # the border still get a closed surface. Interior margins keep the real neighbour values,
     # so vertex positions are the same as on the whole array (with step 1).
-    lo, hi = _bbox(inside)
+    first, last = mask_bbox(inside)  # non-empty: checked above
+    lo, hi = [int(x) for x in first], [int(x) + 1 for x in last]
     start = [max(x - 1, 0) for x in lo]
     stop = [min(x + 1, n) for x, n in zip(hi, data.shape, strict=True)]
     crop = data[tuple(slice(a0, a1) for a0, a1 in zip(start, stop, strict=True))]
@@ -220,16 +222,6 @@ def _away_from_level(field: np.ndarray, level: float) -> np.ndarray:
         return field
     side = np.where(field > level, np.float32(level) + delta, np.float32(level) - delta)
     return np.where(near, side, field).astype(np.float32, copy=False)
-
-
-def _bbox(inside: np.ndarray) -> tuple[list[int], list[int]]:
-    """Per-axis ``[lo, hi)`` of the True voxels of a non-empty 3D boolean array."""
-    lo, hi = [], []
-    for ax in range(3):
-        idx = np.flatnonzero(inside.any(axis=tuple(b for b in range(3) if b != ax)))
-        lo.append(int(idx[0]))
-        hi.append(int(idx[-1]) + 1)
-    return lo, hi
 
 
 def _taubin(mesh: Mesh, iterations: int) -> Mesh:

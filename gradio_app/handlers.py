@@ -19,8 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from core.clicks import Box, Click, PromptSet, check_click_in_volume
 from core.errors import InputError
 from core.intensity import MODALITIES
@@ -112,8 +110,10 @@ def load_volume(
 
 def _read_labels(label_path, label_name: str | None, volume):
     """The label map, checked against ``volume`` (same grid, some foreground), with its
-    classes' names and its classes (one pass over its values for both)."""
+    classes' names and their bounding boxes (one pass over the map for both:
+    ``core.labelmap.class_boxes``)."""
     from core.io import LabelVolume, check_same_grid, load_label
+    from core.labelmap import class_boxes
 
     name = _file_name(label_path, label_name)
     try:
@@ -122,10 +122,10 @@ def _read_labels(label_path, label_name: str | None, volume):
         raise _named(exc, name) from None
     lab = LabelVolume(lab.data, lab.affine, name)
     check_same_grid(volume, lab)  # names both files on a shape or affine mismatch
-    values = [int(v) for v in np.unique(lab.data) if v]
-    if not values:
+    boxes = class_boxes(lab.data)  # load_label gives unsigned integers: never None
+    if not boxes:
         raise InputError(name, "label map is empty (no foreground voxels)")
-    return lab, _label_names(name, values), values
+    return lab, _label_names(name, sorted(boxes)), boxes
 
 
 def _label_names(name: str, values: list[int]) -> dict[int, str]:

@@ -113,10 +113,10 @@ class Session:
         self.volume_file: str | None = None
         self.label_file: str | None = None
         self.gt: LabelVolume | None = None
-        self.gt_classes: list[int] = []  # its non-zero values, sorted
+        self.gt_classes: list[int] = []  # its non-zero values, sorted (set_gt)
         self.class_names: dict[int, str] = {}
         self.gt_meshes: dict = {}  # ground-truth class -> core.mesh.Mesh, made once
-        self._gt_boxes: list | None = None  # scipy.ndimage.find_objects of the ground truth
+        self._gt_boxes: dict = {}  # ground-truth class -> its bounding box (slices)
         self._gt_stats: dict[int, GtStats] = {}
         # object index -> (its result, its class, its metrics row): a step recomputes only
         # the objects whose result changed
@@ -165,14 +165,17 @@ class Session:
         self.axis, self.slice_idx = 2, 0
         self.reset_objects()
 
-    def set_gt(self, gt, class_names=None, classes=None, file=None) -> None:
-        """The ground truth, its classes' names, and its classes (the non-zero values, when
-        the caller has them: each scan is a pass over the whole map)."""
+    def set_gt(self, gt, class_names=None, boxes=None, file=None) -> None:
+        """The ground truth, its classes' names, and its classes' bounding boxes
+        (``core.labelmap.class_boxes``, when the caller has them: each scan is a pass over the
+        whole map); its classes are the boxes' keys."""
+        from core.labelmap import class_boxes
+
         self.gt, self.class_names, self.gt_meshes = gt, dict(class_names or {}), {}
-        self._gt_boxes, self._gt_stats, self.metric_rows = None, {}, {}
-        if gt is not None and classes is None:
-            classes = [int(v) for v in np.unique(gt.data) if v]
-        self.gt_classes = list(classes or [])
+        if gt is not None and boxes is None:
+            boxes = class_boxes(gt.data)
+        self._gt_boxes, self._gt_stats, self.metric_rows = dict(boxes or {}), {}, {}
+        self.gt_classes = sorted(self._gt_boxes)  # its non-zero values
         self.label_file = None if file is None else os.fspath(file)
 
     def reset_objects(self) -> None:
@@ -220,11 +223,7 @@ class Session:
         if self.gt is None:
             return None
         if cls not in self._gt_stats:
-            if self._gt_boxes is None:
-                from scipy.ndimage import find_objects
-
-                self._gt_boxes = find_objects(self.gt.data, max_label=max(self.gt_classes or [0]))
-            box = self._gt_boxes[cls - 1] if 0 < cls <= len(self._gt_boxes) else None
+            box = self._gt_boxes.get(cls)
             if box is None:
                 return None
             inside = np.argwhere(self.gt.data[box] == cls)

@@ -67,3 +67,31 @@ def click_lv_twice(session, engine):
     first = session.current.result
     H.click(session, engine, x + 8, y + 8)
     return first
+
+
+@pytest.fixture
+def heart_files(tmp_path):
+    from core.io import save_image, save_label
+    from core.synthetic import make_heart_phantom
+
+    image, label = make_heart_phantom(5)
+    return (
+        save_image(image, tmp_path / "heart.nii.gz"),
+        save_label(label, tmp_path / "heart-label.nii.gz"),
+        image,
+        label,
+    )
+
+
+def reconstruct_at(engine, path, click, out_dir):
+    """The API handler on ``path`` with one positive ``click`` on an axial slice."""
+    from gradio_app.api import reconstruct_file
+
+    return reconstruct_file(
+        engine,
+        path,
+        axis=2,
+        slice_index=click.slice_idx,
+        points=[(click.row, click.col)],
+        out_dir=out_dir,
+    )

@@ -244,10 +244,13 @@ def test_clearing_the_volume_box_unloads_the_volume(tmp_path, engine):
         close_app(demo)
 
 
-def test_an_uploaded_label_map_is_scanned_for_its_classes_once(tmp_path):
+def test_an_uploaded_label_map_is_scanned_for_its_classes_once(tmp_path, engine):
     """Loading labels ran np.unique over the whole map twice (the class names, then the
-    status); now once, with the same classes, names and status."""
+    status), and the first metrics a find_objects pass; now one find_objects pass gives the
+    classes, names, status and the boxes the metrics read."""
     from unittest import mock
+
+    import scipy.ndimage
 
     from core.io import LabelVolume, save_image, save_label
     from core.synthetic import make_heart_phantom
@@ -259,15 +262,26 @@ def test_an_uploaded_label_map_is_scanned_for_its_classes_once(tmp_path):
     lab = save_label(LabelVolume(data, label.affine), tmp_path / "heart-seg.nii.gz")
     names = {k: f"heart-seg {k}" for k in (1, 2, 4, 5)}
     status = "Ground truth: " + ", ".join(names.values()) + "."
-    unique = np.unique
-    with mock.patch("numpy.unique", wraps=unique) as spy:
+    unique, find = np.unique, scipy.ndimage.find_objects
+
+    def scans(*spies):
+        return sum(np.shape(c.args[0]) == data.shape for s in spies for c in s.call_args_list)
+
+    with (
+        mock.patch("numpy.unique", wraps=unique) as u,
+        mock.patch("scipy.ndimage.find_objects", wraps=find) as f,
+    ):
         session, view = H.load_volume(None, vol, lab, root=tmp_path)
-        on_load = [c for c in spy.call_args_list if np.shape(c.args[0]) == data.shape]
-        spy.reset_mock()
+        on_load = scans(u, f)
+        u.reset_mock(), f.reset_mock()
         session, again = H.load_labels(session, lab)
-        on_labels = [c for c in spy.call_args_list if np.shape(c.args[0]) == data.shape]
+        on_labels = scans(u, f)
+        u.reset_mock(), f.reset_mock()
+        session, clicked = H.click(session, engine, *organ_pixel(session, 2)[1])
+        on_click = scans(u, f)
     try:
-        assert len(on_load) == 1 and len(on_labels) == 1
+        assert on_load == 1 and on_labels == 1 and on_click == 0
+        assert [row[1] for row in clicked.metrics] == ["heart-seg 2"]
         assert session.class_names == names
         assert view.status.endswith(status) and again.status.endswith(status)
     finally:
